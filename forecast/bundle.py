@@ -1,0 +1,86 @@
+"""A trained model on disk, pickle-free: safetensors weights plus JSON for config and scaler.
+
+    model_dir/
+      weights.safetensors   state_dict tensors
+      model.json            lookback, horizon, channels, frequency, model config, metrics
+      scaler.json           per-channel mean and scale of the training rows
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from forecast.config import ModelConfig
+from forecast.errors import ForecastError
+from forecast.model import PatchTransformer, build_model
+
+FORMAT_VERSION = 1
+WEIGHTS, META, SCALER = "weights.safetensors", "model.json", "scaler.json"
+
+
+@dataclass
+class BundleMeta:
+    name: str
+    lookback: int
+    horizon: int
+    channels: list[str]
+    freq: str
+    model: dict[str, Any]
+    timestamp_column: str = "date"
+    id_column: str = "series_id"
+    season: int = 1
+    metrics: dict[str, float] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.model_validate(self.model)
+
+    @property
+    def min_history(self) -> int:
+        cfg = self.model_config
+        return cfg.min_history or cfg.patch_len
+
+
+@dataclass
+class Bundle:
+    model: PatchTransformer
+    mean: np.ndarray  # [C]
+    scale: np.ndarray  # [C]
+    meta: BundleMeta
+
+
+def save_bundle(directory: str | Path, bundle: Bundle) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+    save_file(state, str(d / WEIGHTS))
+    (d / META).write_text(json.dumps(asdict(bundle.meta), indent=2))
+    (d / SCALER).write_text(json.dumps(
+        {"mean": bundle.mean.tolist(), "scale": bundle.scale.tolist()}, indent=2))
+    return d
+
+
+def load_bundle(directory: str | Path) -> Bundle:
+    d = Path(directory)
+    missing = [f for f in (WEIGHTS, META, SCALER) if not (d / f).is_file()]
+    if missing:
+        raise ForecastError(f"{str(d)!r} is not a model directory: {missing} missing; "
+                            "pass the model/ folder that `forecast train` wrote")
+    raw = json.loads((d / META).read_text())
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ForecastError(f"{str(d)!r} has model format {raw.get('format_version')}, this "
+                            f"version reads {FORMAT_VERSION}; retrain or use a matching release")
+    meta = BundleMeta(**raw)
+    scaler = json.loads((d / SCALER).read_text())
+    model = build_model(meta.model_config, meta.lookback, meta.horizon, len(meta.channels))
+    model.load_state_dict(load_file(str(d / WEIGHTS)))
+    model.eval()
+    return Bundle(model, np.asarray(scaler["mean"], dtype=np.float64),
+                  np.asarray(scaler["scale"], dtype=np.float64), meta)

@@ -1,0 +1,312 @@
+"""One typed configuration for every stage: data → split → windows → model → train → evaluate.
+
+The YAML file, the CLI overrides and the defaults are merged and validated here, once. Every
+other module receives the resulting `Config` (or one of its sections) and trusts it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from forecast.errors import ConfigError
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos far more often than intentional: reject them by name.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the series come from and how they are checked."""
+
+    path: str | None = Field(
+        None, description="CSV or Parquet file; null means the built-in synthetic demo series."
+    )
+    layout: Literal["wide", "long"] = Field(
+        "wide",
+        description="wide: a timestamp column plus one column per channel (like ETTh1). "
+        "long: one row per (series id, timestamp) with value column(s); many series.",
+    )
+    timestamp_column: str = Field("date", description="Name of the timestamp column.")
+    id_column: str = Field("series_id", description="Series id column (long layout only).")
+    columns: list[str] | None = Field(
+        None,
+        description="Channels to model. wide: default all columns except the timestamp. "
+        "long: default ['value'].",
+    )
+    freq: str | None = Field(
+        None, description="Pandas frequency alias (e.g. 'h', '15min', 'D'); inferred if null."
+    )
+    missing: Literal["error", "interpolate", "ffill"] = Field(
+        "error",
+        description="What to do with missing values and gaps in the time index: stop with an "
+        "error naming the first one (default), linearly interpolate, or carry forward.",
+    )
+
+
+class SplitConfig(_Section):
+    """Chronological train/validation/test split, applied to each series separately."""
+
+    by: Literal["fractions", "rows", "dates"] = Field(
+        "fractions", description="How train/val/test are given."
+    )
+    train: float | int | str = Field(
+        0.7, description="fractions: share of rows; rows: row count; dates: end (exclusive)."
+    )
+    val: float | int | str = Field(
+        0.1, description="fractions: share of rows; rows: row count; dates: end (exclusive)."
+    )
+    test: float | int | str | None = Field(
+        0.2,
+        description="fractions: share; rows: count; dates: end (exclusive). null: to the end.",
+    )
+
+    @model_validator(mode="after")
+    def _check_kinds(self) -> SplitConfig:
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        if self.by == "fractions":
+            for name, v in parts.items():
+                if v is None:
+                    continue
+                if isinstance(v, str) or not 0 < float(v) < 1:
+                    raise ValueError(f"split.{name} must be a fraction in (0, 1) when by=fractions")
+            total = sum(float(v) for v in parts.values() if v is not None)
+            if total > 1 + 1e-9:
+                raise ValueError(f"split fractions add up to {total:g}; they must be at most 1")
+        elif self.by == "rows":
+            for name, v in parts.items():
+                if v is None:
+                    continue
+                if isinstance(v, str | float) or int(v) <= 0:
+                    raise ValueError(f"split.{name} must be a positive row count when by=rows")
+        else:
+            stamps = {}
+            for name, v in parts.items():
+                if v is None:
+                    continue
+                try:
+                    stamps[name] = pd.Timestamp(str(v))
+                except ValueError:
+                    raise ValueError(
+                        f"split.{name} = {v!r} is not a date; use e.g. '2017-06-01'"
+                    ) from None
+            ordered = [stamps[k] for k in ("train", "val", "test") if k in stamps]
+            if ordered != sorted(ordered):
+                raise ValueError("split dates must increase: train < val < test")
+        return self
+
+
+class WindowConfig(_Section):
+    """Lookback/horizon windows over the scaled series."""
+
+    lookback: int = Field(96, gt=0, description="L: input steps the model sees.")
+    horizon: int = Field(24, gt=0, description="H: steps forecast ahead.")
+    stride: int = Field(1, gt=0, description="Step between training windows (eval uses 1).")
+
+
+class ModelConfig(_Section):
+    """Encoder-only Transformer over patch tokens (see forecast/model.py)."""
+
+    patch_len: int = Field(16, gt=0, description="Time steps per token; 1 = one token per step.")
+    patch_stride: int = Field(8, gt=0, description="Steps between the starts of two patches.")
+    pad_end: bool = Field(
+        True, description="Repeat the last value patch_stride times to add one patch (PatchTST)."
+    )
+    d_model: int = Field(64, gt=0, description="Token width.")
+    n_heads: int = Field(4, gt=0, description="Attention heads; must divide d_model.")
+    n_layers: int = Field(2, gt=0, description="Encoder blocks.")
+    d_ff: int = Field(128, gt=0, description="Feed-forward hidden width.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in attention output and MLP.")
+    head_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
+    positional: Literal["sinusoidal", "learned"] = Field(
+        "sinusoidal", description="Positional encoding of the patch tokens."
+    )
+    norm: Literal["layer", "batch"] = Field(
+        "layer", description="Normalisation in each block: LayerNorm or BatchNorm (PatchTST)."
+    )
+    norm_first: bool = Field(True, description="Pre-norm blocks (true) or post-norm (false).")
+    channel_independent: bool = Field(
+        True,
+        description="true: one shared encoder over each channel separately (PatchTST). "
+        "false: each token holds the patch of every channel (channel mixing).",
+    )
+    revin: bool = Field(True, description="Instance normalisation of each input window.")
+    min_history: int | None = Field(
+        None,
+        description="Shortest history (steps) accepted at prediction time; shorter histories "
+        "are left-padded and masked. Default: patch_len.",
+    )
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads "
+                f"({self.n_heads})"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    """Optimisation."""
+
+    epochs: int = Field(20, gt=0, description="Maximum epochs.")
+    batch_size: int = Field(128, gt=0, description="Windows per optimiser step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        "cosine", description="Per-step schedule: linear warm-up then cosine, one-cycle, or flat."
+    )
+    warmup_frac: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Max gradient norm; null: no clip.")
+    patience: int = Field(5, ge=0, description="Early stop after this many epochs without "
+                          "a better validation loss; 0 disables early stopping.")
+    loss: Literal["mse", "mae", "huber"] = Field("mse", description="Training loss.")
+    max_windows_per_epoch: int | None = Field(
+        None, gt=0, description="Sample at most this many training windows per epoch."
+    )
+    pad_augment: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of training windows whose history is randomly shortened (left-padded "
+        "and masked), so that short histories forecast well at serving time.",
+    )
+    seed: int = Field(0, description="Seed for weights, shuffling and dropout.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present (with bf16 autocast), else CPU."
+    )
+    num_threads: int | None = Field(
+        None, gt=0, description="torch intra-op threads; default: the cores available."
+    )
+    checkpoint_dir: str | None = Field(
+        None, description="Where epoch checkpoints go; default <output_dir>/checkpoints."
+    )
+    resume: bool = Field(True, description="Continue from a checkpoint found in checkpoint_dir.")
+    progress: Literal["auto", "on", "off"] = Field(
+        "auto", description="tqdm progress bar: auto shows it only on a terminal."
+    )
+
+
+class EvalConfig(_Section):
+    """Evaluation on the test split."""
+
+    season: int | None = Field(
+        None, gt=0, description="Season length for seasonal naive and MASE; default from freq."
+    )
+    linear_max_windows: int = Field(
+        50_000, gt=0, description="Training windows per channel for the Ridge baseline."
+    )
+    batch_size: int = Field(512, gt=0, description="Windows per forward pass when scoring.")
+
+
+class Config(_Section):
+    """The whole resolved configuration of a run."""
+
+    name: str = Field("forecast", description="Short name of this model/dataset configuration.")
+    output_dir: str = Field("outputs", description="Where runs write their files.")
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    windows: WindowConfig = WindowConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        lookback, patch = self.windows.lookback, self.model.patch_len
+        if patch > lookback:
+            raise ValueError(
+                f"model.patch_len ({patch}) is longer than windows.lookback ({lookback}); "
+                "shorten the patch or lengthen the lookback"
+            )
+        min_history = self.model.min_history
+        if min_history is not None and not patch <= min_history <= lookback:
+            raise ValueError(
+                f"model.min_history ({min_history}) must lie between model.patch_len ({patch}) "
+                f"and windows.lookback ({lookback})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted names → values, e.g. {'model.d_model': 64}: for MLflow params and tables."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    walk(f"{prefix}.{key}" if prefix else key, value)
+            else:
+                out[prefix] = node
+
+        walk("", self.to_dict())
+        return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against `forecast config --show-defaults`"
+        lines.append(f"{where}: {msg}")
+    return f"invalid configuration in {source}: " + "; ".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-3")
+    # YAML parsing gives ints, floats, bools and null the same meaning as in the file.
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys from the command line (`model.d_model=32`) into a raw config dict."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def build_config(raw: dict[str, Any], source: str = "configuration") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply overrides, validate once."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+        raw = loaded or {}
+        source = str(p)
+    return build_config(apply_overrides(raw, overrides or []), source)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

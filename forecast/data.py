@@ -1,0 +1,266 @@
+"""Load and validate series from CSV/Parquet, wide or long layout.
+
+Every check stops with a `DataError` that names the column, the row and the fix. The result is
+a `SeriesSet`: one float32 array [time x channels] per series on a regular time index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from forecast.config import DataConfig
+from forecast.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class SeriesSet:
+    """Validated series, all with the same channels and frequency."""
+
+    ids: list[str]
+    values: list[np.ndarray]  # each [T_i x C], float32
+    timestamps: list[pd.DatetimeIndex]
+    channels: list[str]
+    freq: str
+    source: str = "<memory>"
+    digest: str = ""  # sha256 of the source file's bytes
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(v) for v in self.values)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a frame, with errors that say what to do."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {str(p)!r} not found; check data.path or --data")
+    kind = SUFFIXES.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"data file {str(p)!r} has suffix {p.suffix!r}; use .csv, .parquet or .pq"
+        )
+    try:
+        frame = pd.read_csv(p) if kind == "csv" else pd.read_parquet(p)
+    except Exception as err:  # the readers raise many types; all mean "unreadable file"
+        raise DataError(f"could not read {str(p)!r} as {kind}: {err}") from None
+    if frame.empty:
+        raise DataError(f"data file {str(p)!r} has no rows")
+    return frame
+
+
+def load_series(cfg: DataConfig) -> SeriesSet:
+    """Read `cfg.path` and validate it (see `frame_to_series`)."""
+    if cfg.path is None:
+        raise DataError("data.path is not set; pass --data FILE or set data.path in the config")
+    path = Path(cfg.path)
+    frame = read_table(path)
+    series = frame_to_series(frame, cfg, source=str(path))
+    series.digest = file_sha256(path)
+    return series
+
+
+def _row_label(pos: int) -> str:
+    # 1-based data rows, as a spreadsheet shows them (a CSV's file line is this plus 1).
+    return f"row {pos + 1}"
+
+
+def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
+    if column not in frame.columns:
+        raise DataError(
+            f"{source}: timestamp column {column!r} not found (columns: {list(frame.columns)}); "
+            "set data.timestamp_column"
+        )
+    raw = frame[column]
+    parsed = pd.to_datetime(raw, errors="coerce", format="mixed")
+    bad = parsed.isna()
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{source}: column {column!r} {_row_label(pos)} has {raw.iloc[pos]!r}, "
+            "which is not a timestamp; fix the value or drop the row "
+            f"({int(bad.sum())} unparsable in all)"
+        )
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed
+
+
+def _numeric_columns(frame: pd.DataFrame, columns: list[str], source: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{source}: column(s) {missing} not found (columns: {list(frame.columns)}); "
+            "set data.columns to existing columns"
+        )
+    out = {}
+    for c in columns:
+        col = frame[c]
+        if pd.api.types.is_bool_dtype(col):
+            raise DataError(f"{source}: column {c!r} is boolean; forecast numeric columns only")
+        num = pd.to_numeric(col, errors="coerce")
+        bad = num.isna() & col.notna()
+        if bad.any():
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{source}: column {c!r} is not numeric: {_row_label(pos)} has "
+                f"{col.iloc[pos]!r}; fix the value or leave {c!r} out of data.columns"
+            )
+        num = num.astype("float64")
+        inf = np.isinf(num.to_numpy())
+        if inf.any():
+            pos = int(np.flatnonzero(inf)[0])
+            raise DataError(
+                f"{source}: column {c!r} {_row_label(pos)} is infinite; "
+                "replace it with a finite value or leave it empty"
+            )
+        out[c] = num
+    return pd.DataFrame(out, index=frame.index)
+
+
+def _resolve_freq(stamps: pd.DatetimeIndex, given: str | None, where: str) -> str:
+    if given is not None:
+        try:
+            return pd.tseries.frequencies.to_offset(given).freqstr
+        except ValueError:
+            raise DataError(
+                f"data.freq {given!r} is not a pandas frequency; use e.g. 'h', '15min', 'D'"
+            ) from None
+    if len(stamps) < 3:
+        raise DataError(f"{where}: too few rows to infer the frequency; set data.freq")
+    inferred = pd.infer_freq(stamps)
+    if inferred is None:
+        # With gaps infer_freq gives up; the most common step is the intended one.
+        step = pd.Series(np.diff(stamps.asi8)).mode().iloc[0]
+        inferred = pd.tseries.frequencies.to_offset(pd.Timedelta(int(step), "ns")).freqstr
+    return pd.tseries.frequencies.to_offset(inferred).freqstr
+
+
+def _fill_missing(values: pd.DataFrame, policy: str, where: str) -> pd.DataFrame:
+    nan = values.isna()
+    if not nan.to_numpy().any():
+        return values
+    if policy == "error":
+        col = next(c for c in values.columns if nan[c].any())
+        stamp = values.index[nan[col].to_numpy()][0]
+        raise DataError(
+            f"{where}: column {col!r} is missing a value at {stamp} "
+            f"({int(nan.to_numpy().sum())} missing in all); data.missing is 'error' (the "
+            "default): set data.missing to 'interpolate' or 'ffill', or fill the file"
+        )
+    if policy == "interpolate":
+        values = values.interpolate(method="time", limit_direction="both")
+    else:
+        values = values.ffill().bfill()
+    if values.isna().to_numpy().any():
+        col = next(c for c in values.columns if values[c].isna().any())
+        raise DataError(f"{where}: column {col!r} has no values at all to fill from")
+    return values
+
+
+def _one_series(
+    stamps: pd.Series, values: pd.DataFrame, cfg: DataConfig, where: str, notes: list[str]
+) -> tuple[pd.DatetimeIndex, pd.DataFrame, str]:
+    index = pd.DatetimeIndex(stamps.to_numpy())
+    if not index.is_monotonic_increasing:
+        order = np.argsort(index.asi8, kind="stable")
+        index, values = index[order], values.iloc[order]
+        notes.append(f"{where}: rows were not in time order; sorted them")
+    dup = index.duplicated()
+    if dup.any():
+        raise DataError(
+            f"{where}: duplicate timestamp {index[dup][0]} ({int(dup.sum())} duplicates in all); "
+            "keep one row per timestamp"
+        )
+    values = values.set_axis(index)
+    freq = _resolve_freq(index, cfg.freq, where)
+    full = pd.date_range(index[0], index[-1], freq=freq)
+    if len(full) != len(index) or not full.equals(index):
+        off_grid = index.difference(full)
+        if len(off_grid):
+            raise DataError(
+                f"{where}: timestamp {off_grid[0]} is off the {freq!r} grid that starts at "
+                f"{index[0]}; fix it or set data.freq"
+            )
+        gaps = full.difference(index)
+        if cfg.missing == "error":
+            raise DataError(
+                f"{where}: {len(gaps)} missing time step(s) at frequency {freq!r}, the first at "
+                f"{gaps[0]}; data.missing is 'error' (the default): set it to 'interpolate' or "
+                "'ffill' to fill gaps, or fix the file"
+            )
+        notes.append(f"{where}: filled {len(gaps)} missing time step(s) ({cfg.missing})")
+        values = values.reindex(full)
+    values = _fill_missing(values, cfg.missing, where)
+    return pd.DatetimeIndex(values.index), values, freq
+
+
+def frame_to_series(frame: pd.DataFrame, cfg: DataConfig, source: str = "<memory>") -> SeriesSet:
+    """Validate a wide or long frame and return regular, complete series."""
+    notes: list[str] = [f"missing-value policy: {cfg.missing}"]
+    stamps = _parse_timestamps(frame, cfg.timestamp_column, source)
+    if cfg.layout == "wide":
+        columns = cfg.columns or [c for c in frame.columns if c != cfg.timestamp_column]
+        if not columns:
+            raise DataError(f"{source}: no value columns besides {cfg.timestamp_column!r}")
+        groups = [("series", frame.index)]
+    else:
+        if cfg.id_column not in frame.columns:
+            raise DataError(
+                f"{source}: id column {cfg.id_column!r} not found (columns: "
+                f"{list(frame.columns)}); set data.id_column or use data.layout: wide"
+            )
+        columns = cfg.columns or ["value"]
+        if frame[cfg.id_column].isna().any():
+            pos = int(np.flatnonzero(frame[cfg.id_column].isna().to_numpy())[0])
+            raise DataError(f"{source}: column {cfg.id_column!r} {_row_label(pos)} is empty")
+        groups = list(frame.groupby(frame[cfg.id_column].astype(str), sort=False).groups.items())
+    numeric = _numeric_columns(frame, columns, source)
+
+    ids, arrays, indexes, freqs = [], [], [], set()
+    for sid, rows in groups:
+        where = source if cfg.layout == "wide" else f"{source}: series {sid!r}"
+        index, values, freq = _one_series(
+            stamps.loc[rows], numeric.loc[rows], cfg, where, notes
+        )
+        ids.append(str(sid))
+        arrays.append(values.to_numpy(dtype=np.float32))
+        indexes.append(index)
+        freqs.add(freq)
+    if len(freqs) > 1:
+        raise DataError(f"{source}: series have different frequencies {sorted(freqs)}; "
+                        "set data.freq or split the file")
+    for note in notes[1:]:
+        log.info(note)
+    return SeriesSet(ids, arrays, indexes, list(columns), freqs.pop(), source, notes=notes)
+
+
+def season_for(freq: str) -> int:
+    """Default season length for seasonal naive and MASE, from a pandas frequency."""
+    offset = pd.tseries.frequencies.to_offset(freq)
+    name = offset.name.lower()
+    n = max(offset.n, 1)
+    per_unit = {"h": 24, "min": 60 * 24, "t": 60 * 24, "s": 60, "d": 7, "b": 5, "w": 52,
+                "me": 12, "ms": 12, "m": 12, "qe": 4, "qs": 4, "q": 4}
+    for key, steps in per_unit.items():
+        if name == key or name.startswith(key + "-"):
+            return max(steps // n, 1)
+    return 1

@@ -1,0 +1,71 @@
+"""Score the Transformer and the baselines on the very same windows of one block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from forecast.baselines import LinearBaseline, naive, seasonal_naive
+from forecast.config import EvalConfig
+from forecast.metrics import MetricAccumulator, Scores, mase_scale, skill
+from forecast.model import PatchTransformer
+from forecast.windows import Prepared
+
+BASELINES = ("naive", "seasonal_naive", "linear")
+
+
+@dataclass
+class Evaluation:
+    block: str
+    season: int
+    model: Scores
+    baselines: dict[str, Scores]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat names shared by every run: test_mse, baseline_naive_mse, skill_naive, ..."""
+        out = self.model.as_metrics(f"{self.block}_")
+        for name, scores in self.baselines.items():
+            out.update(scores.as_metrics(f"baseline_{name}_"))
+            out[f"skill_{name}"] = skill(self.model.mse, scores.mse)
+        return out
+
+    def table(self) -> str:
+        rows = [("transformer", self.model), *self.baselines.items()]
+        head = f"{'model':<16}{'MSE':>9}{'MAE':>9}{'MAE(orig)':>11}{'RMSE(orig)':>12}" \
+               f"{'MASE':>8}{'sMAPE%':>8}{'skill':>8}"
+        lines = [head, "-" * len(head)]
+        for name, s in rows:
+            sk = "" if name == "transformer" else f"{100 * skill(self.model.mse, s.mse):+7.1f}%"
+            lines.append(f"{name:<16}{s.mse:>9.4f}{s.mae:>9.4f}{s.mae_orig:>11.4f}"
+                         f"{s.rmse_orig:>12.4f}{s.mase:>8.3f}{s.smape:>8.2f}{sk:>8}")
+        lines.append(f"{self.model.windows} {self.block} windows scored; skill = share of the "
+                     "baseline's MSE the transformer removes")
+        return "\n".join(lines)
+
+
+@torch.inference_mode()
+def evaluate(model: PatchTransformer, prepared: Prepared, cfg: EvalConfig, season: int,
+             block: str = "test", device: torch.device | None = None) -> Evaluation:
+    device = device or next(model.parameters()).device
+    model.eval()
+    windows = prepared.windows(block)
+    scaler = prepared.scaler
+    denom = mase_scale(prepared.train_rows(), season)
+    H = prepared.horizon
+
+    def accumulator() -> MetricAccumulator:
+        return MetricAccumulator(H, scaler.mean_, scaler.scale_, denom)
+
+    acc = {"transformer": accumulator(), **{b: accumulator() for b in BASELINES}}
+    linear = LinearBaseline().fit(prepared.windows("train"), cfg.linear_max_windows)
+    use_seasonal = season <= prepared.lookback
+    for x, y in windows.batches(cfg.batch_size):
+        pred = model(x.to(device)).float().cpu()
+        acc["transformer"].update(pred, y)
+        acc["naive"].update(naive(x, H), y)
+        if use_seasonal:
+            acc["seasonal_naive"].update(seasonal_naive(x, H, season), y)
+        acc["linear"].update(linear(x), y)
+    baselines = {b: acc[b].result() for b in BASELINES if b != "seasonal_naive" or use_seasonal}
+    return Evaluation(block, season, acc["transformer"].result(), baselines)

@@ -1,0 +1,113 @@
+"""Forecasts from a trained bundle, for the CLI, the MLflow pyfunc and the HTTP service.
+
+History frame layout (one row per time step and series):
+    [series_id]   optional; without it the frame is one series
+    [timestamp]   optional; the bundle's timestamp column name. With it rows are sorted,
+                  checked for gaps, and the output gets future timestamps
+    <channel>...  one numeric column per channel the model was trained on
+
+Forecast frame layout: series_id, step (1..h), [timestamp], then one column per channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from forecast.bundle import Bundle
+from forecast.config import DataConfig
+from forecast.data import frame_to_series
+from forecast.errors import DataError
+
+SERIES_ID, STEP = "series_id", "step"
+
+
+class Forecaster:
+    """Batches histories of any length ≥ min_history into one forward pass."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.meta = bundle.meta
+        self.model = bundle.model.eval()
+        self._mean = bundle.mean.astype(np.float32)
+        self._scale = bundle.scale.astype(np.float32)
+
+    @property
+    def lookback(self) -> int:
+        return self.meta.lookback
+
+    @property
+    def horizon(self) -> int:
+        return self.meta.horizon
+
+    @property
+    def channels(self) -> list[str]:
+        return self.meta.channels
+
+    def check_history(self, values: np.ndarray, where: str) -> None:
+        C = len(self.channels)
+        if values.ndim != 2 or values.shape[1] != C:
+            raise DataError(f"{where}: expected [steps x {C}] values, got shape {values.shape}")
+        if len(values) < self.meta.min_history:
+            raise DataError(f"{where}: {len(values)} steps of history; the model needs at least "
+                            f"{self.meta.min_history} (lookback {self.lookback})")
+        if not np.isfinite(values).all():
+            raise DataError(f"{where}: history holds NaN or infinite values")
+
+    def predict_arrays(self, histories: list[np.ndarray], horizon: int | None = None,
+                       ids: list[str] | None = None) -> np.ndarray:
+        """Histories [T_i x C] in original units → forecasts [N x h x C] in original units."""
+        h = self.horizon if horizon is None else horizon
+        if not 1 <= h <= self.horizon:
+            raise DataError(f"horizon must be between 1 and {self.horizon}, got {h}")
+        L, C = self.lookback, len(self.channels)
+        x = np.zeros((len(histories), L, C), dtype=np.float32)
+        pad = np.zeros((len(histories), L), dtype=bool)
+        for i, values in enumerate(histories):
+            self.check_history(values, f"series {ids[i] if ids else i!r}")
+            tail = values[-L:]
+            x[i, L - len(tail):] = (tail - self._mean) / self._scale
+            pad[i, : L - len(tail)] = True
+        with torch.inference_mode():
+            y = self.model(torch.from_numpy(x), torch.from_numpy(pad) if pad.any() else None)
+        return y[:, :h].numpy() * self._scale + self._mean
+
+    def predict_frame(self, frame: pd.DataFrame, horizon: int | None = None) -> pd.DataFrame:
+        """A history frame (layout above) → a forecast frame (layout above)."""
+        ts_col = self.meta.timestamp_column
+        has_ids = SERIES_ID in frame.columns
+        if ts_col in frame.columns:
+            cfg = DataConfig(layout="long" if has_ids else "wide", timestamp_column=ts_col,
+                             id_column=SERIES_ID, columns=self.channels, freq=self.meta.freq)
+            series = frame_to_series(frame, cfg, source="history")
+            ids, values, stamps = series.ids, series.values, series.timestamps
+        else:
+            missing = [c for c in self.channels if c not in frame.columns]
+            if missing:
+                raise DataError(f"history: column(s) {missing} missing; the model needs "
+                                f"{self.channels}")
+            groups = frame.groupby(frame[SERIES_ID].astype(str), sort=False) if has_ids \
+                else [("series", frame)]
+            ids = [str(k) for k, _ in groups]
+            values = [g[self.channels].to_numpy(dtype=np.float32) for _, g in groups]
+            stamps = None
+        forecast = self.predict_arrays(values, horizon, ids)
+        return self.to_frame(forecast, ids, stamps)
+
+    def future_index(self, last: pd.Timestamp, steps: int) -> pd.DatetimeIndex:
+        return pd.date_range(last, periods=steps + 1, freq=self.meta.freq)[1:]
+
+    def to_frame(self, forecast: np.ndarray, ids: list[str],
+                 stamps: list[pd.DatetimeIndex] | None) -> pd.DataFrame:
+        n, h, C = forecast.shape
+        out = pd.DataFrame({
+            SERIES_ID: np.repeat(ids, h),
+            STEP: np.tile(np.arange(1, h + 1), n),
+        })
+        if stamps is not None:
+            out[self.meta.timestamp_column] = np.concatenate(
+                [self.future_index(s[-1], h) for s in stamps])
+        for c, name in enumerate(self.channels):
+            out[name] = forecast[:, :, c].reshape(-1)
+        return out

@@ -1,0 +1,94 @@
+"""One configuration end to end: load → split/window → build → train → evaluate → save."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from forecast.bundle import Bundle, BundleMeta, save_bundle
+from forecast.config import Config, dump_config
+from forecast.data import SeriesSet, frame_to_series, load_series, season_for
+from forecast.evaluate import Evaluation, evaluate
+from forecast.model import PatchTransformer, build_model
+from forecast.synthetic import synthetic_frame
+from forecast.train import EpochStats, FitResult, fit, resolve_device, seed_everything
+from forecast.windows import Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+# Settings that change how a run is shown or where it resumes, not what it computes.
+_NOT_IN_RUN_KEY = ("train.progress", "train.resume", "train.checkpoint_dir", "output_dir")
+
+
+@dataclass
+class TrainOutcome:
+    config: Config
+    series: SeriesSet
+    prepared: Prepared
+    model: PatchTransformer
+    fit: FitResult
+    evaluation: Evaluation
+    output_dir: Path
+    model_dir: Path
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.evaluation.metrics()
+
+
+def load_data(cfg: Config) -> SeriesSet:
+    """The configured file, or the built-in synthetic series when data.path is null."""
+    if cfg.data.path is not None:
+        return load_series(cfg.data)
+    frame = synthetic_frame(seed=cfg.train.seed)
+    series = frame_to_series(frame, cfg.data, source="synthetic demo series")
+    series.digest = hashlib.sha256(np.ascontiguousarray(frame.iloc[:, 1:].to_numpy())).hexdigest()
+    return series
+
+
+def run_key(cfg: Config, series: SeriesSet) -> str:
+    """Identity of a training run: same config and same data bytes give the same key."""
+    relevant = {k: v for k, v in cfg.flat().items() if k not in _NOT_IN_RUN_KEY}
+    blob = json.dumps(relevant, sort_keys=True, default=str) + series.digest
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_dir(cfg: Config) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+def train_and_evaluate(
+    cfg: Config, series: SeriesSet | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainOutcome:
+    series = series if series is not None else load_data(cfg)
+    prepared = prepare(series, cfg.split, cfg.windows)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, cfg.windows.lookback, cfg.windows.horizon, prepared.n_channels)
+    out = run_dir(cfg)
+    ckpt = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else out / "checkpoints"
+    log.info("training on %d train / %d val windows, %d parameters", len(prepared.windows("train")),
+             len(prepared.windows("val")), model.n_params())
+    result = fit(model, prepared, cfg.train, ckpt, run_key(cfg, series), on_epoch)
+    season = cfg.eval.season or season_for(series.freq)
+    evaluation = evaluate(model, prepared, cfg.eval, season, "test", resolve_device(cfg.train))
+    model.cpu()
+    meta = BundleMeta(
+        name=cfg.name, lookback=cfg.windows.lookback, horizon=cfg.windows.horizon,
+        channels=series.channels, freq=series.freq, model=cfg.model.model_dump(mode="json"),
+        timestamp_column=cfg.data.timestamp_column, id_column=cfg.data.id_column, season=season,
+        metrics=evaluation.metrics(),
+    )
+    scaler = prepared.scaler
+    model_dir = save_bundle(out / "model", Bundle(model, scaler.mean_, scaler.scale_, meta))
+    (out / "config.yaml").write_text(dump_config(cfg))
+    (out / "metrics.json").write_text(json.dumps(
+        {**evaluation.metrics(), "best_epoch": result.best_epoch,
+         "train_seconds": result.seconds, "params": model.n_params()}, indent=2))
+    return TrainOutcome(cfg, series, prepared, model, result, evaluation, out, model_dir)

@@ -1,0 +1,271 @@
+"""Training loop: AdamW, warm-up + cosine (or one-cycle), clipping, early stopping with
+best-weights restore, per-epoch checkpoints and resume."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from forecast.config import TrainConfig
+from forecast.errors import TrainingError
+from forecast.model import PatchTransformer
+from forecast.windows import Prepared, WindowSet
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "last.ckpt"
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    lr: float
+    seconds: float
+    windows_per_second: float  # one window of one channel counts as one
+
+
+@dataclass
+class FitResult:
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    seconds: float = 0.0  # wall time of all epochs, resumed ones included
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+
+    @property
+    def windows_per_second(self) -> float:
+        done = [h for h in self.history if h.windows_per_second > 0]
+        return float(np.mean([h.windows_per_second for h in done])) if done else 0.0
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA device is visible; use 'auto'")
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(cfg: TrainConfig) -> int:
+    threads = cfg.num_threads or available_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}[name]
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 1),
+            pct_start=max(cfg.warmup_frac, 0.01),
+        )
+    warmup = int(cfg.warmup_frac * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def random_pad_mask(batch: int, lookback: int, min_history: int, share: float,
+                    generator: torch.Generator) -> torch.Tensor | None:
+    """Left-pad a random share of windows to a random history length in [min_history, L]."""
+    if share <= 0 or min_history >= lookback:
+        return None
+    chosen = torch.rand(batch, generator=generator) < share
+    if not chosen.any():
+        return None
+    keep = torch.randint(min_history, lookback + 1, (batch,), generator=generator)
+    keep = torch.where(chosen, keep, torch.full_like(keep, lookback))
+    return torch.arange(lookback).unsqueeze(0) < (lookback - keep).unsqueeze(1)  # [B x L]
+
+
+@torch.inference_mode()
+def validation_loss(model: PatchTransformer, windows: WindowSet, batch_size: int,
+                    loss_fn: Callable[..., torch.Tensor], device: torch.device) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in windows.batches(batch_size):
+        with _autocast(device):
+            pred = model(x.to(device))
+        total += float(loss_fn(pred.float(), y.to(device), reduction="sum"))
+        n += y.numel()
+    return total / n
+
+
+def _autocast(device: torch.device) -> Any:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+class Checkpointer:
+    """Saves the whole training state each epoch; loads it with weights_only=True."""
+
+    def __init__(self, directory: Path, run_key: str) -> None:
+        self.path = directory / CHECKPOINT
+        self.run_key = run_key
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"run_key": self.run_key, **state}, tmp)
+        tmp.replace(self.path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("run_key") != self.run_key:
+            log.warning("ignoring checkpoint %s: it belongs to another config or dataset",
+                        self.path)
+            return None
+        return state
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def fit(
+    model: PatchTransformer,
+    prepared: Prepared,
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    run_key: str,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Train `model` in place on prepared's train windows; restore the best validation weights."""
+    device = resolve_device(cfg)
+    configure_threads(cfg)
+    seed_everything(cfg.seed)
+    model.to(device)
+    train, val = prepared.windows("train"), prepared.windows("val")
+    per_epoch = min(len(train), cfg.max_windows_per_epoch or len(train))
+    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch * cfg.epochs)
+    loss_fn = loss_function(cfg.loss)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    min_history = model.cfg.min_history or model.cfg.patch_len
+    checkpoints = Checkpointer(checkpoint_dir, run_key)
+
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    bad_epochs, start_epoch = 0, 0
+    saved = checkpoints.load() if cfg.resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        best_state = saved["best_state"]
+        bad_epochs, start_epoch = saved["bad_epochs"], saved["epoch"]
+        result.history = [EpochStats(**h) for h in saved["history"]]
+        result.best_epoch, result.best_val_loss = saved["best_epoch"], saved["best_val_loss"]
+        result.seconds = saved["seconds"]
+        result.resumed_from_epoch = start_epoch
+        log.info("resumed from checkpoint %s after epoch %d", checkpoints.path, start_epoch)
+
+    show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
+    channels = prepared.n_channels
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not show,
+                   leave=False, file=sys.stderr)
+        for x, y in train.batches(cfg.batch_size, shuffle=True, generator=gen, limit=per_epoch):
+            mask = random_pad_mask(len(x), x.shape[1], min_history, cfg.pad_augment, gen)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device):
+                pred = model(x, None if mask is None else mask.to(device))
+            loss = loss_fn(pred.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"training loss became {float(loss)} in epoch {epoch}; lower train.lr or "
+                    "set train.grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(x)
+            seen += len(x)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        val_loss = validation_loss(model, val, cfg.batch_size * 4, loss_fn, device)
+        seconds = time.perf_counter() - t0
+        stats = EpochStats(epoch, total / max(seen, 1), val_loss,
+                           optimizer.param_groups[0]["lr"], seconds,
+                           seen * channels / max(train_seconds, 1e-9))
+        result.history.append(stats)
+        result.seconds += seconds
+        if val_loss < result.best_val_loss:
+            result.best_val_loss, result.best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        log.info("epoch %d: train_loss %.4f val_loss %.4f lr %.2e %.1fs", epoch,
+                 stats.train_loss, val_loss, stats.lr, seconds)
+        if on_epoch is not None:
+            on_epoch(stats)
+        checkpoints.save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "best_state": best_state,
+            "bad_epochs": bad_epochs, "epoch": epoch,
+            "history": [vars(h) for h in result.history], "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss, "seconds": result.seconds,
+        })
+        if cfg.patience and bad_epochs >= cfg.patience:
+            result.stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    checkpoints.clear()
+    return result

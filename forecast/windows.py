@@ -1,0 +1,207 @@
+"""Chronological splits, per-column scaling and lazy lookback/horizon windows.
+
+All series are scaled and concatenated into one tensor [rows x channels]. A window is never
+materialised until a batch asks for it: a `WindowIndex` maps window numbers to row offsets by
+arithmetic (per series: first target row, count, stride), and a batch is one gather from the
+`Tensor.unfold` view of the data. Memory is O(rows), never O(windows x lookback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.preprocessing import StandardScaler
+
+from forecast.config import SplitConfig, WindowConfig
+from forecast.data import SeriesSet
+from forecast.errors import ConfigError, DataError
+
+BLOCKS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Row boundaries of one series: train [0, train), val [train, val), test [val, test)."""
+
+    train: int
+    val: int
+    test: int
+
+
+def split_bounds(stamps: pd.DatetimeIndex, cfg: SplitConfig) -> Bounds:
+    """Where each block ends for one series of len(stamps) rows."""
+    n = len(stamps)
+    if cfg.by == "dates":
+        ends = [
+            n if v is None else int(stamps.searchsorted(pd.Timestamp(str(v)), side="left"))
+            for v in (cfg.train, cfg.val, cfg.test)
+        ]
+        return Bounds(*ends)
+    if cfg.by == "fractions":
+        sizes = [int(n * float(v)) for v in (cfg.train, cfg.val)]
+        sizes.append(n - sum(sizes) if cfg.test is None else int(n * float(cfg.test)))
+    else:
+        sizes = [int(v) for v in (cfg.train, cfg.val)]
+        sizes.append(n - sum(sizes) if cfg.test is None else int(cfg.test))
+        if sum(sizes) > n:
+            raise DataError(
+                f"split asks for {sum(sizes)} rows (train {sizes[0]} + val {sizes[1]} + test "
+                f"{sizes[2]}) but the series has {n}; lower split.train/val/test"
+            )
+    train = sizes[0]
+    return Bounds(train, train + sizes[1], train + sizes[1] + sizes[2])
+
+
+def window_count(first_target: int, end: int, horizon: int, stride: int) -> int:
+    """Windows whose target [t, t+H) starts at first_target + k*stride and ends by `end`."""
+    room = end - first_target - horizon
+    return 0 if room < 0 else room // stride + 1
+
+
+class WindowIndex:
+    """Window number → input start row, by arithmetic over per-series runs."""
+
+    def __init__(self, first_input: np.ndarray, counts: np.ndarray, stride: int,
+                 series: np.ndarray) -> None:
+        self.first_input = torch.as_tensor(first_input, dtype=torch.int64)
+        self.counts = torch.as_tensor(counts, dtype=torch.int64)
+        self.ends = torch.cumsum(self.counts, 0)
+        self.stride = stride
+        self.series = torch.as_tensor(series, dtype=torch.int64)  # series number of each run
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def locate(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run number and global input start row for window numbers k."""
+        run = torch.searchsorted(self.ends, k, right=True)
+        before = self.ends[run] - self.counts[run]
+        return run, self.first_input[run] + (k - before) * self.stride
+
+    def starts(self, k: torch.Tensor) -> torch.Tensor:
+        return self.locate(k)[1]
+
+
+@dataclass
+class Prepared:
+    """Scaled, concatenated series with the window indexes of each block."""
+
+    data: torch.Tensor  # [rows x C] float32, scaled
+    offsets: np.ndarray  # first row of each series in `data`
+    series: SeriesSet
+    bounds: list[Bounds]
+    scaler: StandardScaler
+    lookback: int
+    horizon: int
+    index: dict[str, WindowIndex]
+
+    @property
+    def n_channels(self) -> int:
+        return self.data.shape[1]
+
+    def windows(self, block: str) -> WindowSet:
+        return WindowSet(self.data, self.index[block], self.lookback, self.horizon)
+
+    def train_rows(self) -> np.ndarray:
+        """Unscaled training rows of every series, stacked: [rows x C]."""
+        return np.concatenate([v[: b.train] for v, b in zip(self.series.values, self.bounds)])
+
+
+class WindowSet:
+    """The windows of one block, served as batches gathered from an unfold view."""
+
+    def __init__(self, data: torch.Tensor, index: WindowIndex, lookback: int, horizon: int):
+        self.index = index
+        self.lookback = lookback
+        self.horizon = horizon
+        # view: [rows - L - H + 1 x C x (L + H)], no copy
+        self.unfolded = data.unfold(0, lookback + horizon, 1)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def gather(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs [B x L x C] and targets [B x H x C] of window numbers k."""
+        w = self.unfolded[self.index.starts(k)].transpose(1, 2)  # [B x (L+H) x C]
+        return w[:, : self.lookback], w[:, self.lookback :]
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+        limit: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self)
+        if shuffle:
+            order = torch.randperm(n, generator=generator, dtype=torch.int64)
+            if limit is not None:
+                order = order[:limit]
+        else:
+            order = None
+        total = n if order is None else len(order)
+        for lo in range(0, total, batch_size):
+            hi = min(lo + batch_size, total)
+            k = torch.arange(lo, hi) if order is None else order[lo:hi]
+            yield self.gather(k)
+
+
+def _fit_scaler(series: SeriesSet, bounds: list[Bounds]) -> StandardScaler:
+    scaler = StandardScaler()
+    for values, b in zip(series.values, bounds):
+        if b.train:
+            scaler.partial_fit(values[: b.train])
+    # A constant column would divide by zero; sklearn already sets its scale to 1.
+    return scaler
+
+
+def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig) -> Prepared:
+    """Split each series, fit the scaler on training rows, and index every block's windows."""
+    L, H = win.lookback, win.horizon
+    bounds = [split_bounds(ts, split) for ts in series.timestamps]
+    usable = [i for i, b in enumerate(bounds) if b.train >= L + H]
+    if not usable:
+        b = bounds[0]
+        raise ConfigError(
+            f"windows.lookback ({L}) + windows.horizon ({H}) = {L + H} rows do not fit in the "
+            f"training split ({b.train} rows{' in the shortest series' if len(bounds) > 1 else ''}"
+            "); shorten the lookback/horizon or give split.train more rows"
+        )
+    if len(usable) < len(bounds):
+        series.notes.append(
+            f"skipped {len(bounds) - len(usable)} series shorter than lookback + horizon in train"
+        )
+    values = [series.values[i] for i in usable]
+    kept = SeriesSet(
+        [series.ids[i] for i in usable], values, [series.timestamps[i] for i in usable],
+        series.channels, series.freq, series.source, series.digest, series.notes,
+    )
+    bounds = [bounds[i] for i in usable]
+    scaler = _fit_scaler(kept, bounds)
+    scaled = np.concatenate([scaler.transform(v).astype(np.float32) for v in values])
+    offsets = np.cumsum([0] + [len(v) for v in values[:-1]])
+
+    index = {}
+    for block in BLOCKS:
+        stride = win.stride if block == "train" else 1
+        firsts, counts, owners = [], [], []
+        for s, (off, b) in enumerate(zip(offsets, bounds)):
+            lo = 0 if block == "train" else getattr(b, BLOCKS[BLOCKS.index(block) - 1])
+            hi = getattr(b, block)
+            first_target = max(lo, L)  # val/test inputs start L rows before their block
+            n = window_count(first_target, hi, H, stride)
+            if n:
+                firsts.append(off + first_target - L)
+                counts.append(n)
+                owners.append(s)
+        index[block] = WindowIndex(np.array(firsts, dtype=np.int64),
+                                   np.array(counts, dtype=np.int64), stride,
+                                   np.array(owners, dtype=np.int64))
+    for block in ("val", "test"):
+        if not len(index[block]):
+            raise ConfigError(
+                f"the {block} split holds fewer than windows.horizon ({H}) rows, so it has no "
+                f"windows; give split.{block} more rows or shorten the horizon"
+            )
+    return Prepared(torch.from_numpy(scaled), offsets, kept, bounds, scaler, L, H, index)
