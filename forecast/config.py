@@ -252,11 +252,12 @@ class Config(_Section):
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key; check the spelling against `forecast config --show-defaults`"
-        lines.append(f"{where}: {msg}")
+            msg = "unknown key; `forecast config` lists every key with its default"
+        # Cross-field checks have no single location; their message names the fields.
+        lines.append(f"{where}: {msg}" if where else msg)
     return f"invalid configuration in {source}: " + "; ".join(lines)
 
 

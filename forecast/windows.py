@@ -156,8 +156,20 @@ def _fit_scaler(series: SeriesSet, bounds: list[Bounds]) -> StandardScaler:
     return scaler
 
 
-def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig) -> Prepared:
-    """Split each series, fit the scaler on training rows, and index every block's windows."""
+def scaler_from_params(mean: np.ndarray, scale: np.ndarray) -> StandardScaler:
+    """A fitted StandardScaler rebuilt from saved parameters (no unpickling)."""
+    scaler = StandardScaler()
+    scaler.mean_ = np.asarray(mean, dtype=np.float64)
+    scaler.scale_ = np.asarray(scale, dtype=np.float64)
+    scaler.var_ = scaler.scale_**2
+    scaler.n_features_in_ = len(scaler.mean_)
+    return scaler
+
+
+def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig,
+            scaler: StandardScaler | None = None) -> Prepared:
+    """Split each series, fit the scaler on training rows (unless one is given, as when a saved
+    model is re-scored), and index every block's windows."""
     L, H = win.lookback, win.horizon
     bounds = [split_bounds(ts, split) for ts in series.timestamps]
     usable = [i for i, b in enumerate(bounds) if b.train >= L + H]
@@ -178,7 +190,7 @@ def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig) -> Prepare
         series.channels, series.freq, series.source, series.digest, series.notes,
     )
     bounds = [bounds[i] for i in usable]
-    scaler = _fit_scaler(kept, bounds)
+    scaler = scaler if scaler is not None else _fit_scaler(kept, bounds)
     scaled = np.concatenate([scaler.transform(v).astype(np.float32) for v in values])
     offsets = np.cumsum([0] + [len(v) for v in values[:-1]])
 

@@ -1,0 +1,168 @@
+"""ETTh1/ETTh2 long-horizon benchmark, following ../shared/BENCHMARK.md exactly.
+
+Rows [0, 8640) train, [8640, 11520) val, [11520, 14400) test; scaler fitted on train rows;
+val/test windows start L rows before their block; every stride-1 test window is scored
+(2880 - H + 1); MSE/MAE on scaled values over all windows, steps and the 7 channels.
+
+    python benchmarks/etth.py                                  # both datasets, all horizons
+    python benchmarks/etth.py --dataset ETTh1 --horizon 96     # one cell
+    python benchmarks/etth.py --seeds 0 1 2                    # mean ± std over seeds
+
+Each (dataset, horizon, seed) trains in its own subprocess, so peak RSS is that cell's own.
+Prints a table, then one JSON line (an object for one cell, a list for several).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HORIZONS = (96, 192, 336, 720)
+DATASETS = ("ETTh1", "ETTh2")
+EXPECTED = {"rows": (8640, 2880, 2880)}
+
+# PatchTST/64 (L=512) published test MSE / MAE, from BENCHMARK.md.
+PATCHTST64 = {
+    ("ETTh1", 96): (0.370, 0.400), ("ETTh1", 192): (0.413, 0.429),
+    ("ETTh1", 336): (0.422, 0.440), ("ETTh1", 720): (0.447, 0.468),
+    ("ETTh2", 96): (0.274, 0.337), ("ETTh2", 192): (0.341, 0.382),
+    ("ETTh2", 336): (0.329, 0.384), ("ETTh2", 720): (0.379, 0.422),
+}
+
+
+def config_for(dataset: str, horizon: int) -> Path:
+    """The shipped config for a cell: a horizon-specific file if one exists."""
+    specific = ROOT / "pipelines" / "configs" / f"{dataset.lower()}_h{horizon}.yaml"
+    return specific if specific.is_file() else ROOT / "pipelines" / "configs" / f"{dataset.lower()}.yaml"
+
+
+def run_cell(dataset: str, horizon: int, seed: int, data_dir: Path, out_dir: Path,
+             extra: list[str]) -> dict:
+    """Train and score one (dataset, horizon, seed) in this process; return its figures."""
+    sys.path.insert(0, str(ROOT))
+    from forecast.config import load_config
+    from forecast.runner import train_and_evaluate
+
+    overrides = [
+        f"data.path={data_dir / (dataset + '.csv')}", f"windows.horizon={horizon}",
+        f"train.seed={seed}", f"output_dir={out_dir}", f"name={dataset.lower()}_h{horizon}_s{seed}",
+        "train.progress=off", "train.resume=false", *extra,
+    ]
+    cfg = load_config(config_for(dataset, horizon), overrides)
+    if (cfg.split.by, (cfg.split.train, cfg.split.val, cfg.split.test)) != ("rows", EXPECTED["rows"]):
+        raise SystemExit(f"{config_for(dataset, horizon)} does not use the protocol's row split")
+    t0 = time.perf_counter()
+    outcome = train_and_evaluate(cfg)
+    wall = time.perf_counter() - t0
+    ev = outcome.evaluation
+    expected_windows = 2880 - horizon + 1
+    if ev.model.windows != expected_windows:
+        raise SystemExit(f"scored {ev.model.windows} windows, protocol says {expected_windows}")
+    return {
+        "dataset": dataset, "horizon": horizon, "lookback": cfg.windows.lookback, "seed": seed,
+        "mse": ev.model.mse, "mae": ev.model.mae, "windows": ev.model.windows,
+        "train_seconds": round(outcome.fit.seconds, 1), "wall_seconds": round(wall, 1),
+        "epochs": len(outcome.fit.history), "best_epoch": outcome.fit.best_epoch,
+        "train_windows_per_second": round(outcome.fit.windows_per_second, 1),
+        "params": outcome.model.n_params(),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "baselines": {k: {"mse": v.mse, "mae": v.mae} for k, v in ev.baselines.items()},
+        "config": str(config_for(dataset, horizon).relative_to(ROOT)),
+    }
+
+
+def spawn_cell(dataset: str, horizon: int, seed: int, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--cell", "--dataset", dataset, "--horizon", str(horizon),
+           "--seeds", str(seed), "--data-dir", str(args.data_dir), "--output-dir",
+           str(args.output_dir)]
+    for item in args.set or []:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"cell {dataset} H={horizon} seed={seed} failed ({proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One cell over its seeds: means (and std) of the figures, baselines from the first seed."""
+    first = runs[0]
+    cell = {k: first[k] for k in ("dataset", "horizon", "lookback", "windows", "params",
+                                  "baselines", "config")}
+    cell["seeds"] = [r["seed"] for r in runs]
+    for key in ("mse", "mae", "train_seconds", "train_windows_per_second"):
+        vals = [r[key] for r in runs]
+        cell[key] = round(statistics.fmean(vals), 4)
+        if key in ("mse", "mae"):
+            cell[f"{key}_std"] = round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0
+    cell["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    cell["machine"] = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, CPU"
+    return cell
+
+
+def table(cells: list[dict]) -> str:
+    head = (f"{'data':<6}{'H':>5}{'L':>5}{'MSE':>16}{'MAE':>16}{'PatchTST/64':>14}"
+            f"{'naive':>8}{'linear':>8}{'windows':>8}{'train s':>9}{'win/s':>8}{'params':>8}"
+            f"{'RSS MB':>8}")
+    lines = [head, "-" * len(head)]
+    for c in cells:
+        ref = PATCHTST64[(c["dataset"], c["horizon"])]
+        lines.append(
+            f"{c['dataset']:<6}{c['horizon']:>5}{c['lookback']:>5}"
+            f"{c['mse']:>9.4f}±{c['mse_std']:<6.4f}{c['mae']:>9.4f}±{c['mae_std']:<6.4f}"
+            f"{ref[0]:>7.3f}/{ref[1]:.3f}"
+            f"{c['baselines']['naive']['mse']:>8.3f}{c['baselines']['linear']['mse']:>8.3f}"
+            f"{c['windows']:>8}{c['train_seconds']:>9.1f}{c['train_windows_per_second']:>8.0f}"
+            f"{c['params']:>8}{c['peak_rss_mb']:>8.0f}")
+    lines.append("MSE/MAE: mean±std over seeds, scaled values, all test windows; "
+                 "win/s counts one window of one channel as one")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS, action="append")
+    p.add_argument("--horizon", type=int, choices=HORIZONS, action="append")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--output-dir", type=Path,
+                   default=Path(tempfile.gettempdir()) / "forecast-benchmarks")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key in every cell (e.g. train.epochs=2)")
+    p.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    for name in args.dataset or DATASETS:
+        if not (args.data_dir / f"{name}.csv").is_file():
+            raise SystemExit(f"{args.data_dir / (name + '.csv')} not found; pass --data-dir")
+
+    if args.cell:  # child process: one seed of one cell
+        print(json.dumps(run_cell(args.dataset[0], args.horizon[0], args.seeds[0],
+                                  args.data_dir, args.output_dir, args.set or [])))
+        return
+    cells = []
+    for dataset in args.dataset or DATASETS:
+        for horizon in args.horizon or HORIZONS:
+            runs = []
+            for seed in args.seeds:
+                runs.append(spawn_cell(dataset, horizon, seed, args))
+                r = runs[-1]
+                print(f"{dataset} H={horizon} seed={seed}: mse {r['mse']:.4f} mae {r['mae']:.4f} "
+                      f"({r['train_seconds']:.0f}s, {r['epochs']} epochs)", flush=True)
+            cells.append(summarise(runs))
+    print()
+    print(table(cells))
+    print(json.dumps(cells[0] if len(cells) == 1 else cells))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The `forecast` command line. Errors print as one line with a non-zero exit code;
+`--debug` shows the traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from forecast.bundle import load_bundle
+from forecast.config import Config, dump_config, load_config
+from forecast.data import read_table
+from forecast.errors import DataError, ForecastError
+from forecast.evaluate import evaluate
+from forecast.model import describe
+from forecast.predictor import Forecaster
+from forecast.runner import TrainOutcome, load_data, train_and_evaluate
+from forecast.windows import prepare, scaler_from_params
+
+log = logging.getLogger("forecast")
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("pipelines") / "configs" / "demo.yaml"))
+
+
+def _resolve(args: argparse.Namespace) -> Config:
+    overrides = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.append(f"data.path={args.data}")
+    if getattr(args, "output_dir", None):
+        overrides.append(f"output_dir={args.output_dir}")
+    return load_config(args.config, overrides)
+
+
+def _report(outcome: TrainOutcome) -> None:
+    fit = outcome.fit
+    print(describe(outcome.model))
+    stop = "early stop" if fit.stopped_early else "all epochs"
+    print(f"trained {len(fit.history)} epochs ({stop}; best epoch {fit.best_epoch}, "
+          f"val loss {fit.best_val_loss:.4f}) in {fit.seconds:.1f}s, "
+          f"{fit.windows_per_second:,.0f} windows/s")
+    print()
+    print(outcome.evaluation.table())
+    print()
+    for note in outcome.series.notes:
+        print(f"note: {note}")
+    print(f"model:   {outcome.model_dir}")
+    print(f"metrics: {outcome.output_dir / 'metrics.json'}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _report(train_and_evaluate(_resolve(args)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.config = demo_config_path()
+    print("forecast demo: synthetic hourly series, 5 correlated channels, one year "
+          "(see pipelines/configs/demo.yaml)")
+    _report(train_and_evaluate(_resolve(args)))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(dump_config(_resolve(args)), end="")
+    return 0
+
+
+def _model_dir_config(model_dir: Path, config: str | None) -> Path:
+    path = Path(config) if config else model_dir.parent / "config.yaml"
+    if not path.is_file():
+        raise ForecastError(f"no config at {str(path)!r}; pass --config with the file the model "
+                            "was trained with")
+    return path
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model)
+    bundle = load_bundle(model_dir)
+    args.config = _model_dir_config(model_dir, args.config)
+    cfg = _resolve(args)
+    series = load_data(cfg)
+    if series.channels != bundle.meta.channels:
+        raise DataError(f"data channels {series.channels} differ from the model's "
+                        f"{bundle.meta.channels}")
+    prepared = prepare(series, cfg.split, cfg.windows, scaler_from_params(bundle.mean, bundle.scale))
+    result = evaluate(bundle.model, prepared, cfg.eval, bundle.meta.season, args.block)
+    print(result.table())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    forecaster = Forecaster(load_bundle(args.model))
+    history = read_table(args.history)
+    forecast = forecaster.predict_frame(history, args.horizon)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in (".parquet", ".pq"):
+        forecast.to_parquet(out, index=False)
+    elif out.suffix.lower() == ".csv":
+        forecast.to_csv(out, index=False)
+    else:
+        raise ForecastError(f"--out {str(out)!r}: use a .csv or .parquet file name")
+    n = forecast["series_id"].nunique()
+    print(f"wrote {len(forecast)} rows ({n} series x {len(forecast) // max(n, 1)} steps) to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forecast", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument("--config", required=required, help="YAML config file")
+        p.add_argument("--data", help="data file (overrides data.path)")
+        p.add_argument("--output-dir", help="where runs write their files (overrides output_dir)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+
+    p = sub.add_parser("train", help="train, evaluate against baselines, save the model")
+    with_config(p, required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the whole job on built-in synthetic data, no files needed")
+    p.add_argument("--output-dir", help="where the demo writes its files")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_demo, config=None, data=None)
+
+    p = sub.add_parser("evaluate", help="score a saved model and the baselines on a data split")
+    p.add_argument("--model", required=True, help="model directory written by `forecast train`")
+    p.add_argument("--block", choices=["val", "test"], default="test")
+    with_config(p, required=False)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="forecast from a history file (CSV/Parquet)")
+    p.add_argument("--model", required=True, help="model directory written by `forecast train`")
+    p.add_argument("--history", required=True, help="history rows; see forecast/predictor.py")
+    p.add_argument("--out", required=True, help="output .csv or .parquet")
+    p.add_argument("--horizon", type=int, help="steps to forecast (default: the model's)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("config", help="print the resolved config with every default")
+    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except ForecastError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
