@@ -56,7 +56,7 @@ def run_cell(dataset: str, horizon: int, seed: int, data_dir: Path, out_dir: Pat
     overrides = [
         f"data.path={data_dir / (dataset + '.csv')}", f"windows.horizon={horizon}",
         f"train.seed={seed}", f"output_dir={out_dir}", f"name={dataset.lower()}_h{horizon}_s{seed}",
-        "train.progress=off", "train.resume=false", *extra,
+        "train.progress=false", "train.resume=false", *extra,
     ]
     cfg = load_config(config_for(dataset, horizon), overrides)
     if (cfg.split.by, (cfg.split.train, cfg.split.val, cfg.split.test)) != ("rows", EXPECTED["rows"]):

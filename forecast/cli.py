@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
+import pandas as pd
+from mlflow import MlflowClient
+
 from forecast.bundle import load_bundle
+from forecast.compare import compare_runs
 from forecast.config import Config, dump_config, load_config
 from forecast.data import read_table
 from forecast.errors import DataError, ForecastError
 from forecast.evaluate import evaluate
 from forecast.model import describe
 from forecast.predictor import Forecaster
+from forecast.registry import list_versions, promote
 from forecast.runner import TrainOutcome, load_data, train_and_evaluate
+from forecast.tracking import DEFAULT_URI, TrackedOutcome, preflight, resolve_uri, train_tracked
 from forecast.windows import prepare, scaler_from_params
 
 log = logging.getLogger("forecast")
@@ -51,8 +58,24 @@ def _report(outcome: TrainOutcome) -> None:
     print(f"metrics: {outcome.output_dir / 'metrics.json'}")
 
 
+def _train(args: argparse.Namespace) -> TrackedOutcome | None:
+    cfg = _resolve(args)
+    if not cfg.tracking.enabled:
+        _report(train_and_evaluate(cfg))
+        return None
+    uri = resolve_uri(cfg.tracking, args.tracking_uri)
+    tracked = train_tracked(cfg, uri)
+    _report(tracked.outcome)
+    print(f"mlflow:  run {tracked.run_id} in experiment {cfg.tracking.experiment!r} at {uri}")
+    if tracked.version is not None and tracked.decision is not None:
+        d = tracked.decision
+        verdict = "promoted to champion" if d.promoted else "stays challenger"
+        print(f"registry: {cfg.registered_model} v{tracked.version.version} {verdict}: {d.reason}")
+    return tracked
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    _report(train_and_evaluate(_resolve(args)))
+    _train(args)
     return 0
 
 
@@ -60,7 +83,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.config = demo_config_path()
     print("forecast demo: synthetic hourly series, 5 correlated channels, one year "
           "(see pipelines/configs/demo.yaml)")
-    _report(train_and_evaluate(_resolve(args)))
+    tracked = _train(args)
+    if tracked is not None and tracked.version is not None:
+        name = tracked.version.name
+        print("\nserve the champion:")
+        print(f"  mlflow models serve -m models:/{name}@champion --env-manager local -p 5001 "
+              f"(with MLFLOW_TRACKING_URI={tracked.tracking_uri})")
+        print(f"compare runs:  forecast runs compare --experiment "
+              f"{tracked.outcome.config.tracking.experiment}")
+        print(f"MLflow UI:     mlflow ui --backend-store-uri {tracked.tracking_uri}")
+    return 0
+
+
+def _client(args: argparse.Namespace) -> tuple[str, MlflowClient]:
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    preflight(uri, 10.0)
+    return uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    _, client = _client(args)
+    rows = list_versions(client, args.name)
+    print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    _, client = _client(args)
+    previous = promote(client, args.name, args.version)
+    was = f" (was v{previous})" if previous else ""
+    print(f"{args.name} v{args.version} is now champion{was}; recorded as a manual promotion")
+    return 0
+
+
+def cmd_runs_compare(args: argparse.Namespace) -> int:
+    uri, _ = _client(args)
+    table = compare_runs(uri, args.experiment, args.last)
+    if table.empty:
+        print(f"experiment {args.experiment!r} has no runs")
+        return 0
+    with pd.option_context("display.width", 250, "display.max_columns", 50):
+        print(table.to_string(index=False))
+    print("champion: * marks the run whose model holds the champion alias")
     return 0
 
 
@@ -115,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def tracking_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri, "
+                       "$MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)")
+
     def with_config(p: argparse.ArgumentParser, required: bool) -> None:
+        tracking_flag(p)
         p.add_argument("--config", required=required, help="YAML config file")
         p.add_argument("--data", help="data file (overrides data.path)")
         p.add_argument("--output-dir", help="where runs write their files (overrides output_dir)")
@@ -127,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the whole job on built-in synthetic data, no files needed")
+    tracking_flag(p)
     p.add_argument("--output-dir", help="where the demo writes its files")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=cmd_demo, config=None, data=None)
@@ -143,6 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .csv or .parquet")
     p.add_argument("--horizon", type=int, help="steps to forecast (default: the model's)")
     p.set_defaults(func=cmd_predict)
+
+    models = sub.add_parser("models", help="registered model versions").add_subparsers(
+        dest="models_command", required=True)
+    p = models.add_parser("list", help="versions, aliases and gate scores of a model")
+    p.add_argument("name")
+    tracking_flag(p)
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("promote", help="make a version champion by hand (recorded)")
+    p.add_argument("name")
+    p.add_argument("version")
+    tracking_flag(p)
+    p.set_defaults(func=cmd_models_promote)
+
+    runs = sub.add_parser("runs", help="tracked runs").add_subparsers(
+        dest="runs_command", required=True)
+    p = runs.add_parser("compare", help="the last runs of an experiment side by side")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--last", type=int, default=10, help="how many runs (newest first)")
+    tracking_flag(p)
+    p.set_defaults(func=cmd_runs_compare)
 
     p = sub.add_parser("config", help="print the resolved config with every default")
     p.add_argument("--config", help="YAML config file (default: built-in defaults)")

@@ -6,6 +6,7 @@ other module receives the resulting `Config` (or one of its sections) and trusts
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,8 +187,8 @@ class TrainConfig(_Section):
         None, description="Where epoch checkpoints go; default <output_dir>/checkpoints."
     )
     resume: bool = Field(True, description="Continue from a checkpoint found in checkpoint_dir.")
-    progress: Literal["auto", "on", "off"] = Field(
-        "auto", description="tqdm progress bar: auto shows it only on a terminal."
+    progress: bool | None = Field(
+        None, description="tqdm progress bar; null: shown only when stderr is a terminal."
     )
 
 
@@ -203,6 +204,32 @@ class EvalConfig(_Section):
     batch_size: int = Field(512, gt=0, description="Windows per forward pass when scoring.")
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking, model registry and the champion/challenger gate."""
+
+    enabled: bool = Field(True, description="Log the run to MLflow and register the model.")
+    uri: str | None = Field(
+        None,
+        description="Tracking URI. null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow "
+        "3's default). A PostgreSQL-backed `mlflow server` is the scale-out option.",
+    )
+    experiment: str = Field("forecast", description="MLflow experiment name.")
+    registered_model: str | None = Field(
+        None, description="Registered model name; default: the config's name."
+    )
+    auto_register: bool = Field(True, description="Register each successful run's model.")
+    metric: Literal["mse", "mae", "mase", "smape"] = Field(
+        "mse", description="Metric (lower is better) the promotion gate compares."
+    )
+    margin: float = Field(
+        0.0, ge=0, lt=1,
+        description="Relative improvement the challenger needs over the champion: 0.01 = 1%.",
+    )
+    timeout_seconds: float = Field(
+        10.0, gt=0, description="How long the pre-flight check waits for a tracking server."
+    )
+
+
 class Config(_Section):
     """The whole resolved configuration of a run."""
 
@@ -214,6 +241,11 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def registered_model(self) -> str:
+        return self.tracking.registered_model or self.name
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -261,12 +293,33 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"invalid configuration in {source}: " + "; ".join(lines)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader with the scalars a config needs: `1e-3` is a float (PyYAML's YAML 1.1 rules
+    read it as text, so `split.val=5e-2` was rejected), and a date stays text (split dates are
+    strings; a `datetime.date` fitted no field)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-3")
     # YAML parsing gives ints, floats, bools and null the same meaning as in the file.
-    return key.strip().split("."), yaml.safe_load(raw)
+    return key.strip().split("."), _yaml_load(raw)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -299,7 +352,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = _yaml_load(p.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):

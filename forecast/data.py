@@ -149,7 +149,8 @@ def _resolve_freq(stamps: pd.DatetimeIndex, given: str | None, where: str) -> st
     inferred = pd.infer_freq(stamps)
     if inferred is None:
         # With gaps infer_freq gives up; the most common step is the intended one.
-        step = pd.Series(np.diff(stamps.asi8)).mode().iloc[0]
+        # asi8 counts in the index's own unit (s, ms, us or ns); count in ns to match below.
+        step = pd.Series(np.diff(stamps.as_unit("ns").asi8)).mode().iloc[0]
         inferred = pd.tseries.frequencies.to_offset(pd.Timedelta(int(step), "ns")).freqstr
     return pd.tseries.frequencies.to_offset(inferred).freqstr
 
@@ -216,6 +217,9 @@ def _one_series(
 def frame_to_series(frame: pd.DataFrame, cfg: DataConfig, source: str = "<memory>") -> SeriesSet:
     """Validate a wide or long frame and return regular, complete series."""
     notes: list[str] = [f"missing-value policy: {cfg.missing}"]
+    # Rows are grouped by index label below; a repeated label (pd.concat of per-series frames)
+    # would pull other series' rows into a series. Positions are what errors report anyway.
+    frame = frame.reset_index(drop=True)
     stamps = _parse_timestamps(frame, cfg.timestamp_column, source)
     if cfg.layout == "wide":
         columns = cfg.columns or [c for c in frame.columns if c != cfg.timestamp_column]

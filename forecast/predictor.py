@@ -17,7 +17,7 @@ import torch
 
 from forecast.bundle import Bundle
 from forecast.config import DataConfig
-from forecast.data import frame_to_series
+from forecast.data import _numeric_columns, frame_to_series
 from forecast.errors import DataError
 
 SERIES_ID, STEP = "series_id", "step"
@@ -87,10 +87,12 @@ class Forecaster:
             if missing:
                 raise DataError(f"history: column(s) {missing} missing; the model needs "
                                 f"{self.channels}")
-            groups = frame.groupby(frame[SERIES_ID].astype(str), sort=False) if has_ids \
-                else [("series", frame)]
+            # Same checks as a file: a non-numeric value is a DataError naming column and row.
+            numeric = _numeric_columns(frame.reset_index(drop=True), self.channels, "history")
+            groups = numeric.groupby(frame[SERIES_ID].astype(str).to_numpy(), sort=False) \
+                if has_ids else [("series", numeric)]
             ids = [str(k) for k, _ in groups]
-            values = [g[self.channels].to_numpy(dtype=np.float32) for _, g in groups]
+            values = [g.to_numpy(dtype=np.float32) for _, g in groups]
             stamps = None
         forecast = self.predict_arrays(values, horizon, ids)
         return self.to_frame(forecast, ids, stamps)

@@ -22,8 +22,9 @@ from forecast.windows import Prepared, prepare
 
 log = logging.getLogger(__name__)
 
-# Settings that change how a run is shown or where it resumes, not what it computes.
-_NOT_IN_RUN_KEY = ("train.progress", "train.resume", "train.checkpoint_dir", "output_dir")
+# Settings that change how a run is shown, logged or resumed, not what it computes.
+_NOT_IN_RUN_KEY = ("train.progress", "train.resume", "train.checkpoint_dir", "output_dir",
+                   "tracking.")
 
 
 @dataclass
@@ -54,7 +55,7 @@ def load_data(cfg: Config) -> SeriesSet:
 
 def run_key(cfg: Config, series: SeriesSet) -> str:
     """Identity of a training run: same config and same data bytes give the same key."""
-    relevant = {k: v for k, v in cfg.flat().items() if k not in _NOT_IN_RUN_KEY}
+    relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_IN_RUN_KEY)}
     blob = json.dumps(relevant, sort_keys=True, default=str) + series.digest
     return hashlib.sha256(blob.encode()).hexdigest()
 

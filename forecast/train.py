@@ -206,7 +206,7 @@ def fit(
         result.resumed_from_epoch = start_epoch
         log.info("resumed from checkpoint %s after epoch %d", checkpoints.path, start_epoch)
 
-    show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
+    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     channels = prepared.n_channels
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         model.train()
@@ -252,8 +252,8 @@ def fit(
             bad_epochs += 1
         log.info("epoch %d: train_loss %.4f val_loss %.4f lr %.2e %.1fs", epoch,
                  stats.train_loss, val_loss, stats.lr, seconds)
-        if on_epoch is not None:
-            on_epoch(stats)
+        # Save before the callback: an epoch that finished is kept even if the callback (MLflow
+        # logging, a Ctrl-C) raises.
         checkpoints.save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
@@ -262,6 +262,8 @@ def fit(
             "history": [vars(h) for h in result.history], "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "seconds": result.seconds,
         })
+        if on_epoch is not None:
+            on_epoch(stats)
         if cfg.patience and bad_epochs >= cfg.patience:
             result.stopped_early = True
             break

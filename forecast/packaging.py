@@ -1,0 +1,74 @@
+"""The trained model as an MLflow pyfunc, logged as "models from code" so that nothing of ours
+is cloudpickled: MLflow re-runs `forecast/pyfunc_model.py` to build the wrapper, and the
+wrapper reads safetensors weights and JSON (see forecast/bundle.py).
+
+Input: a history frame (forecast/predictor.py): optional `series_id`, optional timestamp
+column, one numeric column per channel. Params: optional `horizon` (1..H).
+Output: `series_id`, `step`, [timestamp], one column per channel.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+
+import forecast
+from forecast.bundle import load_bundle
+from forecast.predictor import Forecaster
+
+ARTIFACT_KEY = "model_dir"
+CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
+_REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "safetensors", "pydantic",
+                 "pyyaml", "mlflow")
+
+
+class ForecastModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around a `Forecaster` loaded from the bundle artifact."""
+
+    def load_context(self, context: Any) -> None:
+        self.forecaster = Forecaster(load_bundle(context.artifacts[ARTIFACT_KEY]))
+
+    # No type hints on purpose: MLflow would derive a (wrong) schema from them; the logged
+    # signature describes the frames instead.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        horizon = (params or {}).get("horizon")
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return self.forecaster.predict_frame(frame, None if horizon is None else int(horizon))
+
+
+def requirements() -> list[str]:
+    pins = []
+    for name in _REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_pyfunc(bundle_dir: Path, input_example: pd.DataFrame, name: str = "model") -> ModelInfo:
+    """Log the bundle as a pyfunc model in the active run, with signature and input example."""
+    forecaster = Forecaster(load_bundle(bundle_dir))
+    output = forecaster.predict_frame(input_example)
+    signature = infer_signature(input_example, output, params={"horizon": forecaster.horizon})
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(CODE_FILE),
+        artifacts={ARTIFACT_KEY: str(bundle_dir)},
+        # The package travels with the model, so a loader needs only the pinned libraries.
+        code_paths=[str(Path(forecast.__file__).parent)],
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=requirements(),
+    )
+
+
+def bundle_path(downloaded_model_dir: str | Path) -> Path:
+    """Where the bundle lies inside a downloaded pyfunc model directory."""
+    return Path(downloaded_model_dir) / "artifacts" / Path(ARTIFACT_KEY)

@@ -1,0 +1,83 @@
+"""Run artifacts as pictures and tables: forecasts against actuals, error per horizon step,
+and the training curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window on a server
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from forecast.evaluate import Evaluation  # noqa: E402
+from forecast.model import PatchTransformer  # noqa: E402
+from forecast.train import EpochStats  # noqa: E402
+from forecast.windows import Prepared  # noqa: E402
+
+
+def forecast_vs_actual(model: PatchTransformer, prepared: Prepared, path: Path,
+                       n_windows: int = 3, max_channels: int = 3) -> Path:
+    """A grid: rows are test windows spread over the block, columns are channels."""
+    test = prepared.windows("test")
+    k = torch.linspace(0, len(test) - 1, n_windows).long()
+    x, y = test.gather(k)
+    with torch.inference_mode():
+        pred = model.eval()(x)
+    mean, scale = prepared.scaler.mean_, prepared.scaler.scale_
+    x, y, pred = (t.numpy() * scale + mean for t in (x, y, pred))
+    C = min(prepared.n_channels, max_channels)
+    L, H = prepared.lookback, prepared.horizon
+    fig, axes = plt.subplots(n_windows, C, figsize=(4 * C, 2.4 * n_windows), squeeze=False)
+    for i in range(n_windows):
+        for c in range(C):
+            ax = axes[i][c]
+            ax.plot(np.arange(L), x[i, :, c], color="0.5", lw=0.8, label="history")
+            ax.plot(np.arange(L, L + H), y[i, :, c], color="k", lw=1.0, label="actual")
+            ax.plot(np.arange(L, L + H), pred[i, :, c], color="tab:red", lw=1.0, label="forecast")
+            ax.set_title(f"{prepared.series.channels[c]}, test window {int(k[i])}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def horizon_errors(evaluation: Evaluation, csv_path: Path, png_path: Path) -> tuple[Path, Path]:
+    """MSE and MAE per horizon step for the model and each baseline."""
+    rows = {"step": np.arange(1, len(evaluation.model.mse_per_step) + 1)}
+    for name, s in [("transformer", evaluation.model), *evaluation.baselines.items()]:
+        rows[f"{name}_mse"] = s.mse_per_step
+        rows[f"{name}_mae"] = s.mae_per_step
+    table = pd.DataFrame(rows)
+    table.to_csv(csv_path, index=False)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in ["transformer", *evaluation.baselines]:
+        ax.plot(table["step"], table[f"{name}_mse"], label=name)
+    ax.set_xlabel("horizon step")
+    ax.set_ylabel("MSE (scaled)")
+    ax.set_title(f"{evaluation.block} error per horizon step")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+    return csv_path, png_path
+
+
+def training_curve(history: list[EpochStats], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h.epoch for h in history]
+    ax.plot(epochs, [h.train_loss for h in history], marker="o", label="train loss")
+    ax.plot(epochs, [h.val_loss for h in history], marker="o", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,193 @@
+"""Model registry: register a run's model as `challenger`, and move `champion` only when the
+challenger beats both the current champion (re-scored now, on the challenger's evaluation
+windows) and the naive baseline."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from forecast.baselines import naive
+from forecast.bundle import load_bundle
+from forecast.config import TrackingConfig
+from forecast.errors import ForecastError, TrackingError
+from forecast.metrics import MetricAccumulator, Scores, mase_scale
+from forecast.packaging import bundle_path
+from forecast.predictor import Forecaster
+from forecast.windows import Prepared
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass
+class GateDecision:
+    promoted: bool
+    reason: str
+    metric: str
+    challenger_score: float
+    naive_score: float
+    champion_score: float | None = None
+    champion_version: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "gate.decision": "promoted" if self.promoted else "rejected",
+            "gate.reason": self.reason, "gate.metric": self.metric,
+            "gate.challenger_score": f"{self.challenger_score:.6g}",
+            "gate.naive_score": f"{self.naive_score:.6g}",
+        }
+        if self.champion_score is not None:
+            tags["gate.champion_score"] = f"{self.champion_score:.6g}"
+        if self.champion_version is not None:
+            tags["gate.champion_version"] = self.champion_version
+        return tags
+
+
+def score_on_windows(forecaster: Forecaster, prepared: Prepared, block: str = "test",
+                     batch_size: int = 512) -> tuple[Scores, Scores]:
+    """Score a forecaster on `prepared`'s windows of `block`, and naive on the same windows.
+
+    The forecaster sees raw history ending where each window's target begins (its own
+    lookback, its own scaler); errors are measured in `prepared`'s scaled units, so the scores
+    of models with different lookbacks or scalers are comparable.
+    """
+    H, L = prepared.horizon, prepared.lookback
+    if forecaster.channels != prepared.series.channels:
+        raise ForecastError(f"channels {forecaster.channels} differ from the data's "
+                            f"{prepared.series.channels}")
+    if forecaster.horizon < H:
+        raise ForecastError(f"horizon {forecaster.horizon} is shorter than {H}")
+    mean, scale = prepared.scaler.mean_, prepared.scaler.scale_
+    denom = mase_scale(prepared.train_rows(), forecaster.meta.season)
+    model_acc = MetricAccumulator(H, mean, scale, denom)
+    naive_acc = MetricAccumulator(H, mean, scale, denom)
+    windows = prepared.windows(block)
+    index = windows.index
+    for lo in range(0, len(windows), batch_size):
+        k = torch.arange(lo, min(lo + batch_size, len(windows)))
+        run, starts = index.locate(k)
+        x, y = windows.gather(k)  # scaled [B x L x C], [B x H x C]
+        histories = []
+        for r, start in zip(run.tolist(), starts.tolist()):
+            s = int(index.series[r])
+            target = start - int(prepared.offsets[s]) + L  # first target row in series s
+            values = prepared.series.values[s]
+            histories.append(values[max(0, target - forecaster.lookback): target])
+        pred = forecaster.predict_arrays(histories, H)
+        model_acc.update(torch.from_numpy(((pred - mean) / scale).astype(np.float32)), y)
+        naive_acc.update(naive(x, H), y)
+    return model_acc.result(), naive_acc.result()
+
+
+def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None  # no registered model, or no champion alias yet
+
+
+def load_version_forecaster(uri: str, name: str, version: str) -> Forecaster:
+    """Download a registered version and load its bundle (safetensors + JSON, no pickle)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=uri)
+        return Forecaster(load_bundle(bundle_path(local)))
+
+
+def decide(client: MlflowClient, uri: str, cfg: TrackingConfig, name: str,
+           challenger: Forecaster, prepared: Prepared) -> GateDecision:
+    """Compare the challenger with the current champion on the same windows."""
+    metric = cfg.metric
+    ours, naive_scores = score_on_windows(challenger, prepared)
+    mine, naive_score = getattr(ours, metric), getattr(naive_scores, metric)
+    base = dict(metric=metric, challenger_score=mine, naive_score=naive_score)
+    if not mine < naive_score:
+        return GateDecision(False, f"does not beat the naive baseline on {metric} "
+                            f"({mine:.4f} vs {naive_score:.4f})", **base)
+    current = champion_version(client, name)
+    if current is None:
+        return GateDecision(True, "first model: no champion yet", **base)
+    try:
+        theirs = getattr(score_on_windows(load_version_forecaster(uri, name, current.version), prepared)[0],
+                         metric)
+    except ForecastError as err:
+        return GateDecision(False, f"champion v{current.version} cannot be scored on these "
+                            f"windows ({err}); promote by hand if intended",
+                            champion_version=current.version, **base)
+    base.update(champion_score=theirs, champion_version=current.version)
+    needed = theirs * (1 - cfg.margin)
+    if mine < needed:
+        return GateDecision(True, f"beats champion v{current.version} on {metric}: {mine:.4f} < "
+                            f"{theirs:.4f} x (1 - margin {cfg.margin:g})", **base)
+    return GateDecision(False, f"not better than champion v{current.version} on {metric} by "
+                        f"margin {cfg.margin:g}: {mine:.4f} vs {theirs:.4f}", **base)
+
+
+def register(client: MlflowClient, name: str, model_uri: str, run_id: str,
+             decision: GateDecision) -> ModelVersion:
+    """Create the version, tag it, alias it; on any failure remove it again (never half-done)."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Forecast models registered by "
+                                       "`forecast train`; see the champion alias.")
+    version = client.create_model_version(name, model_uri, run_id=run_id)
+    try:
+        for key, value in decision.tags().items():
+            client.set_model_version_tag(name, version.version, key, value)
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        if decision.promoted:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+    except BaseException:
+        client.delete_model_version(name, version.version)
+        raise
+    return version
+
+
+def promote(client: MlflowClient, name: str, version: str) -> str | None:
+    """Manual override: make `version` champion; record it as manual. Returns the previous."""
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise TrackingError(f"model {name!r} has no version {version!r}; see "
+                            f"`forecast models list {name}`") from None
+    previous = champion_version(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(name, version, "gate.decision", "manual")
+    client.set_model_version_tag(
+        name, version, "gate.reason",
+        f"promoted by hand at {stamp}" + (f", replacing v{previous.version}" if previous else ""))
+    return previous.version if previous else None
+
+
+def list_versions(client: MlflowClient, name: str) -> list[dict[str, str]]:
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise TrackingError(f"no registered model named {name!r} in this tracking store")
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        rows.append({
+            "version": v.version, "aliases": ",".join(v.aliases) or "-",
+            "decision": v.tags.get("gate.decision", "-"),
+            "metric": v.tags.get("gate.metric", "-"),
+            "score": v.tags.get("gate.challenger_score", "-"),
+            "champion_then": v.tags.get("gate.champion_score", "-"),
+            "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC)
+            .strftime("%Y-%m-%d %H:%M"),
+            "run_id": v.run_id or "-",
+            "reason": v.tags.get("gate.reason", ""),
+        })
+    return rows
+

@@ -1,0 +1,179 @@
+"""Every training run tracked in MLflow: params, per-epoch metrics, test metrics against the
+baselines, tags, the dataset, artifacts, the pyfunc model, registration and the gate.
+
+A run that raises ends FAILED (Ctrl-C: KILLED) with the error in the `error` tag, and nothing
+is registered. The tracking store is checked before training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from forecast.bundle import load_bundle
+from forecast.config import Config, TrackingConfig, dump_config
+from forecast.data import SeriesSet
+from forecast.errors import TrackingError
+from forecast.packaging import log_pyfunc
+from forecast.plots import forecast_vs_actual, horizon_errors, training_curve
+from forecast.predictor import Forecaster
+from forecast.registry import GateDecision, decide, register
+from forecast.runner import TrainOutcome, load_data, train_and_evaluate
+from forecast.train import EpochStats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def resolve_uri(cfg: TrackingConfig, flag: str | None = None) -> str:
+    """--tracking-uri flag, else the config, else $MLFLOW_TRACKING_URI, else local SQLite."""
+    return flag or cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def preflight(uri: str, timeout: float) -> None:
+    """Fail in seconds, before training, if the tracking store cannot be used."""
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        db = Path(uri.removeprefix("sqlite:///"))
+        folder = db.parent if str(db.parent) else Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking store {uri}: folder {str(folder)!r} does not exist or "
+                                "is not writable; fix tracking.uri or MLFLOW_TRACKING_URI")
+    elif scheme in ("http", "https"):
+        import requests  # MLflow's own dependency
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+        except requests.RequestException as err:
+            raise TrackingError(f"tracking server {uri} is not reachable ({err}); start it or "
+                                "fix tracking.uri / MLFLOW_TRACKING_URI") from None
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:  # any failure here means the store is unusable
+        raise TrackingError(f"tracking store {uri} cannot be used: {err}") from None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def run_name(cfg: Config) -> str:
+    w = cfg.windows
+    return (f"{cfg.name}-patchtransformer-L{w.lookback}-H{w.horizon}-"
+            f"{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def _params(cfg: Config) -> dict[str, str]:
+    # MLflow params are strings of at most 6000 characters.
+    return {k: "null" if v is None else str(v)[:6000] for k, v in cfg.flat().items()}
+
+
+def _log_dataset(series: SeriesSet) -> None:
+    sample = pd.DataFrame(series.values[0][:1000], columns=series.channels)
+    sample.insert(0, "timestamp", series.timestamps[0][:1000])
+    dataset = mlflow.data.from_pandas(sample, source=series.source, name=Path(series.source).name,
+                                      digest=series.digest[:36])
+    mlflow.log_input(dataset, context="training")
+
+
+def input_example(series: SeriesSet, timestamp_column: str, rows: int) -> pd.DataFrame:
+    """The last `rows` rows of the first series, in the pyfunc's history layout."""
+    frame = pd.DataFrame(series.values[0][-rows:].astype("float64"), columns=series.channels)
+    frame.insert(0, timestamp_column, series.timestamps[0][-rows:])
+    return frame
+
+
+def _log_artifacts(outcome: TrainOutcome, folder: Path) -> None:
+    cfg = outcome.config
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    forecast_vs_actual(outcome.model, outcome.prepared, folder / "forecast_vs_actual.png")
+    horizon_errors(outcome.evaluation, folder / "error_per_step.csv",
+                   folder / "error_per_step.png")
+    training_curve(outcome.fit.history, folder / "training_curve.png")
+    mlflow.log_artifacts(str(folder))
+
+
+@dataclass
+class TrackedOutcome:
+    outcome: TrainOutcome
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    model_uri: str | None
+    version: ModelVersion | None
+    decision: GateDecision | None
+
+
+def train_tracked(cfg: Config, uri: str) -> TrackedOutcome:
+    """Train, evaluate, log, package, gate and register one configuration as one MLflow run."""
+    tracking = cfg.tracking
+    preflight(uri, tracking.timeout_seconds)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.set_experiment(tracking.experiment)
+    tags = {"forecast.version": metadata.version("forecast"),
+            "model.registered_name": cfg.registered_model}
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    run = mlflow.start_run(run_name=run_name(cfg), tags=tags)
+    try:
+        mlflow.log_params(_params(cfg))
+        series = load_data(cfg)
+        mlflow.set_tags({"data.sha256": series.digest, "data.source": series.source})
+        _log_dataset(series)
+
+        def on_epoch(stats: EpochStats) -> None:
+            mlflow.log_metrics({"train_loss": stats.train_loss, "val_loss": stats.val_loss,
+                                "lr": stats.lr, "epoch_seconds": stats.seconds,
+                                "train_windows_per_second": stats.windows_per_second},
+                               step=stats.epoch)
+
+        outcome = train_and_evaluate(cfg, series, on_epoch)
+        mlflow.log_metrics({**outcome.metrics, "best_epoch": outcome.fit.best_epoch,
+                            "train_seconds": outcome.fit.seconds,
+                            "params_count": outcome.model.n_params()})
+        with tempfile.TemporaryDirectory() as tmp:
+            _log_artifacts(outcome, Path(tmp))
+        example = input_example(series, cfg.data.timestamp_column, cfg.windows.lookback)
+        info = log_pyfunc(outcome.model_dir, example)
+        version = decision = None
+        if tracking.auto_register:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            challenger = Forecaster(load_bundle(outcome.model_dir))
+            decision = decide(client, uri, tracking, cfg.registered_model, challenger,
+                              outcome.prepared)
+            mlflow.set_tags(decision.tags())
+            mlflow.log_metric("gate_promoted", float(decision.promoted))
+            version = register(client, cfg.registered_model, info.model_uri, run.info.run_id,
+                               decision)
+            mlflow.set_tag("model.version", version.version)
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+    return TrackedOutcome(outcome, run.info.run_id, experiment.experiment_id, uri,
+                          info.model_uri, version, decision)

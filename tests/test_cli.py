@@ -1,0 +1,272 @@
+"""The `forecast` command line, run in-process through forecast.cli.main."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import TINY_SETS, make_frame
+
+from forecast.cli import main
+from forecast.config import Config
+from forecast.errors import DataError
+
+H = 6  # windows.horizon in TINY_SETS
+
+
+def sets(*extra: str) -> list[str]:
+    out: list[str] = []
+    for item in [*TINY_SETS, *extra]:
+        out += ["--set", item]
+    return out
+
+
+@dataclass
+class TrainedRun:
+    data: Path
+    run_dir: Path
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> TrainedRun:
+    """One tiny `forecast train` shared by the tests that read its outputs."""
+    root = tmp_path_factory.mktemp("cli_train")
+    data = root / "series.csv"
+    make_frame().to_csv(data, index=False)
+    config = root / "tiny.yaml"
+    config.write_text("name: tiny\n")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["train", "--config", str(config), "--data", str(data),
+                   "--output-dir", str(root / "runs"), *sets()])
+    return TrainedRun(data, root / "runs" / "tiny", rc, out.getvalue(), err.getvalue())
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_train_writes_model_metrics_config_and_prints_baselines(trained):
+    assert trained.rc == 0, trained.stderr
+    model_dir = trained.run_dir / "model"
+    assert {p.name for p in model_dir.iterdir()} == {"weights.safetensors", "model.json",
+                                                     "scaler.json"}
+    metrics = json.loads((trained.run_dir / "metrics.json").read_text())
+    for key in ("test_mse", "test_mase", "baseline_naive_mse", "baseline_seasonal_naive_mse",
+                "baseline_linear_mse", "skill_naive", "skill_linear", "best_epoch", "params"):
+        assert key in metrics, key
+    assert metrics["best_epoch"] == 1
+    assert metrics["skill_naive"] == pytest.approx(
+        1 - metrics["test_mse"] / metrics["baseline_naive_mse"])
+    saved = yaml.safe_load((trained.run_dir / "config.yaml").read_text())
+    assert saved["name"] == "tiny"
+    assert saved["data"]["path"] == str(trained.data)
+    assert saved["model"]["d_model"] == 8 and saved["windows"]["lookback"] == 24
+    assert saved["train"]["epochs"] == 1
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert (meta["lookback"], meta["horizon"], meta["channels"], meta["freq"], meta["season"]) \
+        == (24, H, ["a", "b"], "h", 24)
+
+    out = trained.stdout
+    assert "trained 1 epochs" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for name in ("transformer", "naive", "seasonal_naive", "linear"):
+        assert name in rows, out
+    assert f"{metrics['test_mse']:.4f}" in rows["transformer"]
+    assert f"{metrics['baseline_naive_mse']:.4f}" in rows["naive"]
+    assert rows["naive"].rstrip().endswith("%")  # the skill column
+    assert f"model:   {trained.run_dir / 'model'}" in out
+
+
+def test_train_missing_data_file(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\n")
+    missing = tmp_path / "absent.csv"
+    rc = main(["train", "--config", str(config), "--data", str(missing),
+               "--output-dir", str(tmp_path / "runs"), *sets()])
+    assert rc == 3
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    assert str(missing) in line and "not found" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_flag_shows_the_exception(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\n")
+    with pytest.raises(DataError, match=r"not found"):
+        main(["--debug", "train", "--config", str(config), "--data", str(tmp_path / "no.csv"),
+              *sets()])
+
+
+def test_train_bad_set_key(tmp_path, capsys, wide_csv):
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\n")
+    rc = main(["train", "--config", str(config), "--data", str(wide_csv),
+               "--output-dir", str(tmp_path / "runs"), *sets("train.epochz=3")])
+    assert rc == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "train.epochz: unknown key" in line
+
+
+def test_train_missing_config_file(tmp_path, capsys, wide_csv):
+    rc = main(["train", "--config", str(tmp_path / "none.yaml"), "--data", str(wide_csv)])
+    assert rc == 2
+    assert "none.yaml" in one_error_line(capsys.readouterr().err)
+
+
+def test_predict_writes_csv(trained, tmp_path, capsys):
+    history = tmp_path / "history.csv"
+    frame = make_frame()
+    frame.tail(40).to_csv(history, index=False)
+    out = tmp_path / "pred" / "forecast.csv"
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(out)])
+    assert rc == 0
+    assert f"wrote {H} rows (1 series x {H} steps) to {out}" in capsys.readouterr().out
+    result = pd.read_csv(out)
+    assert list(result.columns) == ["series_id", "step", "date", "a", "b"]
+    assert result["step"].tolist() == list(range(1, H + 1))
+    last = frame["date"].iloc[-1]
+    expected = pd.date_range(last, periods=H + 1, freq="h")[1:]
+    assert pd.to_datetime(result["date"]).tolist() == list(expected)
+    assert result[["a", "b"]].notna().all().all()
+    # Forecasts are in original units: channel b lives around 20, channel a around 10.
+    assert (result["b"] - result["a"]).mean() > 5
+
+
+def test_predict_several_series_with_horizon(trained, tmp_path, capsys):
+    frame = make_frame().tail(30)
+    two = pd.concat([frame.assign(series_id="x"), frame.assign(series_id="y")])
+    history = tmp_path / "history.parquet"
+    two.to_parquet(history, index=False)
+    out = tmp_path / "forecast.parquet"
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(out), "--horizon", "3"])
+    assert rc == 0
+    assert "wrote 6 rows (2 series x 3 steps)" in capsys.readouterr().out
+    result = pd.read_parquet(out)
+    assert result["series_id"].tolist() == ["x"] * 3 + ["y"] * 3
+    # Same history, same forecast.
+    pd.testing.assert_frame_equal(
+        result[result.series_id == "x"][["a", "b"]].reset_index(drop=True),
+        result[result.series_id == "y"][["a", "b"]].reset_index(drop=True))
+
+
+def test_predict_bad_output_suffix(trained, tmp_path, capsys):
+    history = tmp_path / "history.csv"
+    make_frame().tail(30).to_csv(history, index=False)
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(tmp_path / "forecast.txt")])
+    assert rc == 1
+    assert "use a .csv or .parquet file name" in one_error_line(capsys.readouterr().err)
+
+
+def test_predict_history_too_short(trained, tmp_path, capsys):
+    history = tmp_path / "history.csv"
+    make_frame().tail(5).to_csv(history, index=False)
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(tmp_path / "f.csv")])
+    assert rc == 3
+    assert "5 steps of history; the model needs at least 8" in one_error_line(
+        capsys.readouterr().err)
+
+
+def test_predict_non_numeric_history_is_a_one_line_error(trained, tmp_path, capsys):
+    history = tmp_path / "history.csv"
+    frame = make_frame().tail(30).drop(columns="date").astype({"a": object})
+    frame.iloc[4, 0] = "broken"
+    frame.to_csv(history, index=False)
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(tmp_path / "f.csv")])
+    assert rc == 3
+    line = one_error_line(capsys.readouterr().err)
+    assert "column 'a' is not numeric: row 5 has 'broken'" in line
+
+
+def test_evaluate_prints_the_table(trained, capsys):
+    rc = main(["evaluate", "--model", str(trained.run_dir / "model")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((trained.run_dir / "metrics.json").read_text())
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert set(rows) >= {"model", "transformer", "naive", "seasonal_naive", "linear"}
+    # The saved model on the same test windows scores what training reported.
+    assert f"{metrics['test_mse']:.4f}" in rows["transformer"]
+    assert f"{metrics['baseline_seasonal_naive_mse']:.4f}" in rows["seasonal_naive"]
+    assert "test windows scored" in out
+
+
+def test_evaluate_val_block(trained, capsys):
+    assert main(["evaluate", "--model", str(trained.run_dir / "model"), "--block", "val"]) == 0
+    assert "val windows scored" in capsys.readouterr().out
+
+
+def test_evaluate_without_config(trained, tmp_path, capsys):
+    lonely = tmp_path / "lonely" / "model"
+    lonely.mkdir(parents=True)
+    for f in (trained.run_dir / "model").iterdir():
+        (lonely / f.name).write_bytes(f.read_bytes())
+    rc = main(["evaluate", "--model", str(lonely)])
+    assert rc == 1
+    assert "no config at" in one_error_line(capsys.readouterr().err)
+
+
+def test_evaluate_missing_model_dir(tmp_path, capsys):
+    rc = main(["evaluate", "--model", str(tmp_path / "nothing")])
+    assert rc == 1
+    assert "is not a model directory" in one_error_line(capsys.readouterr().err)
+
+
+def test_config_prints_yaml_with_defaults(capsys):
+    assert main(["config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == Config().to_dict()
+    assert printed["windows"]["lookback"] == 96 and printed["data"]["missing"] == "error"
+
+
+def test_config_with_overrides_and_file(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: mine\nmodel:\n  d_model: 16\n")
+    assert main(["config", "--config", str(path), "--set", "train.lr=1e-3",
+                 "--set", "model.n_heads=2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["name"] == "mine"
+    assert (printed["model"]["d_model"], printed["model"]["n_heads"]) == (16, 2)
+    assert printed["train"]["lr"] == 0.001
+
+
+def test_config_bad_override(capsys):
+    assert main(["config", "--set", "model.d_model=30"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "model.d_model (30) must be divisible by model.n_heads (4)" in line
+
+
+@pytest.mark.slow
+def test_demo_prints_skill_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["demo", "--set", "train.epochs=1", "--set", "train.max_windows_per_epoch=256",
+               "--set", "tracking.enabled=false", "--output-dir", str(tmp_path / "out")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "forecast demo: synthetic hourly series" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    for name in ("naive", "seasonal_naive", "linear"):
+        assert name in rows, out
+        assert rows[name][-1].endswith("%")  # the skill column
+    metrics = json.loads((tmp_path / "out" / "demo" / "metrics.json").read_text())
+    assert {"skill_naive", "skill_seasonal_naive", "skill_linear"} <= set(metrics)
+    assert (tmp_path / "out" / "demo" / "model" / "weights.safetensors").is_file()

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from forecast.config import (
+    Config,
+    apply_overrides,
+    build_config,
+    dump_config,
+    load_config,
+)
+from forecast.errors import ConfigError
+
+
+def test_defaults_validate_and_have_documented_values():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert (cfg.windows.lookback, cfg.windows.horizon, cfg.windows.stride) == (96, 24, 1)
+    assert (cfg.split.by, cfg.split.train, cfg.split.val, cfg.split.test) == (
+        "fractions", 0.7, 0.1, 0.2)
+    assert cfg.data.missing == "error"
+    assert cfg.model.d_model % cfg.model.n_heads == 0
+
+
+def test_unknown_key_is_rejected_by_name():
+    with pytest.raises(ConfigError) as err:
+        build_config({"train": {"epochz": 3}}, "run.yaml")
+    msg = str(err.value)
+    assert "run.yaml" in msg
+    assert "train.epochz" in msg
+    assert "unknown key" in msg and "forecast config" in msg
+
+
+def test_unknown_top_level_section_is_rejected_by_name():
+    with pytest.raises(ConfigError, match=r"trian: unknown key"):
+        build_config({"trian": {"epochs": 3}})
+
+
+def test_patch_longer_than_lookback_names_both_fields():
+    with pytest.raises(ConfigError) as err:
+        build_config({"windows": {"lookback": 8}, "model": {"patch_len": 16}})
+    msg = str(err.value)
+    assert "model.patch_len (16)" in msg
+    assert "windows.lookback (8)" in msg
+    assert "shorten the patch or lengthen the lookback" in msg
+
+
+def test_d_model_must_be_divisible_by_heads():
+    with pytest.raises(ConfigError) as err:
+        build_config({"model": {"d_model": 30, "n_heads": 4}})
+    msg = str(err.value)
+    assert "model.d_model (30)" in msg and "model.n_heads (4)" in msg and "divisible" in msg
+
+
+def test_min_history_must_lie_between_patch_and_lookback():
+    with pytest.raises(ConfigError, match=r"model.min_history \(4\) must lie between "
+                                          r"model.patch_len \(16\)"):
+        build_config({"model": {"min_history": 4}})
+    assert build_config({"model": {"min_history": 32}}).model.min_history == 32
+
+
+@pytest.mark.parametrize(
+    ("split", "fragment"),
+    [
+        ({"train": 1.5}, "split.train must be a fraction in (0, 1) when by=fractions"),
+        ({"val": 0.0}, "split.val must be a fraction in (0, 1) when by=fractions"),
+        ({"train": 0.8, "val": 0.2, "test": 0.2}, "split fractions add up to 1.2"),
+        ({"by": "rows", "train": 100, "val": -5, "test": 10},
+         "split.val must be a positive row count when by=rows"),
+        ({"by": "rows", "train": 0.7, "val": 10, "test": 10},
+         "split.train must be a positive row count when by=rows"),
+        ({"by": "dates", "train": "2024-03-01", "val": "2024-02-01", "test": None},
+         "split dates must increase"),
+        ({"by": "dates", "train": "not a date", "val": "2024-02-01", "test": None},
+         "split.train = 'not a date' is not a date"),
+    ],
+)
+def test_bad_splits_are_rejected(split, fragment):
+    with pytest.raises(ConfigError) as err:
+        build_config({"split": split})
+    assert fragment in str(err.value)
+
+
+def test_valid_splits_of_each_kind():
+    assert build_config({"split": {"train": 0.6, "val": 0.2, "test": None}}).split.test is None
+    rows = build_config({"split": {"by": "rows", "train": 100, "val": 20, "test": 30}}).split
+    assert (rows.train, rows.val, rows.test) == (100, 20, 30)
+
+
+def test_apply_overrides_parses_values_like_yaml():
+    raw = apply_overrides({"train": {"epochs": 3}}, [
+        "train.lr=1e-3", "model.d_model=32", "model.revin=false", "train.grad_clip=null",
+        "name=exp1", "data.columns=[a, b]",
+    ])
+    assert raw["train"] == {"epochs": 3, "lr": 0.001, "grad_clip": None}
+    assert isinstance(raw["train"]["lr"], float)
+    assert raw["model"] == {"d_model": 32, "revin": False}
+    assert raw["name"] == "exp1"
+    assert raw["data"]["columns"] == ["a", "b"]
+
+
+def test_load_config_with_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: from-file\ntrain:\n  epochs: 7\n  lr: 1e-2\nmodel:\n  d_model: 16\n")
+    cfg = load_config(path, ["train.lr=1e-3", "model.n_heads=2", "train.epochs=9"])
+    assert cfg.name == "from-file"
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 9
+    assert (cfg.model.d_model, cfg.model.n_heads) == (16, 2)
+    # A scientific-notation value in the file itself is a number too.
+    assert load_config(path).train.lr == pytest.approx(1e-2)
+
+
+def test_scientific_notation_split_fraction_override():
+    cfg = load_config(None, ["split.train=6e-1", "split.val=1e-1", "split.test=3e-1"])
+    assert (cfg.split.train, cfg.split.val, cfg.split.test) == (0.6, 0.1, 0.3)
+
+
+def test_date_split_overrides_stay_dates_as_text():
+    cfg = load_config(None, ["split.by=dates", "split.train=2024-01-10",
+                             "split.val=2024-01-12", "split.test=null"])
+    assert (cfg.split.train, cfg.split.val, cfg.split.test) == ("2024-01-10", "2024-01-12", None)
+
+
+def test_override_without_equals_sign_is_rejected():
+    with pytest.raises(ConfigError, match=r"must look like section.key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_override_into_a_non_section_is_rejected():
+    with pytest.raises(ConfigError, match=r"'name' is not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_override_with_unknown_key_names_it():
+    with pytest.raises(ConfigError, match=r"train.epochz: unknown key"):
+        load_config(None, ["train.epochz=1"])
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(missing)
+    assert str(missing) in str(err.value) and "not found" in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_config_file_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"must hold a mapping of sections"):
+        load_config(path)
+
+
+def test_invalid_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML"):
+        load_config(path)
+
+
+def test_flat_uses_dotted_names():
+    flat = build_config({"model": {"d_model": 32}, "name": "x"}).flat()
+    assert flat["model.d_model"] == 32
+    assert flat["windows.lookback"] == 96
+    assert flat["data.path"] is None
+    assert flat["name"] == "x"
+    assert flat["split.train"] == 0.7
+    # Leaves only: no section maps in the values.
+    assert not any(isinstance(v, dict) for v in flat.values())
+    assert "model" not in flat
+
+
+def test_dump_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.lr=2e-4", "model.d_model=32", "split.by=dates",
+                             "split.train=2024-01-10", "split.val=2024-01-12",
+                             "split.test=null"])
+    text = dump_config(cfg)
+    assert yaml.safe_load(text)["model"]["d_model"] == 32
+    path = tmp_path / "dumped.yaml"
+    path.write_text(text)
+    assert load_config(path) == cfg

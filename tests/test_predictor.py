@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from forecast.bundle import META, SCALER, WEIGHTS, Bundle, BundleMeta, load_bundle, save_bundle
+from forecast.config import ModelConfig
+from forecast.errors import DataError, ForecastError
+from forecast.model import build_model
+from forecast.predictor import Forecaster
+
+L, H = 24, 6
+MEAN = np.array([20.0, -5.0])
+SCALE = np.array([3.0, 0.5])
+
+
+@pytest.fixture
+def bundle() -> Bundle:
+    cfg = ModelConfig(patch_len=8, patch_stride=4, d_model=8, n_heads=2, n_layers=1, d_ff=16,
+                      dropout=0.0, positional="learned")
+    torch.manual_seed(0)
+    model = build_model(cfg, L, H, 2).eval()
+    meta = BundleMeta(name="tiny", lookback=L, horizon=H, channels=["a", "b"], freq="h",
+                      model=cfg.model_dump(mode="json"), season=24, metrics={"test_mse": 0.5})
+    return Bundle(model, MEAN.copy(), SCALE.copy(), meta)
+
+
+@pytest.fixture
+def forecaster(bundle) -> Forecaster:
+    return Forecaster(bundle)
+
+
+def history(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (MEAN + SCALE * rng.standard_normal((n, 2))).astype(np.float32)
+
+
+def test_bundle_round_trip_gives_identical_predictions(tmp_path, bundle, forecaster):
+    d = save_bundle(tmp_path / "model", bundle)
+    assert {p.name for p in d.iterdir()} == {WEIGHTS, META, SCALER}
+    assert json.loads((d / SCALER).read_text()) == {"mean": MEAN.tolist(),
+                                                    "scale": SCALE.tolist()}
+    loaded = load_bundle(d)
+    assert loaded.meta == bundle.meta
+    np.testing.assert_array_equal(loaded.mean, MEAN)
+    assert not loaded.model.training
+    histories = [history(30, 1), history(L, 2), history(10, 3)]
+    np.testing.assert_array_equal(Forecaster(loaded).predict_arrays(histories),
+                                  forecaster.predict_arrays(histories))
+
+
+def test_load_bundle_missing_file(tmp_path, bundle):
+    d = save_bundle(tmp_path / "model", bundle)
+    (d / SCALER).unlink()
+    with pytest.raises(ForecastError) as err:
+        load_bundle(d)
+    msg = str(err.value)
+    assert "is not a model directory" in msg and "scaler.json" in msg
+    assert "model/ folder that `forecast train` wrote" in msg
+
+
+def test_load_bundle_wrong_format_version(tmp_path, bundle):
+    d = save_bundle(tmp_path / "model", bundle)
+    meta = json.loads((d / META).read_text())
+    meta["format_version"] = 99
+    (d / META).write_text(json.dumps(meta))
+    with pytest.raises(ForecastError, match=r"has model format 99, this version reads 1"):
+        load_bundle(d)
+
+
+def test_full_history_forecast_in_original_units(bundle, forecaster):
+    h = history(L)
+    x = torch.from_numpy(((h - MEAN) / SCALE).astype(np.float32))[None]
+    with torch.no_grad():
+        expected = bundle.model(x).numpy()[0] * SCALE + MEAN
+    out = forecaster.predict_arrays([h])
+    assert out.shape == (1, H, 2)
+    np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_longer_history_uses_the_last_lookback_steps(forecaster):
+    h = history(100)
+    np.testing.assert_allclose(forecaster.predict_arrays([h]),
+                               forecaster.predict_arrays([h[-L:]]), rtol=1e-6)
+
+
+def test_short_history_is_left_padded_and_masked(bundle, forecaster):
+    n = 10  # >= min_history (= patch_len 8)
+    h = history(n)
+    x = np.zeros((1, L, 2), dtype=np.float32)
+    x[0, L - n:] = (h - MEAN) / SCALE
+    mask = torch.zeros(1, L, dtype=torch.bool)
+    mask[0, : L - n] = True
+    with torch.no_grad():
+        expected = bundle.model(torch.from_numpy(x), mask).numpy()[0] * SCALE + MEAN
+    np.testing.assert_allclose(forecaster.predict_arrays([h])[0], expected, rtol=1e-5,
+                               atol=1e-5)
+    # Batched with a full history, each row is forecast as if alone.
+    full = history(L, 5)
+    both = forecaster.predict_arrays([h, full])
+    np.testing.assert_allclose(both[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both[1], forecaster.predict_arrays([full])[0], rtol=1e-5,
+                               atol=1e-5)
+    # Exactly min_history steps is accepted.
+    assert forecaster.predict_arrays([history(8)]).shape == (1, H, 2)
+
+
+def test_history_shorter_than_min_history_is_rejected(forecaster):
+    with pytest.raises(DataError) as err:
+        forecaster.predict_arrays([history(7)], ids=["shop-1"])
+    msg = str(err.value)
+    assert "series 'shop-1'" in msg
+    assert "7 steps of history; the model needs at least 8 (lookback 24)" in msg
+
+
+def test_nan_history_is_rejected(forecaster):
+    h = history(L)
+    h[3, 1] = np.nan
+    with pytest.raises(DataError, match=r"history holds NaN or infinite values"):
+        forecaster.predict_arrays([h])
+
+
+def test_wrong_channel_count_is_rejected(forecaster):
+    with pytest.raises(DataError, match=r"expected \[steps x 2\] values, got shape \(24, 3\)"):
+        forecaster.predict_arrays([np.zeros((L, 3), dtype=np.float32)])
+
+
+@pytest.mark.parametrize("h", [0, H + 1])
+def test_horizon_out_of_range_is_rejected(forecaster, h):
+    with pytest.raises(DataError, match=rf"horizon must be between 1 and {H}, got {h}"):
+        forecaster.predict_arrays([history(L)], horizon=h)
+
+
+def test_shorter_horizon_is_a_prefix(forecaster):
+    hist = [history(L)]
+    full = forecaster.predict_arrays(hist)
+    part = forecaster.predict_arrays(hist, horizon=2)
+    assert part.shape == (1, 2, 2)
+    np.testing.assert_array_equal(part, full[:, :2])
+
+
+def frame_for(values: np.ndarray, start: str | None, sid: str | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame({"a": values[:, 0], "b": values[:, 1]})
+    if start is not None:
+        frame.insert(0, "date", pd.date_range(start, periods=len(values), freq="h"))
+    if sid is not None:
+        frame.insert(0, "series_id", sid)
+    return frame
+
+
+def test_predict_frame_without_timestamps(forecaster):
+    h = history(30)
+    out = forecaster.predict_frame(frame_for(h, None))
+    assert list(out.columns) == ["series_id", "step", "a", "b"]
+    assert out["series_id"].tolist() == ["series"] * H
+    assert out["step"].tolist() == list(range(1, H + 1))
+    expected = forecaster.predict_arrays([h])[0]
+    np.testing.assert_allclose(out[["a", "b"]].to_numpy(), expected, rtol=1e-6)
+
+
+def test_predict_frame_with_timestamps(forecaster):
+    h = history(30)
+    out = forecaster.predict_frame(frame_for(h, "2024-03-01 00:00"), horizon=3)
+    assert list(out.columns) == ["series_id", "step", "date", "a", "b"]
+    # the history ends at 05:00 the next day (30 hourly rows); the forecast follows it
+    assert list(out["date"]) == list(pd.date_range("2024-03-02 06:00", periods=3, freq="h"))
+    np.testing.assert_allclose(out[["a", "b"]].to_numpy(),
+                               forecaster.predict_arrays([h], horizon=3)[0], rtol=1e-6)
+
+
+def test_predict_frame_sorts_rows_by_timestamp(forecaster):
+    h = history(30)
+    frame = frame_for(h, "2024-03-01")
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    pd.testing.assert_frame_equal(forecaster.predict_frame(shuffled),
+                                  forecaster.predict_frame(frame))
+
+
+def test_predict_frame_several_series(forecaster):
+    h1, h2 = history(30, 1), history(12, 2)
+    frame = pd.concat([frame_for(h1, "2024-03-01", "north"),
+                       frame_for(h2, "2024-05-01 12:00", "south")], ignore_index=True)
+    out = forecaster.predict_frame(frame)
+    assert list(out.columns) == ["series_id", "step", "date", "a", "b"]
+    assert out["series_id"].tolist() == ["north"] * H + ["south"] * H
+    assert out["step"].tolist() == list(range(1, H + 1)) * 2
+    south = out[out["series_id"] == "south"]
+    assert list(south["date"]) == list(pd.date_range("2024-05-02 00:00", periods=H, freq="h"))
+    expected = forecaster.predict_arrays([h1, h2])
+    np.testing.assert_allclose(out[["a", "b"]].to_numpy(), expected.reshape(-1, 2), rtol=1e-5,
+                               atol=1e-5)
+    # Without timestamps, series_id alone groups the rows.
+    no_time = forecaster.predict_frame(frame.drop(columns="date"))
+    assert list(no_time.columns) == ["series_id", "step", "a", "b"]
+    np.testing.assert_allclose(no_time[["a", "b"]].to_numpy(), expected.reshape(-1, 2),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_predict_frame_concatenated_series(forecaster):
+    # pd.concat without ignore_index repeats row labels; each series keeps its own rows.
+    h1, h2 = history(30, 1), history(30, 2)
+    frame = pd.concat([frame_for(h1, "2024-03-01", "n"), frame_for(h2, "2024-03-01", "s")])
+    expected = forecaster.predict_arrays([h1, h2]).reshape(-1, 2)
+    for f in (frame, frame.drop(columns="date")):
+        out = forecaster.predict_frame(f)
+        assert out["series_id"].tolist() == ["n"] * H + ["s"] * H
+        np.testing.assert_allclose(out[["a", "b"]].to_numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_frame_non_numeric_value_is_a_data_error(forecaster):
+    frame = frame_for(history(30), None).astype({"b": object})
+    frame.loc[7, "b"] = "oops"
+    with pytest.raises(DataError, match=r"column 'b' is not numeric: row 8 has 'oops'"):
+        forecaster.predict_frame(frame)
+
+
+def test_predict_frame_missing_channel(forecaster):
+    with pytest.raises(DataError, match=r"column\(s\) \['b'\] missing; the model needs"):
+        forecaster.predict_frame(pd.DataFrame({"a": np.zeros(L)}))
+
+
+def test_predict_frame_gap_in_history_is_an_error(forecaster):
+    frame = frame_for(history(30), "2024-03-01").drop(index=[10])
+    with pytest.raises(DataError, match=r"1 missing time step\(s\) at frequency 'h'"):
+        forecaster.predict_frame(frame)

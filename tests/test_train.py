@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from forecast.config import TrainConfig
+from forecast.errors import TrainingError
+from forecast.model import build_model
+from forecast.train import (
+    CHECKPOINT,
+    EpochStats,
+    fit,
+    loss_function,
+    make_scheduler,
+    random_pad_mask,
+    validation_loss,
+)
+
+
+def new_model(config, prepared, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(config.model, config.windows.lookback, config.windows.horizon,
+                       prepared.n_channels)
+
+
+def train_cfg(config, **kw) -> TrainConfig:
+    return config.train.model_copy(update=kw)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def snapshot(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_restores_best_validation_weights(tmp_path, tiny_config, tiny_prepared):
+    model = new_model(tiny_config, tiny_prepared)
+    snapshots: dict[int, dict] = {}
+
+    def on_epoch(stats: EpochStats) -> None:
+        snapshots[stats.epoch] = snapshot(model)
+        if stats.epoch == 2:
+            # Wreck the head: epoch 3 (and its validation loss) starts from ruined weights.
+            with torch.no_grad():
+                model.head.weight.add_(50 * torch.randn_like(model.head.weight))
+
+    cfg = train_cfg(tiny_config, epochs=3)
+    result = fit(model, tiny_prepared, cfg, tmp_path / "ckpt", "k", on_epoch)
+
+    losses = [h.val_loss for h in result.history]
+    assert [h.epoch for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == losses.index(min(losses)) + 1
+    assert result.best_epoch < 3  # the wrecked last epoch is not the best
+    assert result.best_val_loss == min(losses)
+    assert states_equal(model.state_dict(), snapshots[result.best_epoch])
+    assert not model.training
+    val = validation_loss(model, tiny_prepared.windows("val"), cfg.batch_size * 4,
+                          loss_function("mse"), torch.device("cpu"))
+    assert val == pytest.approx(result.best_val_loss, rel=1e-6)
+    # A finished run leaves no checkpoint behind.
+    assert not (tmp_path / "ckpt" / CHECKPOINT).exists()
+
+
+def test_early_stopping_when_validation_cannot_improve(tmp_path, tiny_config, tiny_prepared):
+    # A learning rate far below float32 resolution leaves every weight as it was.
+    cfg = train_cfg(tiny_config, epochs=10, patience=2, lr=1e-30, weight_decay=0.0,
+                    schedule="constant")
+    model = new_model(tiny_config, tiny_prepared)
+    result = fit(model, tiny_prepared, cfg, tmp_path / "ckpt", "k")
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + 2 < 10
+    assert result.best_epoch == 1
+
+
+def test_patience_zero_runs_every_epoch(tmp_path, tiny_config, tiny_prepared):
+    cfg = train_cfg(tiny_config, epochs=3, patience=0, lr=1e-30, weight_decay=0.0)
+    result = fit(new_model(tiny_config, tiny_prepared), tiny_prepared, cfg, tmp_path, "k")
+    assert len(result.history) == 3 and not result.stopped_early
+
+
+def test_same_seed_gives_identical_weights(tmp_path, tiny_config, tiny_prepared):
+    # Dropout and pad augmentation draw random numbers too.
+    cfg = train_cfg(tiny_config, epochs=2, pad_augment=0.5)
+    config = tiny_config.model_copy(update={"model": tiny_config.model.model_copy(
+        update={"dropout": 0.2})})
+    weights = []
+    for run in range(2):
+        model = new_model(config, tiny_prepared)
+        fit(model, tiny_prepared, cfg, tmp_path / f"ckpt{run}", "k")
+        weights.append(snapshot(model))
+    assert states_equal(weights[0], weights[1])
+    other = new_model(config, tiny_prepared)
+    fit(other, tiny_prepared, cfg.model_copy(update={"seed": 1}), tmp_path / "ckpt_other", "k")
+    assert not states_equal(weights[0], other.state_dict())
+
+
+def interrupt_after(epoch: int, record: list | None = None):
+    def on_epoch(stats: EpochStats) -> None:
+        if record is not None:
+            record.append(stats)
+        if stats.epoch == epoch:
+            raise KeyboardInterrupt
+    return on_epoch
+
+
+def test_checkpoint_resume(tmp_path, tiny_config, tiny_prepared):
+    cfg = train_cfg(tiny_config, epochs=4)
+    ckpt = tmp_path / "ckpt"
+    first: list[EpochStats] = []
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(tiny_config, tiny_prepared), tiny_prepared, cfg, ckpt, "key",
+            interrupt_after(2, first))
+    assert [s.epoch for s in first] == [1, 2]
+
+    # The checkpoint holds plain tensors and containers: loadable without unpickling code.
+    state = torch.load(ckpt / CHECKPOINT, map_location="cpu", weights_only=True)
+    assert state["run_key"] == "key" and state["epoch"] == 2
+    assert len(state["history"]) == 2
+
+    resumed_model = new_model(tiny_config, tiny_prepared, seed=123)  # weights come from disk
+    result = fit(resumed_model, tiny_prepared, cfg, ckpt, "key")
+    assert result.resumed_from_epoch == 2
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4]
+    assert [h.val_loss for h in result.history[:2]] == [s.val_loss for s in first]
+    assert not (ckpt / CHECKPOINT).exists()
+
+    # Resuming continues exactly where the interrupted run stopped.
+    straight = new_model(tiny_config, tiny_prepared)
+    full = fit(straight, tiny_prepared, cfg, tmp_path / "straight", "key")
+    assert [h.val_loss for h in full.history] == [h.val_loss for h in result.history]
+    assert states_equal(straight.state_dict(), resumed_model.state_dict())
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path, tiny_config, tiny_prepared):
+    cfg = train_cfg(tiny_config, epochs=4)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(tiny_config, tiny_prepared), tiny_prepared, cfg, ckpt, "key-a",
+            interrupt_after(2))
+    result = fit(new_model(tiny_config, tiny_prepared), tiny_prepared, cfg, ckpt, "key-b")
+    assert result.resumed_from_epoch == 0
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4]
+
+
+def test_resume_false_ignores_checkpoint(tmp_path, tiny_config, tiny_prepared):
+    cfg = train_cfg(tiny_config, epochs=3)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(new_model(tiny_config, tiny_prepared), tiny_prepared, cfg, ckpt, "key",
+            interrupt_after(1))
+    result = fit(new_model(tiny_config, tiny_prepared), tiny_prepared,
+                 cfg.model_copy(update={"resume": False}), ckpt, "key")
+    assert result.resumed_from_epoch == 0 and len(result.history) == 3
+
+
+def test_diverging_loss_raises_training_error(tmp_path, tiny_config, tiny_prepared):
+    cfg = train_cfg(tiny_config, epochs=3, lr=1e30, grad_clip=None, schedule="constant",
+                    warmup_frac=0.0)
+    with pytest.raises(TrainingError) as err:
+        fit(new_model(tiny_config, tiny_prepared), tiny_prepared, cfg, tmp_path, "k")
+    msg = str(err.value)
+    assert "training loss became" in msg and "lower train.lr" in msg
+    assert err.value.exit_code == 4
+
+
+def test_random_pad_mask():
+    gen = torch.Generator().manual_seed(0)
+    assert random_pad_mask(8, 16, 4, 0.0, gen) is None
+    assert random_pad_mask(8, 16, 16, 1.0, gen) is None
+    mask = random_pad_mask(64, 16, 4, 1.0, gen)
+    assert mask is not None and mask.shape == (64, 16) and mask.dtype == torch.bool
+    padded = mask.sum(1)
+    assert padded.min() >= 0 and padded.max() <= 16 - 4
+    assert padded.max() > 0
+    # Left padding: each row is True for a prefix, then False to the end.
+    for row, n in zip(mask, padded.tolist(), strict=True):
+        assert row[:n].all() and not row[n:].any()
+    assert not mask[:, -4:].any()  # the last min_history steps are always real
+    half = random_pad_mask(2000, 16, 4, 0.25, torch.Generator().manual_seed(1))
+    share = (half.any(1)).float().mean().item()
+    assert 0.15 < share < 0.25  # chosen with p=0.25; some draw keep = L (no padding)
+
+
+def scheduled_lrs(cfg: TrainConfig, total: int) -> list[float]:
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=cfg.lr)
+    sched = make_scheduler(opt, cfg, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_warmup_then_cosine_by_hand():
+    cfg = TrainConfig(lr=1.0, warmup_frac=0.25, schedule="cosine")
+    lrs = scheduled_lrs(cfg, 8)  # warm-up = int(0.25 * 8) = 2 steps
+    expected = [1 / 2, 2 / 2] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[2] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.5)
+
+
+def test_constant_schedule_after_warmup():
+    cfg = TrainConfig(lr=0.1, warmup_frac=0.5, schedule="constant")
+    assert scheduled_lrs(cfg, 6) == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1, 0.1, 0.1])
+
+
+def test_onecycle_peaks_at_lr():
+    cfg = TrainConfig(lr=0.5, warmup_frac=0.25, schedule="onecycle")
+    lrs = scheduled_lrs(cfg, 20)
+    assert max(lrs) == pytest.approx(0.5, rel=1e-3)
+    assert lrs[0] < 0.1 and lrs[-1] < 0.01
