@@ -34,12 +34,12 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.forecaster = Forecaster(load_bundle(context.artifacts[ARTIFACT_KEY]))
 
-    # No type hints on purpose: MLflow would derive a (wrong) schema from them; the logged
-    # signature describes the frames instead.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    # pd.DataFrame is a hint MLflow accepts without deriving a schema from it; the logged
+    # signature describes the columns.
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
         horizon = (params or {}).get("horizon")
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.forecaster.predict_frame(frame, None if horizon is None else int(horizon))
+        return self.forecaster.predict_frame(model_input, None if horizon is None else int(horizon))
 
 
 def requirements() -> list[str]:

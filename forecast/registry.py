@@ -176,10 +176,15 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, str]]:
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         raise TrackingError(f"no registered model named {name!r} in this tracking store")
+    # search results do not carry aliases on every store; the registered model does
+    aliases: dict[str, list[str]] = {}
+    for alias, number in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(number), []).append(alias)
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         rows.append({
-            "version": v.version, "aliases": ",".join(v.aliases) or "-",
+            "version": str(v.version),
+            "aliases": ",".join(sorted(aliases.get(str(v.version), []))) or "-",
             "decision": v.tags.get("gate.decision", "-"),
             "metric": v.tags.get("gate.metric", "-"),
             "score": v.tags.get("gate.challenger_score", "-"),

@@ -64,6 +64,21 @@ def _torch_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def frame_factory():
+    """`make_frame` for tests that build their own frames (module fixtures included)."""
+    return make_frame
+
+
+@pytest.fixture(scope="session")
+def tiny_sets() -> list[str]:
+    """TINY as CLI arguments: ['--set', 'windows.lookback=24', '--set', ...]."""
+    out: list[str] = []
+    for item in TINY_SETS:
+        out += ["--set", item]
+    return out
+
+
 @pytest.fixture
 def wide_frame() -> pd.DataFrame:
     return make_frame()

@@ -11,20 +11,25 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_SETS, make_frame
 
 from forecast.cli import main
 from forecast.config import Config
 from forecast.errors import DataError
 
-H = 6  # windows.horizon in TINY_SETS
+H = 6  # windows.horizon in the tiny --set arguments (conftest.TINY_SETS)
 
 
-def sets(*extra: str) -> list[str]:
-    out: list[str] = []
-    for item in [*TINY_SETS, *extra]:
-        out += ["--set", item]
-    return out
+@pytest.fixture(scope="module")
+def sets(tiny_sets):
+    """The tiny `--set` arguments plus any extra overrides."""
+    def with_extra(*extra: str) -> list[str]:
+        return [*tiny_sets, *(arg for item in extra for arg in ("--set", item))]
+    return with_extra
+
+
+@pytest.fixture(scope="module")
+def make_frame(frame_factory):
+    return frame_factory
 
 
 @dataclass
@@ -37,7 +42,7 @@ class TrainedRun:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> TrainedRun:
+def trained(tmp_path_factory, sets, make_frame) -> TrainedRun:
     """One tiny `forecast train` shared by the tests that read its outputs."""
     root = tmp_path_factory.mktemp("cli_train")
     data = root / "series.csv"
@@ -91,7 +96,7 @@ def test_train_writes_model_metrics_config_and_prints_baselines(trained):
     assert f"model:   {trained.run_dir / 'model'}" in out
 
 
-def test_train_missing_data_file(tmp_path, capsys):
+def test_train_missing_data_file(tmp_path, capsys, sets):
     config = tmp_path / "c.yaml"
     config.write_text("name: x\n")
     missing = tmp_path / "absent.csv"
@@ -104,7 +109,7 @@ def test_train_missing_data_file(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_debug_flag_shows_the_exception(tmp_path):
+def test_debug_flag_shows_the_exception(tmp_path, sets):
     config = tmp_path / "c.yaml"
     config.write_text("name: x\n")
     with pytest.raises(DataError, match=r"not found"):
@@ -112,7 +117,7 @@ def test_debug_flag_shows_the_exception(tmp_path):
               *sets()])
 
 
-def test_train_bad_set_key(tmp_path, capsys, wide_csv):
+def test_train_bad_set_key(tmp_path, capsys, wide_csv, sets):
     config = tmp_path / "c.yaml"
     config.write_text("name: x\n")
     rc = main(["train", "--config", str(config), "--data", str(wide_csv),
@@ -128,7 +133,7 @@ def test_train_missing_config_file(tmp_path, capsys, wide_csv):
     assert "none.yaml" in one_error_line(capsys.readouterr().err)
 
 
-def test_predict_writes_csv(trained, tmp_path, capsys):
+def test_predict_writes_csv(trained, tmp_path, capsys, make_frame):
     history = tmp_path / "history.csv"
     frame = make_frame()
     frame.tail(40).to_csv(history, index=False)
@@ -148,7 +153,7 @@ def test_predict_writes_csv(trained, tmp_path, capsys):
     assert (result["b"] - result["a"]).mean() > 5
 
 
-def test_predict_several_series_with_horizon(trained, tmp_path, capsys):
+def test_predict_several_series_with_horizon(trained, tmp_path, capsys, make_frame):
     frame = make_frame().tail(30)
     two = pd.concat([frame.assign(series_id="x"), frame.assign(series_id="y")])
     history = tmp_path / "history.parquet"
@@ -166,7 +171,7 @@ def test_predict_several_series_with_horizon(trained, tmp_path, capsys):
         result[result.series_id == "y"][["a", "b"]].reset_index(drop=True))
 
 
-def test_predict_bad_output_suffix(trained, tmp_path, capsys):
+def test_predict_bad_output_suffix(trained, tmp_path, capsys, make_frame):
     history = tmp_path / "history.csv"
     make_frame().tail(30).to_csv(history, index=False)
     rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
@@ -175,7 +180,7 @@ def test_predict_bad_output_suffix(trained, tmp_path, capsys):
     assert "use a .csv or .parquet file name" in one_error_line(capsys.readouterr().err)
 
 
-def test_predict_history_too_short(trained, tmp_path, capsys):
+def test_predict_history_too_short(trained, tmp_path, capsys, make_frame):
     history = tmp_path / "history.csv"
     make_frame().tail(5).to_csv(history, index=False)
     rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
@@ -185,7 +190,7 @@ def test_predict_history_too_short(trained, tmp_path, capsys):
         capsys.readouterr().err)
 
 
-def test_predict_non_numeric_history_is_a_one_line_error(trained, tmp_path, capsys):
+def test_predict_non_numeric_history_is_a_one_line_error(trained, tmp_path, capsys, make_frame):
     history = tmp_path / "history.csv"
     frame = make_frame().tail(30).drop(columns="date").astype({"a": object})
     frame.iloc[4, 0] = "broken"
