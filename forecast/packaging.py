@@ -15,7 +15,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 
 import forecast
@@ -70,5 +70,7 @@ def log_pyfunc(bundle_dir: Path, input_example: pd.DataFrame, name: str = "model
 
 
 def bundle_path(downloaded_model_dir: str | Path) -> Path:
-    """Where the bundle lies inside a downloaded pyfunc model directory."""
-    return Path(downloaded_model_dir) / "artifacts" / Path(ARTIFACT_KEY)
+    """Where the bundle lies inside a downloaded pyfunc model directory (per its MLmodel)."""
+    root = Path(downloaded_model_dir)
+    flavor = Model.load(str(root / "MLmodel")).flavors["python_function"]
+    return root / flavor["artifacts"][ARTIFACT_KEY]["path"]

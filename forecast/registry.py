@@ -112,20 +112,25 @@ def decide(client: MlflowClient, uri: str, cfg: TrackingConfig, name: str,
     ours, naive_scores = score_on_windows(challenger, prepared)
     mine, naive_score = getattr(ours, metric), getattr(naive_scores, metric)
     base = dict(metric=metric, challenger_score=mine, naive_score=naive_score)
-    if not mine < naive_score:
-        return GateDecision(False, f"does not beat the naive baseline on {metric} "
-                            f"({mine:.4f} vs {naive_score:.4f})", **base)
+    beats_naive = mine < naive_score
     current = champion_version(client, name)
     if current is None:
-        return GateDecision(True, "first model: no champion yet", **base)
+        # The first model is champion whatever its score, so that serving has a model;
+        # the reason says plainly when it is worse than naive.
+        caveat = "" if beats_naive else f" (warning: worse than naive, {mine:.4f} vs " \
+                                        f"{naive_score:.4f})"
+        return GateDecision(True, f"first model: no champion yet{caveat}", **base)
+    if not beats_naive:
+        return GateDecision(False, f"does not beat the naive baseline on {metric} "
+                            f"({mine:.4f} vs {naive_score:.4f})", **base)
     try:
         theirs = getattr(score_on_windows(load_version_forecaster(uri, name, current.version), prepared)[0],
                          metric)
     except ForecastError as err:
         return GateDecision(False, f"champion v{current.version} cannot be scored on these "
                             f"windows ({err}); promote by hand if intended",
-                            champion_version=current.version, **base)
-    base.update(champion_score=theirs, champion_version=current.version)
+                            champion_version=str(current.version), **base)
+    base.update(champion_score=theirs, champion_version=str(current.version))
     needed = theirs * (1 - cfg.margin)
     if mine < needed:
         return GateDecision(True, f"beats champion v{current.version} on {metric}: {mine:.4f} < "
@@ -169,7 +174,7 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     client.set_model_version_tag(
         name, version, "gate.reason",
         f"promoted by hand at {stamp}" + (f", replacing v{previous.version}" if previous else ""))
-    return previous.version if previous else None
+    return str(previous.version) if previous else None
 
 
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, str]]:

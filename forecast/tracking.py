@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Experiment
 from mlflow.entities.model_registry import ModelVersion
 
 from forecast.bundle import load_bundle
@@ -64,6 +65,17 @@ def preflight(uri: str, timeout: float) -> None:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as err:  # any failure here means the store is unusable
         raise TrackingError(f"tracking store {uri} cannot be used: {err}") from None
+
+
+def ensure_experiment(uri: str, name: str) -> Experiment:
+    """Make `name` the active experiment. With a SQLite store, a new experiment keeps its
+    artifacts in `mlartifacts/` beside the database rather than in ./mlruns of whatever
+    directory the job happened to start in."""
+    client = MlflowClient(tracking_uri=uri)
+    if client.get_experiment_by_name(name) is None and urlparse(uri).scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+        client.create_experiment(name, artifact_location=folder.as_uri())
+    return mlflow.set_experiment(name)
 
 
 def git_commit() -> str | None:
@@ -128,7 +140,7 @@ def train_tracked(cfg: Config, uri: str) -> TrackedOutcome:
     preflight(uri, tracking.timeout_seconds)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    experiment = mlflow.set_experiment(tracking.experiment)
+    experiment = ensure_experiment(uri, tracking.experiment)
     tags = {"forecast.version": metadata.version("forecast"),
             "model.registered_name": cfg.registered_model}
     commit = git_commit()

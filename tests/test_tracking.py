@@ -1,0 +1,321 @@
+"""MLflow tracking, packaging and the registry gate, against a real SQLite store in a temp dir.
+
+One module-scoped history drives most tests: v1 a barely trained model (first → champion),
+v2 a trained one (beats v1 and naive → champion), v3 the same config and seed as v2 (equal
+score → rejected), then a manual promotion of v1.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from forecast.bundle import load_bundle
+from forecast.cli import main
+from forecast.compare import compare_runs
+from forecast.config import Config, build_config
+from forecast.errors import DataError, TrackingError, TrainingError
+from forecast.predictor import Forecaster
+from forecast.registry import CHAMPION, CHALLENGER, promote
+from forecast.tracking import TrackedOutcome, preflight, train_tracked
+
+NAME = "tiny-model"
+EXPERIMENT = "tiny-experiment"
+
+BASE: dict[str, Any] = {
+    "name": "tiny",
+    "data": {"path": None},
+    "split": {"by": "fractions", "train": 0.7, "val": 0.1, "test": 0.2},
+    "windows": {"lookback": 48, "horizon": 12},
+    "model": {"patch_len": 12, "patch_stride": 6, "d_model": 8, "n_heads": 2, "n_layers": 1,
+              "d_ff": 16, "dropout": 0.0},
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.005, "patience": 0, "seed": 0,
+              "max_windows_per_epoch": 1024, "num_threads": 1, "progress": False},
+    "eval": {"linear_max_windows": 1000},
+    "tracking": {"experiment": EXPERIMENT, "registered_model": NAME},
+}
+
+
+def config(tmp: Path, csv: Path, **sections: dict[str, Any]) -> Config:
+    raw = copy.deepcopy(BASE)
+    raw["data"]["path"] = str(csv)
+    raw["output_dir"] = str(tmp / "outputs")
+    for section, values in sections.items():
+        raw[section].update(values)
+    return build_config(raw, "test")
+
+
+def series_csv(path: Path, n: int = 1500) -> Path:
+    t = np.arange(n)
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({
+        "date": pd.date_range("2024-01-01", periods=n, freq="h"),
+        "a": 10 + 3 * np.sin(2 * np.pi * t / 24) + 0.3 * rng.standard_normal(n),
+        "b": 5 + 2 * np.cos(2 * np.pi * t / 24) + 0.3 * rng.standard_normal(n),
+    })
+    frame.to_csv(path, index=False)
+    return path
+
+
+@dataclass
+class History:
+    uri: str
+    root: Path
+    csv: Path
+    runs: list[TrackedOutcome]
+    client: MlflowClient
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    csv = series_csv(root / "series.csv")
+    runs = [
+        # v1: a learning rate so small the model barely moves from its initial weights
+        train_tracked(config(root / "r1", csv, train={"lr": 1e-7, "epochs": 1}), uri),
+        train_tracked(config(root / "r2", csv), uri),  # v2: properly trained
+        train_tracked(config(root / "r3", csv), uri),  # v3: same config and seed as v2
+    ]
+    return History(uri, root, csv, runs, MlflowClient(tracking_uri=uri, registry_uri=uri))
+
+
+def test_run_records_params_epoch_metrics_tags_dataset_and_artifacts(history: History) -> None:
+    tracked = history.runs[1]
+    run = history.client.get_run(tracked.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.d_model"] == "8"
+    assert run.data.params["windows.lookback"] == "48"
+    assert run.data.params["data.path"] == str(history.csv)
+    assert run.info.run_name.startswith("tiny-patchtransformer-L48-H12-")
+    for key in ("train_loss", "val_loss", "lr", "epoch_seconds"):
+        steps = [m.step for m in history.client.get_metric_history(tracked.run_id, key)]
+        assert steps == [1, 2], key
+    metrics = run.data.metrics
+    for key in ("test_mse", "test_mae", "test_mase", "test_smape", "baseline_naive_mse",
+                "baseline_seasonal_naive_mse", "baseline_linear_mse", "skill_naive"):
+        assert key in metrics, key
+    assert metrics["test_mse"] == pytest.approx(tracked.outcome.evaluation.model.mse)
+    assert metrics["skill_naive"] == pytest.approx(
+        1 - metrics["test_mse"] / metrics["baseline_naive_mse"])
+    import hashlib
+
+    assert run.data.tags["data.sha256"] == hashlib.sha256(history.csv.read_bytes()).hexdigest()
+    assert run.data.tags["forecast.version"]
+    assert run.data.tags["model.version"] == "2"
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.name == "series.csv"
+    artifacts = {a.path for a in history.client.list_artifacts(tracked.run_id)}
+    assert {"config.yaml", "forecast_vs_actual.png", "error_per_step.csv", "error_per_step.png",
+            "training_curve.png"} <= artifacts
+    local = mlflow.artifacts.download_artifacts(run_id=tracked.run_id,
+                                                artifact_path="error_per_step.csv",
+                                                tracking_uri=history.uri)
+    per_step = pd.read_csv(local)
+    assert len(per_step) == 12
+    assert per_step["transformer_mse"].mean() == pytest.approx(metrics["test_mse"], rel=1e-6)
+
+
+def test_gate_promotes_only_a_better_challenger_and_tags_both_scores(history: History) -> None:
+    c = history.client
+    v1, v2, v3 = (c.get_model_version(NAME, str(i)) for i in (1, 2, 3))
+    assert v1.tags["gate.decision"] == "promoted"
+    assert v1.tags["gate.reason"].startswith("first model")
+    assert v2.tags["gate.decision"] == "promoted"
+    assert v2.tags["gate.champion_version"] == "1"
+    assert float(v2.tags["gate.challenger_score"]) < float(v2.tags["gate.champion_score"])
+    # v3 equals v2 (same config, same seed): not strictly better, so v2 stays champion
+    assert v3.tags["gate.decision"] == "rejected"
+    assert v3.tags["gate.champion_version"] == "2"
+    assert float(v3.tags["gate.challenger_score"]) == pytest.approx(
+        float(v3.tags["gate.champion_score"]), rel=1e-5)
+    model = c.get_registered_model(NAME)
+    assert model.aliases[CHALLENGER] in (3, "3")
+    assert model.aliases[CHAMPION] in (2, "2")
+    # the champion was re-scored now, on v3's windows: the same number v2 scored for itself
+    assert float(v3.tags["gate.champion_score"]) == pytest.approx(
+        float(v2.tags["gate.challenger_score"]), rel=1e-5)
+    run3 = c.get_run(history.runs[2].run_id)
+    assert run3.data.tags["gate.decision"] == "rejected"
+    assert run3.data.metrics["gate_promoted"] == 0.0
+
+
+def test_manual_promotion_is_recorded_and_listed(history: History,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    previous = promote(history.client, NAME, "1")
+    assert previous == "2"
+    v1 = history.client.get_model_version(NAME, "1")
+    assert v1.tags["gate.decision"] == "manual"
+    assert "replacing v2" in v1.tags["gate.reason"]
+    assert main(["models", "list", NAME, "--tracking-uri", history.uri]) == 0
+    out = capsys.readouterr().out
+    line_v1 = next(line for line in out.splitlines() if line.strip().startswith("1 "))
+    assert "champion" in line_v1 and "manual" in line_v1
+    assert main(["models", "promote", NAME, "9", "--tracking-uri", history.uri]) == 5
+    assert "has no version '9'" in capsys.readouterr().err
+    promote(history.client, NAME, "2")  # put things back for the tests that follow
+
+
+def test_pyfunc_round_trip_equals_in_process_prediction_without_pickle(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", history.uri)
+    tracked = history.runs[1]
+    frame = pd.read_csv(history.csv, parse_dates=["date"]).iloc[-60:]
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/2")
+    remote = pyfunc.predict(frame, params={"horizon": 5})
+    local = Forecaster(load_bundle(tracked.outcome.model_dir)).predict_frame(frame, 5)
+    assert list(remote.columns) == ["series_id", "step", "date", "a", "b"]
+    assert len(remote) == 5
+    np.testing.assert_allclose(remote[["a", "b"]].to_numpy(), local[["a", "b"]].to_numpy(),
+                               rtol=1e-6)
+    assert (pd.to_datetime(remote["date"]) == pd.date_range(
+        pd.Timestamp(frame["date"].iloc[-1]) + pd.Timedelta(hours=1), periods=5, freq="h")).all()
+
+
+def test_runs_compare_shows_comparable_rows_with_champion_marker(
+        history: History, capsys: pytest.CaptureFixture[str]) -> None:
+    table = compare_runs(history.uri, EXPERIMENT, 10)
+    assert len(table) >= 3
+    assert list(table["champion"]).count("*") == 1
+    champ_run = history.client.get_model_version_by_alias(NAME, CHAMPION).run_id
+    marked = table.loc[table["champion"] == "*", "run"].tolist()
+    assert history.client.get_run(champ_run).info.run_name in marked
+    assert {"test_mse", "skill_naive", "d_model", "lookback"} <= set(table.columns)
+    assert main(["runs", "compare", "--experiment", EXPERIMENT, "--last", "3",
+                 "--tracking-uri", history.uri]) == 0
+    out = capsys.readouterr().out
+    assert out.count("tiny-patchtransformer-L48-H12-") == 3
+
+
+@pytest.fixture
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _no_versions(client: MlflowClient) -> int:
+    return len(client.search_model_versions(f"name = '{NAME}'"))
+
+
+def test_failing_run_is_failed_with_error_tag_and_registers_nothing(history: History) -> None:
+    before = _no_versions(history.client)
+    bad = history.root / "bad.csv"
+    frame = pd.read_csv(history.csv)
+    frame["b"] = frame["b"].astype(object)
+    frame.loc[100, "b"] = "oops"
+    frame.to_csv(bad, index=False)
+    with pytest.raises(DataError, match="column 'b' is not numeric"):
+        train_tracked(config(history.root, bad), history.uri)
+    with pytest.raises(TrainingError, match="lower train.lr"):
+        train_tracked(config(history.root, history.csv,
+                             train={"lr": 1e30, "grad_clip": None}), history.uri)
+    exp = history.client.get_experiment_by_name(EXPERIMENT)
+    failed = history.client.search_runs([exp.experiment_id], "attributes.status = 'FAILED'")
+    errors = sorted(r.data.tags["error"] for r in failed)
+    assert len(failed) == 2
+    assert errors[0].startswith("DataError: ") and "'oops'" in errors[0]
+    assert errors[1].startswith("TrainingError: ")
+    assert _no_versions(history.client) == before
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    with pytest.raises(TrackingError, match="not reachable"):
+        preflight("http://127.0.0.1:9", timeout=2)
+    assert time.perf_counter() - started < 10
+    folder = tmp_path / "missing" / "mlflow.db"
+    with pytest.raises(TrackingError, match="does not exist or is not writable"):
+        preflight(f"sqlite:///{folder}", timeout=2)
+
+
+def _venv_env(uri: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = uri
+    # `mlflow models serve --env-manager local` starts uvicorn from PATH
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_run_killed(history: History) -> None:
+    cfg = config(history.root, history.csv, train={"epochs": 200, "max_windows_per_epoch": 256})
+    cfg_path = history.root / "long.yaml"
+    from forecast.config import dump_config
+
+    cfg_path.write_text(dump_config(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forecast.cli", "train", "--config", str(cfg_path),
+         "--tracking-uri", history.uri, "--set", "tracking.experiment=killed"],
+        env=_venv_env(history.uri), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        run = None
+        while time.time() < deadline:
+            exp = history.client.get_experiment_by_name("killed")
+            runs = history.client.search_runs([exp.experiment_id]) if exp else []
+            if runs and history.client.get_metric_history(runs[0].info.run_id, "val_loss"):
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None, "no epoch was logged in time"
+        proc.send_signal(2)  # SIGINT, as Ctrl-C sends
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    assert history.client.get_run(run.info.run_id).info.status == "KILLED"
+    assert "interrupted" in history.client.get_run(run.info.run_id).data.tags["error"]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_invocations(history: History, free_port: int) -> None:
+    env = _venv_env(history.uri)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+         f"models:/{NAME}@{CHAMPION}", "--env-manager", "local", "--host", "127.0.0.1",
+         "--port", str(free_port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    import httpx
+
+    try:
+        base = f"http://127.0.0.1:{free_port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            time.sleep(0.5)
+        frame = pd.read_csv(history.csv, parse_dates=["date"]).iloc[-60:]
+        as_json = frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+        body = {"dataframe_split": as_json.to_dict(orient="split", index=False),
+                "params": {"horizon": 4}}
+        reply = httpx.post(f"{base}/invocations", json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+        got = pd.DataFrame(reply.json()["predictions"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    champion = history.client.get_model_version_by_alias(NAME, CHAMPION)
+    model_dir = history.runs[int(champion.version) - 1].outcome.model_dir
+    expected = Forecaster(load_bundle(model_dir)).predict_frame(frame, 4)
+    np.testing.assert_allclose(got[["a", "b"]].to_numpy(), expected[["a", "b"]].to_numpy(),
+                               rtol=1e-5)
+    assert got["step"].tolist() == [1, 2, 3, 4]
