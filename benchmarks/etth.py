@@ -43,7 +43,8 @@ PATCHTST64 = {
 def config_for(dataset: str, horizon: int) -> Path:
     """The shipped config for a cell: a horizon-specific file if one exists."""
     specific = ROOT / "pipelines" / "configs" / f"{dataset.lower()}_h{horizon}.yaml"
-    return specific if specific.is_file() else ROOT / "pipelines" / "configs" / f"{dataset.lower()}.yaml"
+    generic = ROOT / "pipelines" / "configs" / f"{dataset.lower()}.yaml"
+    return specific if specific.is_file() else generic
 
 
 def run_cell(dataset: str, horizon: int, seed: int, data_dir: Path, out_dir: Path,
@@ -59,7 +60,8 @@ def run_cell(dataset: str, horizon: int, seed: int, data_dir: Path, out_dir: Pat
         "train.progress=false", "train.resume=false", *extra,
     ]
     cfg = load_config(config_for(dataset, horizon), overrides)
-    if (cfg.split.by, (cfg.split.train, cfg.split.val, cfg.split.test)) != ("rows", EXPECTED["rows"]):
+    split = (cfg.split.by, (cfg.split.train, cfg.split.val, cfg.split.test))
+    if split != ("rows", EXPECTED["rows"]):
         raise SystemExit(f"{config_for(dataset, horizon)} does not use the protocol's row split")
     t0 = time.perf_counter()
     outcome = train_and_evaluate(cfg)

@@ -55,7 +55,7 @@ def main() -> None:
                        WindowConfig(lookback=args.lookback, horizon=args.horizon))
     train = prepared.windows("train")
     n_batches, checksum = 0, 0.0
-    for x, y in train.batches(args.batch_size, shuffle=True):
+    for _x, y in train.batches(args.batch_size, shuffle=True):
         n_batches += 1
         checksum += float(y[:, -1].sum())  # touch the data so the gather really happens
     seconds = time.perf_counter() - t0

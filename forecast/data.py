@@ -260,7 +260,7 @@ def frame_to_series(frame: pd.DataFrame, cfg: DataConfig, source: str = "<memory
 def season_for(freq: str) -> int:
     """Default season length for seasonal naive and MASE, from a pandas frequency."""
     offset = pd.tseries.frequencies.to_offset(freq)
-    name = offset.name.lower()
+    name = offset.rule_code.lower()
     n = max(offset.n, 1)
     per_unit = {"h": 24, "min": 60 * 24, "t": 60 * 24, "s": 60, "d": 7, "b": 5, "w": 52,
                 "me": 12, "ms": 12, "m": 12, "qe": 4, "qs": 4, "q": 4}

@@ -79,7 +79,7 @@ def score_on_windows(forecaster: Forecaster, prepared: Prepared, block: str = "t
         run, starts = index.locate(k)
         x, y = windows.gather(k)  # scaled [B x L x C], [B x H x C]
         histories = []
-        for r, start in zip(run.tolist(), starts.tolist()):
+        for r, start in zip(run.tolist(), starts.tolist(), strict=False):
             s = int(index.series[r])
             target = start - int(prepared.offsets[s]) + L  # first target row in series s
             values = prepared.series.values[s]
