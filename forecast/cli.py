@@ -150,7 +150,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if series.channels != bundle.meta.channels:
         raise DataError(f"data channels {series.channels} differ from the model's "
                         f"{bundle.meta.channels}")
-    prepared = prepare(series, cfg.split, cfg.windows, scaler_from_params(bundle.mean, bundle.scale))
+    scaler = scaler_from_params(bundle.mean, bundle.scale)
+    prepared = prepare(series, cfg.split, cfg.windows, scaler)
     result = evaluate(bundle.model, prepared, cfg.eval, bundle.meta.season, args.block)
     print(result.table())
     return 0

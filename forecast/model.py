@@ -145,7 +145,8 @@ class PatchTransformer(nn.Module):
                 "position", sinusoidal_encoding(self.n_patches, cfg.d_model), persistent=False
             )
         else:
-            self.position = nn.Parameter(torch.empty(self.n_patches, cfg.d_model).uniform_(-0.02, 0.02))
+            self.position = nn.Parameter(
+                torch.empty(self.n_patches, cfg.d_model).uniform_(-0.02, 0.02))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         # pre-norm blocks leave the residual stream unnormalised; post-norm ones end normalised

@@ -79,7 +79,7 @@ def score_on_windows(forecaster: Forecaster, prepared: Prepared, block: str = "t
         run, starts = index.locate(k)
         x, y = windows.gather(k)  # scaled [B x L x C], [B x H x C]
         histories = []
-        for r, start in zip(run.tolist(), starts.tolist(), strict=False):
+        for r, start in zip(run.tolist(), starts.tolist(), strict=True):
             s = int(index.series[r])
             target = start - int(prepared.offsets[s]) + L  # first target row in series s
             values = prepared.series.values[s]
@@ -124,8 +124,8 @@ def decide(client: MlflowClient, uri: str, cfg: TrackingConfig, name: str,
         return GateDecision(False, f"does not beat the naive baseline on {metric} "
                             f"({mine:.4f} vs {naive_score:.4f})", **base)
     try:
-        theirs = getattr(score_on_windows(load_version_forecaster(uri, name, current.version), prepared)[0],
-                         metric)
+        champion = load_version_forecaster(uri, name, str(current.version))
+        theirs = getattr(score_on_windows(champion, prepared)[0], metric)
     except ForecastError as err:
         return GateDecision(False, f"champion v{current.version} cannot be scored on these "
                             f"windows ({err}); promote by hand if intended",

@@ -108,7 +108,8 @@ class Prepared:
 
     def train_rows(self) -> np.ndarray:
         """Unscaled training rows of every series, stacked: [rows x C]."""
-        return np.concatenate([v[: b.train] for v, b in zip(self.series.values, self.bounds, strict=False)])
+        pairs = zip(self.series.values, self.bounds, strict=True)
+        return np.concatenate([v[: b.train] for v, b in pairs])
 
 
 class WindowSet:
@@ -151,7 +152,7 @@ class WindowSet:
 
 def _fit_scaler(series: SeriesSet, bounds: list[Bounds]) -> StandardScaler:
     scaler = StandardScaler()
-    for values, b in zip(series.values, bounds, strict=False):
+    for values, b in zip(series.values, bounds, strict=True):
         if b.train:
             scaler.partial_fit(values[: b.train])
     # A constant column would divide by zero; sklearn already sets its scale to 1.
@@ -200,7 +201,7 @@ def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig,
     for block in BLOCKS:
         stride = win.stride if block == "train" else 1
         firsts, counts, owners = [], [], []
-        for s, (off, b) in enumerate(zip(offsets, bounds, strict=False)):
+        for s, (off, b) in enumerate(zip(offsets, bounds, strict=True)):
             lo = 0 if block == "train" else getattr(b, BLOCKS[BLOCKS.index(block) - 1])
             hi = getattr(b, block)
             first_target = max(lo, L)  # val/test inputs start L rows before their block
