@@ -145,6 +145,13 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:
+        if self.patch_stride > self.patch_len:
+            # Steps between patches would belong to no token, and a short history could
+            # fall entirely into such a gap.
+            raise ValueError(
+                f"model.patch_stride ({self.patch_stride}) must not exceed model.patch_len "
+                f"({self.patch_len})"
+            )
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads "

@@ -28,7 +28,7 @@ from forecast.compare import compare_runs
 from forecast.config import Config, build_config
 from forecast.errors import DataError, TrackingError, TrainingError
 from forecast.predictor import Forecaster
-from forecast.registry import CHAMPION, CHALLENGER, promote
+from forecast.registry import CHALLENGER, CHAMPION, promote
 from forecast.tracking import TrackedOutcome, preflight, train_tracked
 
 NAME = "tiny-model"

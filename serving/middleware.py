@@ -1,0 +1,92 @@
+"""Pure ASGI middleware (no per-request task overhead): body-size limit (413), request timeout
+(504), and request counts and latency for /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.metrics import ServiceMetrics
+
+KNOWN_PATHS = ("/v1/forecast", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs",
+               "/openapi.json")
+
+
+async def _reply(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class LimitsAndMetrics:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int,
+                 timeout_s: float) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+        self.timeout = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def send_tracking(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+            await send(message)
+
+        header = dict(scope["headers"]).get(b"content-length")
+        try:
+            length = int(header) if header is not None else 0
+        except ValueError:
+            length = -1
+        try:
+            if length < 0:
+                status["code"] = 400
+                await _reply(send, 400, "invalid Content-Length header")
+                return
+            if length > self.max_body:
+                raise _TooLarge
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLarge  # chunked bodies have no Content-Length to check first
+                return message
+
+            await asyncio.wait_for(self.app(scope, limited_receive, send_tracking), self.timeout)
+        except _TooLarge:
+            if not status["sent"]:
+                status["code"] = 413
+                await _reply(send, 413, f"request body exceeds {self.max_body} bytes "
+                             "(FORECAST_MAX_BODY_BYTES)")
+        except TimeoutError:
+            if not status["sent"]:
+                status["code"] = 504
+                await _reply(send, 504, f"request took longer than {self.timeout:g} s "
+                             "(FORECAST_REQUEST_TIMEOUT_S)")
+        finally:
+            self.metrics.requests.labels(path=path, status=str(status["code"])).inc()
+            self.metrics.latency.labels(path=path).observe(time.perf_counter() - started)
+
+
+def install(app: Any, metrics: ServiceMetrics, max_body_bytes: int, timeout_s: float) -> None:
+    app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=max_body_bytes,
+                       timeout_s=timeout_s)

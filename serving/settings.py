@@ -1,0 +1,36 @@
+"""Service settings: one object, from flags or FORECAST_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_URI = "models:/forecast-demo@champion"
+
+
+class Settings(BaseSettings):
+    """Read once by the app factory; every part of the service gets it from there."""
+
+    model_config = SettingsConfigDict(env_prefix="FORECAST_", extra="forbid")
+
+    model_uri: str = Field(
+        DEFAULT_MODEL_URI,
+        description="models:/NAME@ALIAS (hot-swapped when the alias moves), models:/NAME/VERSION, "
+        "or a model directory written by `forecast train`.",
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry URI; default $MLFLOW_TRACKING_URI, then "
+        "sqlite:///mlflow.db.",
+    )
+    api_token: SecretStr | None = Field(
+        None, description="If set, /v1/* requires `Authorization: Bearer <token>`."
+    )
+    max_body_bytes: int = Field(16 * 2**20, gt=0, description="Larger bodies get 413.")
+    max_series: int = Field(1024, gt=0, description="More series in one request get 413.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Slower requests get 504.")
+    reload_interval_s: float = Field(
+        30.0, gt=0, description="How often the model alias is resolved again."
+    )
+    torch_threads: int | None = Field(
+        None, gt=0, description="torch intra-op threads per worker; default: the cores."
+    )
