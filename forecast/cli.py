@@ -87,6 +87,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if tracked is not None and tracked.version is not None:
         name = tracked.version.name
         print("\nserve the champion:")
+        print(f"  forecast serve --model models:/{name}@champion   (then open "
+              "http://127.0.0.1:8000/docs)")
         print(f"  mlflow models serve -m models:/{name}@champion --env-manager local -p 5001 "
               f"(with MLFLOW_TRACKING_URI={tracked.tracking_uri})")
         print(f"compare runs:  forecast runs compare --experiment "
@@ -174,6 +176,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serving.settings import DEFAULT_MODEL_URI
+
+    # Settings travel as FORECAST_* variables so that every uvicorn worker builds the same app.
+    env = {"FORECAST_MODEL_URI": args.model or os.environ.get("FORECAST_MODEL_URI")
+           or DEFAULT_MODEL_URI}
+    if args.tracking_uri:
+        env["FORECAST_TRACKING_URI"] = args.tracking_uri
+    if args.reload_interval:
+        env["FORECAST_RELOAD_INTERVAL_S"] = str(args.reload_interval)
+    if args.workers > 1 and "FORECAST_TORCH_THREADS" not in os.environ:
+        env["FORECAST_TORCH_THREADS"] = "1"  # workers share the cores; no oversubscription
+    os.environ.update(env)
+    from serving.settings import Settings
+
+    try:
+        Settings()
+    except ValueError as err:
+        raise ForecastError(f"invalid service settings: {err}") from None
+    print(f"serving {env['FORECAST_MODEL_URI']} on http://{args.host}:{args.port} "
+          f"(docs at /docs)", flush=True)
+    uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning" if args.quiet else "info",
+                access_log=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecast", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -234,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=10, help="how many runs (newest first)")
     tracking_flag(p)
     p.set_defaults(func=cmd_runs_compare)
+
+    p = sub.add_parser("serve", help="HTTP prediction service for a registered model")
+    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model "
+                   "directory (default: $FORECAST_MODEL_URI, then the demo's champion)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--reload-interval", type=float, help="seconds between alias checks")
+    tracking_flag(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("config", help="print the resolved config with every default")
     p.add_argument("--config", help="YAML config file (default: built-in defaults)")

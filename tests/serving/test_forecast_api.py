@@ -1,0 +1,158 @@
+"""POST /v1/forecast: answers equal to the in-process forecaster, and a 4xx naming the field
+for every kind of bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from forecast.predictor import Forecaster
+from forecast.synthetic import synthetic_frame
+
+FRAME = synthetic_frame(n_rows=400)
+CHANNELS = [f"load_{i}" for i in range(5)]
+
+
+def series(rows: int = 60, sid: str = "s1", end: int = 400, stamps: bool = False) -> dict:
+    part = FRAME.iloc[end - rows:end]
+    item: dict[str, Any] = {"id": sid, "history": {c: part[c].tolist() for c in CHANNELS}}
+    if stamps:
+        item["timestamps"] = [t.isoformat() for t in part["date"]]
+    return item
+
+
+def post(client: TestClient, body: Any) -> Any:
+    return client.post("/v1/forecast", json=body)
+
+
+def detail(reply: Any) -> tuple[list, str]:
+    d = reply.json()["detail"][0]
+    return d["loc"], d["msg"]
+
+
+def test_batch_forecast_equals_in_process_prediction(client: TestClient,
+                                                     forecaster: Forecaster) -> None:
+    body = {"series": [series(60, "a", 300), series(48, "b", 400, stamps=True)], "horizon": 5}
+    reply = post(client, body)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["model"] == {"name": "model", "version": "local", "alias": None}
+    assert out["horizon"] == 5
+    assert [f["id"] for f in out["forecasts"]] == ["a", "b"]
+    expected = forecaster.predict_arrays(
+        [FRAME[CHANNELS].to_numpy(np.float32)[240:300], FRAME[CHANNELS].to_numpy(np.float32)[352:400]],
+        5)
+    for i, f in enumerate(out["forecasts"]):
+        got = np.array([f["values"][c] for c in CHANNELS]).T  # [h x C]
+        np.testing.assert_allclose(got, expected[i], rtol=1e-5)
+    assert out["forecasts"][0].get("timestamps") is None
+    last = FRAME["date"].iloc[399]
+    assert out["forecasts"][1]["timestamps"] == [
+        (last + pd.Timedelta(hours=k)).isoformat() for k in range(1, 6)]
+
+
+def test_long_history_uses_its_last_lookback_rows(client: TestClient) -> None:
+    full = post(client, {"series": [series(200)]}).json()
+    tail = post(client, {"series": [series(48)]}).json()  # lookback is 48
+    assert full["forecasts"][0]["values"] == tail["forecasts"][0]["values"]
+    assert len(full["forecasts"][0]["values"]["load_0"]) == 12  # the model's horizon
+
+
+def test_short_history_is_padded_down_to_the_minimum(client: TestClient,
+                                                     forecaster: Forecaster) -> None:
+    reply = post(client, {"series": [series(12)]})  # min_history = patch_len = 12
+    assert reply.status_code == 200
+    got = np.array([reply.json()["forecasts"][0]["values"][c] for c in CHANNELS]).T
+    expected = forecaster.predict_arrays([FRAME[CHANNELS].to_numpy(np.float32)[388:400]])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    reply = post(client, {"series": [series(11)]})
+    assert reply.status_code == 422
+    loc, msg = detail(reply)
+    assert loc == ["body", "series", 0, "history"]
+    assert "11 rows of history; this model needs at least 12" in msg
+
+
+def _with(mutate: Any) -> dict:
+    body = {"series": [series(48, stamps=True)]}
+    mutate(body["series"][0])
+    return body
+
+
+@pytest.mark.parametrize(("mutate", "loc", "fragment"), [
+    (lambda s: s["history"].pop("load_3"), ["body", "series", 0, "history"],
+     "missing ['load_3']"),
+    (lambda s: s["history"].update(extra=[1.0] * 48), ["body", "series", 0, "history"],
+     "unknown ['extra']"),
+    (lambda s: s["history"]["load_1"].__setitem__(5, "7.5"),
+     ["body", "series", 0, "history", "load_1", 5], "valid number"),
+    (lambda s: s["history"]["load_1"].__setitem__(5, None),
+     ["body", "series", 0, "history", "load_1", 5], "valid number"),
+    (lambda s: s["history"].update(load_0=[]), ["body", "series", 0],
+     "history of channel(s) ['load_0'] is empty"),
+    (lambda s: s.update(history={}), ["body", "series", 0], "history is empty"),
+    (lambda s: s["history"]["load_2"].pop(), ["body", "series", 0], "ragged history"),
+    (lambda s: s["timestamps"].pop(), ["body", "series", 0], "timestamps has 47 entries"),
+    (lambda s: s["timestamps"].reverse(), ["body", "series", 0, "timestamps", 1],
+     "not increasing"),
+    (lambda s: s["timestamps"].__setitem__(10, "2024-12-30T09:30:00"),
+     ["body", "series", 0, "timestamps", 10], "irregular"),
+    (lambda s: s["timestamps"].__setitem__(3, "yesterday"),
+     ["body", "series", 0, "timestamps", 3], "not an ISO-8601 timestamp"),
+    (lambda s: s.update(id=""), ["body", "series", 0, "id"], "at least 1 character"),
+    (lambda s: s.update(colour="red"), ["body", "series", 0, "colour"], "Extra inputs"),
+])
+def test_bad_series_get_422_naming_the_field(client: TestClient, mutate: Any, loc: list,
+                                             fragment: str) -> None:
+    reply = post(client, _with(mutate))
+    assert reply.status_code == 422, reply.text
+    got_loc, msg = detail(reply)
+    assert got_loc == loc
+    assert fragment in msg
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_numbers_get_422(client: TestClient, literal: bytes) -> None:
+    values = b"[" + b", ".join([b"1.0"] * 47 + [literal]) + b"]"
+    hist = b", ".join(b'"%s": %s' % (c.encode(), values) for c in CHANNELS)
+    body = b'{"series": [{"id": "x", "history": {' + hist + b"}}]}"
+    reply = client.post("/v1/forecast", content=body,
+                        headers={"content-type": "application/json"})
+    assert reply.status_code == 422
+    loc, msg = detail(reply)
+    assert loc == ["body", "series", 0, "history", "load_0", 47]
+    assert "finite number" in msg
+
+
+@pytest.mark.parametrize(("horizon", "status", "fragment"), [
+    (13, 422, "horizon 13 is above the model's 12"),
+    (0, 422, "greater than or equal to 1"),
+    ("six", 422, "valid integer"),
+])
+def test_horizon_is_checked(client: TestClient, horizon: Any, status: int,
+                            fragment: str) -> None:
+    reply = post(client, {"series": [series()], "horizon": horizon})
+    assert reply.status_code == status
+    loc, msg = detail(reply)
+    assert loc == ["body", "horizon"]
+    assert fragment in msg
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b"[]", b'{"series": []}', b'"text"'])
+def test_malformed_bodies_get_422_not_500(client: TestClient, body: bytes) -> None:
+    reply = client.post("/v1/forecast", content=body,
+                        headers={"content-type": "application/json"})
+    assert reply.status_code == 422
+
+
+def test_limits_give_413(make_client: Any) -> None:
+    small = make_client(max_series=2, max_body_bytes=20_000)
+    reply = post(small, {"series": [series(12, str(i)) for i in range(3)]})
+    assert reply.status_code == 413
+    assert "3 series in one request; the limit is 2" in reply.json()["detail"]
+    reply = post(small, {"series": [series(400)]})
+    assert reply.status_code == 413
+    assert "exceeds 20000 bytes" in reply.json()["detail"]

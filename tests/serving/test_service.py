@@ -1,0 +1,71 @@
+"""Health, readiness, model info, auth, metrics and the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.serving.test_forecast_api import post, series
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["detail"] == "serving model vlocal"
+
+
+def test_not_ready_until_a_model_loads(make_client: Any, tmp_path: Any) -> None:
+    broken = make_client(wait=False, model_uri=str(tmp_path / "nowhere"))
+    assert broken.get("/healthz").status_code == 200
+    ready = broken.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["ready"] is False
+    # the reason is reported once the first attempt has failed
+    assert "not a model directory" in broken.get("/readyz").json()["detail"] or \
+        ready.json()["detail"] == "model loading"
+    reply = post(broken, {"series": [series()]})
+    assert reply.status_code == 503
+
+
+def test_model_info(client: TestClient, forecaster: Any) -> None:
+    info = client.get("/v1/model").json()
+    assert info["lookback"] == 48 and info["horizon"] == 12 and info["min_history"] == 12
+    assert info["channels"] == [f"load_{i}" for i in range(5)]
+    assert info["frequency"] == "h"
+    assert info["metrics"]["test_mse"] == forecaster.meta.metrics["test_mse"]
+
+
+def test_bearer_token_guards_v1_but_not_probes(make_client: Any) -> None:
+    secured = make_client(api_token="s3cret")
+    body = {"series": [series()]}
+    assert post(secured, body).status_code == 401
+    assert secured.post("/v1/forecast", json=body,
+                        headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert secured.get("/v1/model").status_code == 401
+    ok = secured.post("/v1/forecast", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert secured.get("/healthz").status_code == 200
+    assert secured.get("/readyz").status_code == 200
+
+
+def test_metrics_count_requests_by_status(client: TestClient) -> None:
+    post(client, {"series": [series()]})
+    post(client, {"series": [series()], "horizon": 99})
+    text = client.get("/metrics").text
+    assert 'forecast_http_requests_total{path="/v1/forecast",status="200"} 1.0' in text
+    assert 'forecast_http_requests_total{path="/v1/forecast",status="422"} 1.0' in text
+    assert 'forecast_http_request_seconds_bucket{le="0.005",path="/v1/forecast"}' in text
+    assert 'forecast_model_version_info{name="model",version="local"} 1.0' in text
+    assert "forecast_series_total 1.0" in text
+
+
+def test_docs_example_request_works(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    example = spec["paths"]["/v1/forecast"]["post"]["requestBody"]["content"][
+        "application/json"]["example"]
+    reply = post(client, example)
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["forecasts"][0]["timestamps"]) == 6
