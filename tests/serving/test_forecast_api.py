@@ -43,9 +43,8 @@ def test_batch_forecast_equals_in_process_prediction(client: TestClient,
     assert out["model"] == {"name": "model", "version": "local", "alias": None}
     assert out["horizon"] == 5
     assert [f["id"] for f in out["forecasts"]] == ["a", "b"]
-    expected = forecaster.predict_arrays(
-        [FRAME[CHANNELS].to_numpy(np.float32)[240:300], FRAME[CHANNELS].to_numpy(np.float32)[352:400]],
-        5)
+    values = FRAME[CHANNELS].to_numpy(np.float32)
+    expected = forecaster.predict_arrays([values[240:300], values[352:400]], 5)
     for i, f in enumerate(out["forecasts"]):
         got = np.array([f["values"][c] for c in CHANNELS]).T  # [h x C]
         np.testing.assert_allclose(got, expected[i], rtol=1e-5)
