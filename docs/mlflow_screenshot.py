@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -43,13 +44,14 @@ HOST = "127.0.0.1"
 WIDTH, HEIGHT = 1600, 1200  # the viewport; the picture grows taller to fit the page content
 MAX_HEIGHT = 4000
 
-# One entry per run: the `--set` overrides given to `forecast train`.
+# One entry per run: the `--set` overrides given to `forecast train`. The lookback stays
+# the same, so the baselines score alike in every run and "Show diff only" hides them.
 VARIANTS: list[list[str]] = [
-    ["model.d_model=16", "train.lr=0.002", "windows.lookback=168"],
-    ["model.d_model=32", "train.lr=0.001", "windows.lookback=168"],
-    ["model.d_model=16", "train.lr=0.002", "windows.lookback=96"],
+    ["model.d_model=16", "model.n_layers=2", "train.lr=0.002"],
+    ["model.d_model=32", "model.n_layers=2", "train.lr=0.002"],
+    ["model.d_model=32", "model.n_layers=1", "train.lr=0.001"],
 ]
-COMMON: list[str] = ["train.epochs=1"]
+COMMON: list[str] = ["train.epochs=2", "train.max_windows_per_epoch=2000"]
 
 TRAIN_TIMEOUT_S = 300
 SERVER_START_TIMEOUT_S = 120
@@ -70,42 +72,71 @@ localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
 localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
 """
 
-# True once the comparison has loaded: the title is there, both the parameter and the
-# metric tables are filled in, and nothing is spinning any more.
+# True once the comparison has loaded: the title is there, the parameter table and the
+# metric grid are filled in, and nothing is spinning any more.
 PAGE_READY = """
 (() => {
   const text = document.body ? document.body.innerText : "";
   return text.includes("Comparing %d Runs") && text.includes("model.d_model")
-    && text.includes("test_mse")
+    && document.querySelector(".ReactVirtualized__Grid") !== null
     && !document.querySelector(
       ".ant-spin-spinning, [data-testid*='spinner'], [role='progressbar']");
 })()
 """
 
-# Turn on "Show diff only" above the parameter table, so that it lists the settings that
-# differ between the runs rather than every key of the config. Returns whether it did.
-SHOW_PARAM_DIFF = """
+# Turn on every "Show diff only" switch (parameters, metrics, tags), so that the tables
+# list what differs between the runs rather than every key. Returns how many it found.
+SHOW_DIFF_ONLY = """
 (() => {
-  const label = [...document.querySelectorAll("label, span")]
-    .find(el => el.textContent.trim() === "Show diff only");
-  const toggle = label && label.closest("div").querySelector("[role='switch'], button");
-  if (!toggle) return false;
-  if (toggle.getAttribute("aria-checked") !== "true") toggle.click();
-  return true;
+  const labels = [...document.querySelectorAll("label, span")]
+    .filter(el => el.children.length === 0 && el.textContent.trim() === "Show diff only");
+  let found = 0;
+  for (const label of labels) {
+    const toggle = label.closest("div").querySelector("[role='switch']");
+    if (!toggle) continue;
+    found += 1;
+    if (toggle.getAttribute("aria-checked") !== "true") toggle.click();
+  }
+  return found;
 })()
 """
 
-# Height of the page with the inner scrolling pane unrolled: the viewport plus whatever
-# the tallest scrollable element hides below its fold.
+# The metric grid shows at most 300 px (six and a half rows); the rest needs scrolling.
+# Scroll it so that this row is the first one shown: with "Show diff only" on, it and the
+# rows after it are skill_*, test_mae, test_mae_orig, test_mase and test_mse.
+FIRST_METRIC_ROW = "skill_naive"
+
+# The grid is two virtualized grids side by side, the names (overflow hidden) and the
+# values; the names follow the values only a render late, so scroll each one itself.
+# Returns false when the row is not there.
+SCROLL_METRICS = """
+((name, step) => {
+  const [names, values] = document.querySelectorAll(".ReactVirtualized__Grid");
+  const cell = names && [...names.querySelectorAll("div[style]")]
+    .find(el => el.textContent.trim() === name);
+  if (!cell || !values) return false;
+  (step === 0 ? values : names).scrollTop = parseFloat(cell.style.top);
+  return true;
+})(%s, %d)
+"""
+
+# Fold up the sections below the metrics: the artifact preview is a tall empty frame
+# until a file is picked, and the tags repeat what the run details already say.
+FOLD_SECTIONS = """
+(() => {
+  const headers = [...document.querySelectorAll("[class*='collapse-header']")]
+    .filter(el => ["Artifacts", "Tags"].includes(el.textContent.trim()));
+  headers.forEach(el => el.click());
+  return headers.length;
+})()
+"""
+
+# Height of the page with the scrolling main pane unrolled: the viewport plus what the
+# pane hides below its fold.
 CONTENT_HEIGHT = """
 (() => {
-  let hidden = 0;
-  for (const el of document.querySelectorAll("*")) {
-    const style = getComputedStyle(el);
-    if (/(auto|scroll)/.test(style.overflowY))
-      hidden = Math.max(hidden, el.scrollHeight - el.clientHeight);
-  }
-  return window.innerHeight + hidden;
+  const main = document.querySelector("main");
+  return window.innerHeight + (main ? main.scrollHeight - main.clientHeight : 0);
 })()
 """
 
@@ -126,7 +157,7 @@ def train_runs(workdir: Path, uri: str) -> None:
     forecast = Path(sys.executable).with_name("forecast")
     for i, overrides in enumerate(VARIANTS, 1):
         cmd = [str(forecast), "train", "--config", str(CONFIG), "--tracking-uri", uri,
-               "--output-dir", str(workdir / f"out{i}")]
+               "--output-dir", str(workdir / "out")]
         for item in COMMON + overrides:
             cmd += ["--set", item]
         print(f"training run {i}/{len(VARIANTS)}: {' '.join(overrides)}", flush=True)
@@ -151,13 +182,12 @@ def find_runs(uri: str) -> tuple[str, list[str]]:
 def start_ui(workdir: Path, uri: str, port: int) -> subprocess.Popen[bytes]:
     """Start `mlflow ui` in its own process group (it forks uvicorn workers) and wait
     until /health answers. One worker and no job runner: the page needs neither more."""
-    log = open(workdir / "mlflow-ui.log", "wb")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
-         "--host", HOST, "--port", str(port), "--workers", "1"],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
+    with open(workdir / "mlflow-ui.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+             "--host", HOST, "--port", str(port), "--workers", "1"],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -175,16 +205,15 @@ def start_ui(workdir: Path, uri: str, port: int) -> subprocess.Popen[bytes]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process started in its own session, together with its children."""
-    if proc.poll() is None:
+    """Stop a process started in its own session: SIGTERM to its process group, then,
+    once it has exited or had 20 s, SIGKILL to whatever is left in the group."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            pass
+            return  # nothing left in the group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
 
 
 def _high_pipe() -> tuple[int, int]:
@@ -279,8 +308,17 @@ def screenshot(chromium: str, url: str, n_runs: int, out: Path, profile: Path) -
         browser.send("Page.addScriptToEvaluateOnNewDocument", source=PRESET_STORAGE)
         browser.send("Page.navigate", url=url)
         browser.wait_for(PAGE_READY % n_runs, PAGE_TIMEOUT_S)
-        if not browser.evaluate(SHOW_PARAM_DIFF):
-            print("warning: no 'Show diff only' switch found; all parameters are shown")
+        if browser.evaluate(SHOW_DIFF_ONLY) == 0:
+            print("warning: no 'Show diff only' switch found; every key is listed")
+        time.sleep(1)  # the metric grid is rebuilt with fewer rows
+        for step in (0, 1):
+            if not browser.evaluate(SCROLL_METRICS % (json.dumps(FIRST_METRIC_ROW), step)):
+                print(f"warning: no metric row {FIRST_METRIC_ROW!r} to scroll to")
+                break
+            time.sleep(0.5)
+        if browser.evaluate(FOLD_SECTIONS) != 2:
+            print("warning: did not find the Artifacts and Tags sections to fold up")
+        time.sleep(1.5)  # the folding is animated
         height = min(int(browser.evaluate(CONTENT_HEIGHT)), MAX_HEIGHT)
         browser.send("Emulation.setDeviceMetricsOverride", width=WIDTH, height=height,
                      deviceScaleFactor=1, mobile=False)

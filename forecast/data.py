@@ -146,7 +146,8 @@ def _resolve_freq(stamps: pd.DatetimeIndex, given: str | None, where: str) -> st
             ) from None
     if len(stamps) < 3:
         raise DataError(f"{where}: too few rows to infer the frequency; set data.freq")
-    inferred = pd.infer_freq(stamps)
+    with pd.option_context("future.infer_freq_returns_offset", True):
+        inferred = pd.infer_freq(stamps)
     if inferred is None:
         # With gaps infer_freq gives up; the most common step is the intended one.
         # asi8 counts in the index's own unit (s, ms, us or ns); count in ns to match below.

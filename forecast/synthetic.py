@@ -26,7 +26,7 @@ def synthetic_frame(n_rows: int = 8760, n_channels: int = 5, seed: int = 0,
     rng = np.random.default_rng(seed)
     t = np.arange(n_rows, dtype=np.float64)
     stamps = pd.date_range(start, periods=n_rows, freq=freq)
-    weekend = np.asarray(stamps.dayofweek >= 5, dtype=np.float64)
+    weekend = np.asarray(stamps.day_of_week >= 5, dtype=np.float64)
     common = _ar1(rng, n_rows, rho=0.98, sigma=0.35)  # shared weather-like factor
     cols = {"date": stamps}
     for c in range(n_channels):

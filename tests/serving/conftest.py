@@ -71,7 +71,7 @@ def make_client(model_dir: Path) -> Iterator[Any]:
     opened: list[TestClient] = []
 
     def make(wait: bool = True, **overrides: Any) -> TestClient:
-        settings = Settings(model_uri=str(model_dir), **overrides)
+        settings = Settings(**{"model_uri": str(model_dir), **overrides})
         client = TestClient(create_app(settings))
         client.__enter__()
         opened.append(client)

@@ -1,0 +1,197 @@
+"""Load benchmark: our FastAPI service against `mlflow models serve`, same model version.
+
+Registers an ETTh1-shaped model (L=336, 7 channels, briefly trained) in a temporary SQLite
+store, starts both servers on 127.0.0.1, and drives each with the same bounded load from an
+async httpx client: single-series requests at concurrency 1, 16 and 64, and a 256-series
+batch request. Every request is bounded in count and in time.
+
+    python benchmarks/serving.py [--data-dir ../shared/data] [--requests 400]
+
+Prints a table, then one JSON line:
+{"ours": {"c1": {"p50_ms", "p95_ms", "p99_ms", "rps", "errors"}, "c16", "c64", "batch256"},
+ "mlflow": {same keys}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NAME = "etth1-serving-bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def register_model(data_dir: Path, uri: str, out: Path) -> None:
+    from forecast.config import load_config
+    from forecast.tracking import train_tracked
+
+    cfg = load_config(ROOT / "pipelines" / "configs" / "etth1.yaml", [
+        f"data.path={data_dir / 'ETTh1.csv'}", f"output_dir={out}", "train.epochs=1",
+        "train.max_windows_per_epoch=2048", "train.progress=false", "train.resume=false",
+        f"tracking.registered_model={NAME}", "tracking.experiment=serving-benchmark",
+    ])
+    train_tracked(cfg, uri)
+
+
+def start(cmd: list[str], env: dict[str, str], base: str, ready_path: str) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[:3]} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(base + ready_path, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"{cmd[:3]} did not become ready")
+
+
+async def drive(url: str, body: bytes, concurrency: int, total: int, seconds: float) -> dict:
+    """`total` requests (or as many as fit in `seconds`) from `concurrency` workers."""
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            nonlocal issued, errors
+            while issued < total and time.perf_counter() < deadline:
+                issued += 1
+                t0 = time.perf_counter()
+                try:
+                    reply = await client.post(url, content=body, headers=headers)
+                    ok = reply.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p95_ms": round(float(np.percentile(ms, 95)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "rps": round(len(ms) / wall, 1), "errors": errors, "requests": len(ms)}
+
+
+def bodies(frame: pd.DataFrame, channels: list[str], lookback: int) -> dict[str, dict[str, bytes]]:
+    """The same histories in each server's format."""
+    values = frame[channels].to_numpy()
+    single = values[-lookback:]
+    starts = np.linspace(0, len(values) - lookback, 256).astype(int)
+    batch = [values[s:s + lookback] for s in starts]
+
+    def ours(histories: list[np.ndarray]) -> bytes:
+        series = [{"id": f"s{i}", "history": {c: h[:, k].tolist() for k, c in enumerate(channels)}}
+                  for i, h in enumerate(histories)]
+        return json.dumps({"series": series}).encode()
+
+    def mlflow(histories: list[np.ndarray]) -> bytes:
+        rows = [[f"s{i}", *r] for i, h in enumerate(histories) for r in h.tolist()]
+        return json.dumps({"dataframe_split": {"columns": ["series_id", *channels],
+                                               "data": rows}}).encode()
+
+    return {"ours": {"single": ours([single]), "batch": ours(batch)},
+            "mlflow": {"single": mlflow([single]), "batch": mlflow(batch)}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--requests", type=int, default=400, help="single-series requests per level")
+    p.add_argument("--batch-requests", type=int, default=20)
+    p.add_argument("--seconds", type=float, default=45, help="time bound per level")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of each server")
+    args = p.parse_args()
+    if not (args.data_dir / "ETTh1.csv").is_file():
+        raise SystemExit(f"{args.data_dir / 'ETTh1.csv'} not found; pass --data-dir")
+
+    tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    print(f"registering an ETTh1-shaped model in {uri} ...", flush=True)
+    register_model(args.data_dir, uri, tmp / "outputs")
+    from forecast.registry import load_version_forecaster
+
+    forecaster = load_version_forecaster(uri, NAME, "1")
+    frame = pd.read_csv(args.data_dir / "ETTh1.csv")
+    payloads = bodies(frame, forecaster.channels, forecaster.lookback)
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    bin_dir = Path(sys.executable).parent
+    servers = {
+        "ours": ([str(bin_dir / "forecast"), "-q", "serve", "--model", f"models:/{NAME}/1",
+                  "--workers", str(args.workers)], "/v1/forecast", "/readyz"),
+        "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1",
+                    "--env-manager", "local", "--workers", str(args.workers)],
+                   "/invocations", "/ping"),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for name, (cmd, path, ready) in servers.items():
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = start([*cmd, "--host", "127.0.0.1", "--port", str(port)], env, base, ready)
+        try:
+            url = base + path
+            asyncio.run(drive(url, payloads[name]["single"], 1, 30, 30))  # warm-up
+            results[name] = {}
+            for level in (1, 16, 64):
+                results[name][f"c{level}"] = asyncio.run(drive(
+                    url, payloads[name]["single"], level, args.requests * max(1, level // 8),
+                    args.seconds))
+                print(f"{name} c{level}: {results[name][f'c{level}']}", flush=True)
+            results[name]["batch256"] = asyncio.run(drive(
+                url, payloads[name]["batch"], 1, args.batch_requests, args.seconds * 2))
+            print(f"{name} batch256: {results[name]['batch256']}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    head = f"{'server':<8}{'load':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}" \
+           f"{'errors':>8}{'requests':>10}"
+    print()
+    print(head)
+    print("-" * len(head))
+    for name, levels in results.items():
+        for level, r in levels.items():
+            print(f"{name:<8}{level:<10}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                  f"{r['rps']:>9.1f}{r['errors']:>8}{r['requests']:>10}")
+    ratio = results["ours"]["c16"]["rps"] / max(results["mlflow"]["c16"]["rps"], 1e-9)
+    print(f"throughput at concurrency 16: ours / mlflow = {ratio:.1f}x; "
+          f"{os.cpu_count()} cores shared by both servers' clients")
+    summary = {k: {lvl: {m: r[m] for m in ("p50_ms", "p95_ms", "p99_ms", "rps", "errors")}
+                   for lvl, r in v.items()} for k, v in results.items()}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
