@@ -188,8 +188,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         env["FORECAST_TRACKING_URI"] = args.tracking_uri
     if args.reload_interval:
         env["FORECAST_RELOAD_INTERVAL_S"] = str(args.reload_interval)
-    if args.workers > 1 and "FORECAST_TORCH_THREADS" not in os.environ:
-        env["FORECAST_TORCH_THREADS"] = "1"  # workers share the cores; no oversubscription
     os.environ.update(env)
     from serving.settings import Settings
 

@@ -17,10 +17,11 @@ import mlflow
 import pandas as pd
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, Schema
 
 import forecast
 from forecast.bundle import load_bundle
-from forecast.predictor import Forecaster
+from forecast.predictor import SERIES_ID, Forecaster
 
 ARTIFACT_KEY = "model_dir"
 CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -56,7 +57,14 @@ def log_pyfunc(bundle_dir: Path, input_example: pd.DataFrame, name: str = "model
     """Log the bundle as a pyfunc model in the active run, with signature and input example."""
     forecaster = Forecaster(load_bundle(bundle_dir))
     output = forecaster.predict_frame(input_example)
-    signature = infer_signature(input_example, output, params={"horizon": forecaster.horizon})
+    example = input_example.copy()
+    example.insert(0, SERIES_ID, "series")
+    signature = infer_signature(example, output, params={"horizon": forecaster.horizon})
+    # series_id and the timestamps may be left out (one series; no future timestamps)
+    optional = {SERIES_ID, forecaster.meta.timestamp_column}
+    signature.inputs = Schema([
+        ColSpec(c.type, c.name, required=c.name not in optional) for c in signature.inputs.inputs
+    ])
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(CODE_FILE),

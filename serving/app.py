@@ -15,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from forecast.train import available_cores
 from serving import middleware
 from serving.deps import AppState
 from serving.metrics import ServiceMetrics
@@ -68,7 +67,7 @@ def example_request(state: AppState) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    torch.set_num_threads(settings.torch_threads or available_cores())
+    torch.set_num_threads(settings.torch_threads)
     state = AppState(settings, ModelStore.create(settings.model_uri, settings.tracking_uri),
                      ServiceMetrics())
 
