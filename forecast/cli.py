@@ -12,18 +12,25 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from forecast.bundle import load_bundle
 from forecast.compare import compare_runs
 from forecast.config import Config, dump_config, load_config
 from forecast.data import read_table
-from forecast.errors import DataError, ForecastError
+from forecast.errors import DataError, ForecastError, TrackingError
 from forecast.evaluate import evaluate
 from forecast.model import describe
 from forecast.predictor import Forecaster
 from forecast.registry import list_versions, promote
 from forecast.runner import TrainOutcome, load_data, train_and_evaluate
-from forecast.tracking import DEFAULT_URI, TrackedOutcome, preflight, resolve_uri, train_tracked
+from forecast.tracking import (
+    TrackedOutcome,
+    default_uri,
+    preflight,
+    resolve_uri,
+    train_tracked,
+)
 from forecast.windows import prepare, scaler_from_params
 
 log = logging.getLogger("forecast")
@@ -98,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> tuple[str, MlflowClient]:
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = default_uri(args.tracking_uri)
     preflight(uri, 10.0)
     return uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -203,6 +210,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1, with a message naming what was given."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecast", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -241,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory written by `forecast train`")
     p.add_argument("--history", required=True, help="history rows; see forecast/predictor.py")
     p.add_argument("--out", required=True, help="output .csv or .parquet")
-    p.add_argument("--horizon", type=int, help="steps to forecast (default: the model's)")
+    p.add_argument("--horizon", type=positive_int, help="steps to forecast (default: the model's)")
     p.set_defaults(func=cmd_predict)
 
     models = sub.add_parser("models", help="registered model versions").add_subparsers(
@@ -260,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="runs_command", required=True)
     p = runs.add_parser("compare", help="the last runs of an experiment side by side")
     p.add_argument("--experiment", required=True)
-    p.add_argument("--last", type=int, default=10, help="how many runs (newest first)")
+    p.add_argument("--last", type=positive_int, default=10, help="how many runs (newest first)")
     tracking_flag(p)
     p.set_defaults(func=cmd_runs_compare)
 
@@ -268,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model "
                    "directory (default: $FORECAST_MODEL_URI, then the demo's champion)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--reload-interval", type=float, help="seconds between alias checks")
     tracking_flag(p)
     p.set_defaults(func=cmd_serve)
@@ -293,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except MlflowException as err:  # the tracking server or registry refused an operation
+        if args.debug:
+            raise
+        print(f"error: MLflow: {err.message}", file=sys.stderr)
+        return TrackingError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -39,9 +39,14 @@ log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
+def default_uri(explicit: str | None = None) -> str:
+    """The given URI, else $MLFLOW_TRACKING_URI, else MLflow 3's local SQLite default."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
 def resolve_uri(cfg: TrackingConfig, flag: str | None = None) -> str:
     """--tracking-uri flag, else the config, else $MLFLOW_TRACKING_URI, else local SQLite."""
-    return flag or cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    return default_uri(flag or cfg.uri)
 
 
 def preflight(uri: str, timeout: float) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,8 +57,6 @@ def example_request(state: AppState) -> dict[str, Any]:
         f = loaded.forecaster
         channels, rows, freq = f.channels, f.meta.min_history, f.meta.freq
     t = np.arange(rows)
-    import pandas as pd
-
     stamps = pd.date_range("2025-01-01", periods=rows, freq=freq)
     history = {c: np.round(10 + 3 * np.sin(2 * np.pi * (t + 3 * k) / 24), 3).tolist()
                for k, c in enumerate(channels)}

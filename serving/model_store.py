@@ -7,7 +7,6 @@ keeps it, so a request in flight during a swap finishes on the model it started 
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from mlflow import MlflowClient
 from forecast.bundle import load_bundle
 from forecast.packaging import bundle_path
 from forecast.predictor import Forecaster
-from forecast.tracking import DEFAULT_URI
+from forecast.tracking import default_uri
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,7 @@ class ModelStore:
 
     @staticmethod
     def create(model_uri: str, tracking_uri: str | None) -> ModelStore:
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-        return ModelStore(ModelSource.parse(model_uri), uri)
+        return ModelStore(ModelSource.parse(model_uri), default_uri(tracking_uri))
 
     def _client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)

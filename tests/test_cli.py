@@ -275,3 +275,17 @@ def test_demo_prints_skill_rows(tmp_path, capsys, monkeypatch):
     metrics = json.loads((tmp_path / "out" / "demo" / "metrics.json").read_text())
     assert {"skill_naive", "skill_seasonal_naive", "skill_linear"} <= set(metrics)
     assert (tmp_path / "out" / "demo" / "model" / "weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["runs", "compare", "--experiment", "x", "--last", "0"], "argument --last: 0 is below 1"),
+    (["predict", "--model", "m", "--history", "h.csv", "--out", "o.csv", "--horizon", "two"],
+     "argument --horizon: 'two' is not a whole number"),
+    (["serve", "--workers", "-1"], "argument --workers: -1 is below 1"),
+])
+def test_counts_on_the_command_line_must_be_positive(
+        argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
