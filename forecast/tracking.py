@@ -128,6 +128,18 @@ def _log_artifacts(outcome: TrainOutcome, folder: Path) -> None:
     mlflow.log_artifacts(str(folder))
 
 
+def _close_run(status: str, error: str) -> None:
+    """Mark the active run ended with `status`; a failure here must not hide the original."""
+    try:
+        mlflow.set_tag("error", error[:5000])
+    except Exception as err:  # the store may be what failed; still try to end the run
+        log.error("could not tag the run with its error: %s", err)
+    try:
+        mlflow.end_run(status)
+    except Exception as err:
+        log.error("could not mark the run %s: %s", status, err)
+
+
 @dataclass
 class TrackedOutcome:
     outcome: TrainOutcome
@@ -183,13 +195,11 @@ def train_tracked(cfg: Config, uri: str) -> TrackedOutcome:
             version = register(client, cfg.registered_model, info.model_uri, run.info.run_id,
                                decision)
             mlflow.set_tag("model.version", version.version)
-    except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
-        mlflow.end_run("KILLED")
-        raise
     except BaseException as err:
-        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run("FAILED")
+        if isinstance(err, KeyboardInterrupt):
+            _close_run("KILLED", "interrupted (KeyboardInterrupt)")
+        else:
+            _close_run("FAILED", f"{type(err).__name__}: {err}")
         raise
     mlflow.end_run("FINISHED")
     return TrackedOutcome(outcome, run.info.run_id, experiment.experiment_id, uri,

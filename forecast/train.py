@@ -8,7 +8,9 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -165,6 +167,37 @@ class Checkpointer:
         self.path.unlink(missing_ok=True)
 
 
+class DeferredInterrupt:
+    """Ctrl-C during training stops at the next batch boundary, never in the middle of a
+    write (a tracking-database transaction, a checkpoint): an interrupt raised inside a SQLite
+    transaction leaves the database locked, and the run could not then be marked KILLED.
+    A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> DeferredInterrupt:
+        # signal handlers can only be installed from the main thread
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupt received: stopping at the next batch (Ctrl-C again: at once)")
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def fit(
     model: PatchTransformer,
     prepared: Prepared,
@@ -208,65 +241,68 @@ def fit(
 
     show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     channels = prepared.n_channels
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        total, seen = 0.0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not show,
-                   leave=False, file=sys.stderr)
-        for x, y in train.batches(cfg.batch_size, shuffle=True, generator=gen, limit=per_epoch):
-            mask = random_pad_mask(len(x), x.shape[1], min_history, cfg.pad_augment, gen)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device):
-                pred = model(x, None if mask is None else mask.to(device))
-            loss = loss_fn(pred.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"training loss became {float(loss)} in epoch {epoch}; lower train.lr or "
-                    "set train.grad_clip"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(x)
-            seen += len(x)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        val_loss = validation_loss(model, val, cfg.batch_size * 4, loss_fn, device)
-        seconds = time.perf_counter() - t0
-        stats = EpochStats(epoch, total / max(seen, 1), val_loss,
-                           optimizer.param_groups[0]["lr"], seconds,
-                           seen * channels / max(train_seconds, 1e-9))
-        result.history.append(stats)
-        result.seconds += seconds
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        log.info("epoch %d: train_loss %.4f val_loss %.4f lr %.2e %.1fs", epoch,
-                 stats.train_loss, val_loss, stats.lr, seconds)
-        # Save before the callback: an epoch that finished is kept even if the callback (MLflow
-        # logging, a Ctrl-C) raises.
-        checkpoints.save({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "best_state": best_state,
-            "bad_epochs": bad_epochs, "epoch": epoch,
-            "history": [vars(h) for h in result.history], "best_epoch": result.best_epoch,
-            "best_val_loss": result.best_val_loss, "seconds": result.seconds,
-        })
-        if on_epoch is not None:
-            on_epoch(stats)
-        if cfg.patience and bad_epochs >= cfg.patience:
-            result.stopped_early = True
-            break
+    with DeferredInterrupt() as interrupt:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            total, seen = 0.0, 0
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not show,
+                       leave=False, file=sys.stderr)
+            for x, y in train.batches(cfg.batch_size, shuffle=True, generator=gen, limit=per_epoch):
+                interrupt.check()
+                mask = random_pad_mask(len(x), x.shape[1], min_history, cfg.pad_augment, gen)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _autocast(device):
+                    pred = model(x, None if mask is None else mask.to(device))
+                loss = loss_fn(pred.float(), y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"training loss became {float(loss)} in epoch {epoch}; lower train.lr or "
+                        "set train.grad_clip"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(x)
+                seen += len(x)
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            val_loss = validation_loss(model, val, cfg.batch_size * 4, loss_fn, device)
+            seconds = time.perf_counter() - t0
+            stats = EpochStats(epoch, total / max(seen, 1), val_loss,
+                               optimizer.param_groups[0]["lr"], seconds,
+                               seen * channels / max(train_seconds, 1e-9))
+            result.history.append(stats)
+            result.seconds += seconds
+            if val_loss < result.best_val_loss:
+                result.best_val_loss, result.best_epoch = val_loss, epoch
+                best_state = copy.deepcopy(model.state_dict())
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            log.info("epoch %d: train_loss %.4f val_loss %.4f lr %.2e %.1fs", epoch,
+                     stats.train_loss, val_loss, stats.lr, seconds)
+            # Save before the callback: an epoch that finished is kept even if the callback (MLflow
+            # logging, a Ctrl-C) raises.
+            checkpoints.save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "best_state": best_state,
+                "bad_epochs": bad_epochs, "epoch": epoch,
+                "history": [vars(h) for h in result.history], "best_epoch": result.best_epoch,
+                "best_val_loss": result.best_val_loss, "seconds": result.seconds,
+            })
+            if on_epoch is not None:
+                on_epoch(stats)
+            interrupt.check()
+            if cfg.patience and bad_epochs >= cfg.patience:
+                result.stopped_early = True
+                break
     model.load_state_dict(best_state)
     model.eval()
     checkpoints.clear()

@@ -275,7 +275,8 @@ def test_ctrl_c_ends_the_run_killed(history: History) -> None:
             time.sleep(0.5)
         assert run is not None, "no epoch was logged in time"
         proc.send_signal(2)  # SIGINT, as Ctrl-C sends
-        assert proc.wait(timeout=60) == 130
+        code = proc.wait(timeout=60)
+        assert code == 130, proc.stdout.read().decode()[-3000:] if proc.stdout else code
     finally:
         proc.kill()
     assert history.client.get_run(run.info.run_id).info.status == "KILLED"

@@ -216,3 +216,22 @@ def test_onecycle_peaks_at_lr():
     lrs = scheduled_lrs(cfg, 20)
     assert max(lrs) == pytest.approx(0.5, rel=1e-3)
     assert lrs[0] < 0.1 and lrs[-1] < 0.01
+
+
+def test_ctrl_c_is_deferred_to_the_next_check_and_the_handler_restored() -> None:
+    import os
+    import signal
+    import time
+
+    from forecast.train import DeferredInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with DeferredInterrupt() as interrupt:
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt right here
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before
