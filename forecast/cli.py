@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -18,8 +19,15 @@ from forecast.bundle import load_bundle
 from forecast.compare import compare_runs
 from forecast.config import Config, dump_config, load_config
 from forecast.data import read_table
-from forecast.errors import DataError, ForecastError, TrackingError
+from forecast.errors import (
+    ConfigError,
+    DataError,
+    ForecastError,
+    TrackingError,
+    TrainingError,
+)
 from forecast.evaluate import evaluate
+from forecast.logs import setup_logging
 from forecast.model import describe
 from forecast.predictor import Forecaster
 from forecast.registry import list_versions, promote
@@ -32,6 +40,8 @@ from forecast.tracking import (
     train_tracked,
 )
 from forecast.windows import prepare, scaler_from_params
+from pipelines import batch_forecast
+from pipelines import train as train_pipeline
 
 log = logging.getLogger("forecast")
 
@@ -183,6 +193,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_of(text: str | None) -> pd.Timestamp | None:
+    if text is None:
+        return None
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:
+        raise ConfigError(f"--as-of {text!r} is not a time; use ISO 8601, e.g. "
+                          "2026-11-21T06:00:00Z") from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+
+
+def cmd_pipeline_train(args: argparse.Namespace) -> int:
+    cfg = _resolve(args)
+    if not cfg.tracking.enabled:
+        raise ConfigError("tracking.enabled is false: the training pipeline records every run "
+                          "and registers its model in MLflow; use `forecast train` instead")
+    uri = resolve_uri(cfg.tracking, args.tracking_uri)
+    result = train_pipeline.run_job(cfg, uri, force=args.force, as_of=_as_of(args.as_of))
+    if result.tracked is not None:
+        _report(result.tracked.outcome)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from forecast.tune import tune  # optuna is only needed here
+
+    cfg = _resolve(args)
+    uri = resolve_uri(cfg.tracking, args.tracking_uri)
+    result = tune(cfg, uri, args.trials, args.timeout_minutes)
+    print(result.table())
+    best = result.best
+    if best is None:
+        print(f"no trial completed in {result.seconds:.0f}s; parent run {result.parent_run_id}")
+        return TrainingError.exit_code
+    print(f"best: trial {best.number}, val {cfg.tune.metric} {best.score:.4f} "
+          f"({json.dumps(best.values)}) in {result.seconds:.0f}s")
+    print(f"mlflow: parent run {result.parent_run_id} in experiment "
+          f"{cfg.tracking.experiment!r} at {uri} (children: the trials)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -225,7 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecast", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--log-format", choices=["plain", "json"], default="plain",
+                        help="json: one JSON object per log line, with the MLflow run id")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def log_format_flag(p: argparse.ArgumentParser) -> None:
+        # Also accepted after the subcommand, where a scheduler's command line puts it.
+        p.add_argument("--log-format", choices=["plain", "json"], default=argparse.SUPPRESS,
+                       help="json: one JSON object per log line, with the MLflow run id")
 
     def tracking_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri, "
@@ -282,6 +340,32 @@ def build_parser() -> argparse.ArgumentParser:
     tracking_flag(p)
     p.set_defaults(func=cmd_runs_compare)
 
+    pipeline = sub.add_parser("pipeline", help="scheduled batch jobs").add_subparsers(
+        dest="pipeline_command", required=True)
+    p = pipeline.add_parser("train", help="the unattended training job: lock, skip if "
+                            "unchanged, gates, train, register (exit codes: README)")
+    with_config(p, required=True)
+    log_format_flag(p)
+    p.add_argument("--force", action="store_true",
+                   help="train even if data and config equal the last successful run's")
+    p.add_argument("--as-of", help="the time the freshness gate measures data age against "
+                   "(ISO 8601; default: now)")
+    p.set_defaults(func=cmd_pipeline_train)
+    p = pipeline.add_parser("batch-forecast", help="forecast many series from a file with a "
+                            "registered model, in chunks")
+    batch_forecast.add_arguments(p)
+    log_format_flag(p)
+    p.set_defaults(func=batch_forecast.run_from_args)
+
+    p = sub.add_parser("tune", help="hyperparameter search as nested MLflow runs (validation "
+                       "split only)")
+    with_config(p, required=True)
+    log_format_flag(p)
+    p.add_argument("--trials", type=positive_int, help="most trials (default: tune.trials)")
+    p.add_argument("--timeout-minutes", type=float,
+                   help="start no new trial after this (default: tune.timeout_minutes)")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("serve", help="HTTP prediction service for a registered model")
     p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model "
                    "directory (default: $FORECAST_MODEL_URI, then the demo's champion)")
@@ -302,8 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(json_format=args.log_format == "json", quiet=args.quiet)
     try:
         return int(args.func(args))
     except ForecastError as err:

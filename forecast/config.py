@@ -237,6 +237,100 @@ class TrackingConfig(_Section):
     )
 
 
+class PipelineConfig(_Section):
+    """The scheduled training job (`forecast pipeline train`): freshness gate and lock."""
+
+    max_data_age: str | None = Field(
+        None,
+        description="Refuse to train when the newest timestamp is older than this pandas "
+        "Timedelta ('6h', '2D') before now (or --as-of); null: no freshness gate. Timestamps "
+        "without a time zone are read as UTC.",
+    )
+    lock_dir: str | None = Field(
+        None,
+        description="Folder for the job's lock file; default <output_dir>/locks. Every host "
+        "that runs the job must see the same folder.",
+    )
+
+    @model_validator(mode="after")
+    def _check_age(self) -> PipelineConfig:
+        if self.max_data_age is not None:
+            try:
+                age = pd.Timedelta(self.max_data_age)
+            except ValueError:
+                raise ValueError(f"pipeline.max_data_age = {self.max_data_age!r} is not a "
+                                 "duration; use e.g. '6h' or '2D'") from None
+            if age <= pd.Timedelta(0):
+                raise ValueError("pipeline.max_data_age must be a positive duration")
+        return self
+
+    @property
+    def max_age(self) -> pd.Timedelta | None:
+        return None if self.max_data_age is None else pd.Timedelta(self.max_data_age)
+
+
+class Range(_Section):
+    """A numeric search range; integers when low and high are both whole numbers."""
+
+    low: float
+    high: float
+    log: bool = Field(False, description="Sample on a log scale (learning rates).")
+
+    @model_validator(mode="after")
+    def _check_order(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"range low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return float(self.low).is_integer() and float(self.high).is_integer() and not self.log
+
+
+def _default_space() -> dict[str, list[Any] | Range]:
+    return {
+        "train.lr": Range(low=1e-4, high=3e-3, log=True),
+        "model.d_model": [16, 32, 64],
+        "model.n_layers": [1, 2, 3],
+        "model.dropout": Range(low=0.0, high=0.3),
+    }
+
+
+class TuneConfig(_Section):
+    """Hyperparameter search (`forecast tune`), scored on the validation split only."""
+
+    trials: int = Field(20, gt=0, description="Most trials to run.")
+    timeout_minutes: float | None = Field(
+        60.0, gt=0, description="Start no new trial after this many minutes; null: no limit."
+    )
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="Optuna sampler; grid needs every entry of `space` to be a list."
+    )
+    metric: Literal["mse", "mae"] = Field("mse", description="Validation metric to minimise.")
+    seed: int = Field(0, description="Sampler seed.")
+    prune: bool = Field(True, description="Stop trials whose validation loss falls behind the "
+                        "median of earlier trials at the same epoch.")
+    space: dict[str, list[Any] | Range] = Field(
+        default_factory=_default_space,
+        description="Dotted config key → list of choices or {low, high, log} range.",
+    )
+
+    @model_validator(mode="after")
+    def _check_space(self) -> TuneConfig:
+        for key, choices in self.space.items():
+            if key.split(".")[0] in ("tune", "tracking", "pipeline", "output_dir", "name"):
+                raise ValueError(f"tune.space.{key}: only settings that change the model can "
+                                 "be searched")
+            if isinstance(choices, list) and not choices:
+                raise ValueError(f"tune.space.{key}: give at least one choice")
+        if self.sampler == "grid" and any(isinstance(v, Range) for v in self.space.values()):
+            raise ValueError("tune.sampler 'grid' needs a list of choices for every key in "
+                             "tune.space; replace the {low, high} ranges or use 'tpe'")
+        return self
+
+
 class Config(_Section):
     """The whole resolved configuration of a run."""
 
@@ -249,6 +343,8 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    tune: TuneConfig = TuneConfig()
 
     @property
     def registered_model(self) -> str:

@@ -32,3 +32,15 @@ class TrackingError(ForecastError):
     """The MLflow tracking server or model registry cannot be used."""
 
     exit_code = 5
+
+
+class LockHeld(ForecastError):
+    """Another run of the same pipeline for the same registered model holds the lock."""
+
+    exit_code = 6
+
+
+class StaleData(DataError):
+    """The newest timestamp is older than the configured maximum age (the freshness gate)."""
+
+    exit_code = 7

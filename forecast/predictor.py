@@ -75,27 +75,32 @@ class Forecaster:
 
     def predict_frame(self, frame: pd.DataFrame, horizon: int | None = None) -> pd.DataFrame:
         """A history frame (layout above) → a forecast frame (layout above)."""
+        ids, values, stamps = self.histories(frame)
+        forecast = self.predict_arrays(values, horizon, ids)
+        return self.to_frame(forecast, ids, stamps)
+
+    def histories(self, frame: pd.DataFrame
+                  ) -> tuple[list[str], list[np.ndarray], list[pd.DatetimeIndex] | None]:
+        """A history frame → ids, values [T_i x C] and (with timestamps) each series' index,
+        validated as a data file is. Lengths and NaN are checked later, by `check_history`."""
         ts_col = self.meta.timestamp_column
         has_ids = SERIES_ID in frame.columns
         if ts_col in frame.columns:
             cfg = DataConfig(layout="long" if has_ids else "wide", timestamp_column=ts_col,
                              id_column=SERIES_ID, columns=self.channels, freq=self.meta.freq)
             series = frame_to_series(frame, cfg, source="history")
-            ids, values, stamps = series.ids, series.values, series.timestamps
-        else:
-            missing = [c for c in self.channels if c not in frame.columns]
-            if missing:
-                raise DataError(f"history: column(s) {missing} missing; the model needs "
-                                f"{self.channels}")
-            # Same checks as a file: a non-numeric value is a DataError naming column and row.
-            numeric = _numeric_columns(frame.reset_index(drop=True), self.channels, "history")
-            groups = numeric.groupby(frame[SERIES_ID].astype(str).to_numpy(), sort=False) \
-                if has_ids else [("series", numeric)]
-            ids = [str(k) for k, _ in groups]
-            values = [g.to_numpy(dtype=np.float32) for _, g in groups]
-            stamps = None
-        forecast = self.predict_arrays(values, horizon, ids)
-        return self.to_frame(forecast, ids, stamps)
+            return series.ids, series.values, series.timestamps
+        missing = [c for c in self.channels if c not in frame.columns]
+        if missing:
+            raise DataError(f"history: column(s) {missing} missing; the model needs "
+                            f"{self.channels}")
+        # Same checks as a file: a non-numeric value is a DataError naming column and row.
+        numeric = _numeric_columns(frame.reset_index(drop=True), self.channels, "history")
+        groups = numeric.groupby(frame[SERIES_ID].astype(str).to_numpy(), sort=False) \
+            if has_ids else [("series", numeric)]
+        ids = [str(k) for k, _ in groups]
+        values = [g.to_numpy(dtype=np.float32) for _, g in groups]
+        return ids, values, None
 
     def future_index(self, last: pd.Timestamp, steps: int) -> pd.DatetimeIndex:
         return pd.date_range(last, periods=steps + 1, freq=self.meta.freq)[1:]

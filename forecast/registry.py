@@ -1,6 +1,8 @@
 """Model registry: register a run's model as `challenger`, and move `champion` only when the
 challenger beats both the current champion (re-scored now, on the challenger's evaluation
-windows) and the naive baseline."""
+windows) and the naive baseline. Also where a model URI (`models:/NAME@ALIAS`,
+`models:/NAME/VERSION` or a bundle directory) is parsed and loaded, for every consumer: the
+service, batch forecasting."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
 
 import mlflow
 import numpy as np
@@ -19,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from forecast.baselines import naive
 from forecast.bundle import load_bundle
 from forecast.config import TrackingConfig
-from forecast.errors import ForecastError, TrackingError
+from forecast.errors import ConfigError, ForecastError, TrackingError
 from forecast.metrics import MetricAccumulator, Scores, mase_scale
 from forecast.packaging import bundle_path
 from forecast.predictor import Forecaster
@@ -103,6 +107,75 @@ def load_version_forecaster(uri: str, name: str, version: str) -> Forecaster:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=uri)
         return Forecaster(load_bundle(bundle_path(local)))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from: a registry alias, a fixed version, or a local directory."""
+
+    uri: str
+    name: str
+    alias: str | None = None
+    version: str | None = None  # "local" for a bundle directory
+
+    @property
+    def is_local(self) -> bool:
+        return self.version == "local"
+
+    @staticmethod
+    def parse(uri: str) -> ModelSource:
+        if not uri.startswith("models:/"):
+            return ModelSource(uri, Path(uri).name or uri, version="local")
+        rest = uri.removeprefix("models:/")
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            if name and alias:
+                return ModelSource(uri, name, alias=alias)
+        else:
+            name, _, version = rest.partition("/")
+            if name and version:
+                return ModelSource(uri, name, version=version)
+        raise ConfigError(f"model URI {uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION or "
+                          "a model directory written by `forecast train`")
+
+
+class ResolvedModel(NamedTuple):
+    forecaster: Forecaster
+    name: str
+    version: str  # "local" for a bundle directory
+    run_id: str | None
+
+
+def resolve_version(source: ModelSource, tracking_uri: str) -> tuple[str, str | None]:
+    """The registry version the source points to now, and its run id."""
+    if source.is_local:
+        return "local", None
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if source.alias is not None:
+            mv = client.get_model_version_by_alias(source.name, source.alias)
+        else:
+            mv = client.get_model_version(source.name, str(source.version))
+    except MlflowException as err:
+        raise TrackingError(f"{source.uri} cannot be resolved in tracking store {tracking_uri}: "
+                            f"{err.message}; check the name and alias or version (`forecast "
+                            f"models list {source.name}`) and --tracking-uri") from None
+    return str(mv.version), mv.run_id
+
+
+def load_source_version(source: ModelSource, tracking_uri: str, version: str) -> Forecaster:
+    """The bundle of `version` (from `resolve_version`): a download, or the directory itself."""
+    if source.is_local:
+        return Forecaster(load_bundle(source.uri))
+    return load_version_forecaster(tracking_uri, source.name, version)
+
+
+def load_model(source: ModelSource | str, tracking_uri: str) -> ResolvedModel:
+    """Resolve a model URI or directory and load it. `tracking_uri` is unused for a directory."""
+    src = source if isinstance(source, ModelSource) else ModelSource.parse(source)
+    version, run_id = resolve_version(src, tracking_uri)
+    return ResolvedModel(load_source_version(src, tracking_uri, version), src.name, version,
+                         run_id)
 
 
 def decide(client: MlflowClient, uri: str, cfg: TrackingConfig, name: str,

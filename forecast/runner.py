@@ -22,9 +22,9 @@ from forecast.windows import Prepared, prepare
 
 log = logging.getLogger(__name__)
 
-# Settings that change how a run is shown, logged or resumed, not what it computes.
+# Settings that change how a run is shown, logged, scheduled or resumed, not what it computes.
 _NOT_IN_RUN_KEY = ("train.progress", "train.resume", "train.checkpoint_dir", "output_dir",
-                   "tracking.")
+                   "tracking.", "pipeline.", "tune.")
 
 
 @dataclass
@@ -53,15 +53,44 @@ def load_data(cfg: Config) -> SeriesSet:
     return series
 
 
-def run_key(cfg: Config, series: SeriesSet) -> str:
-    """Identity of a training run: same config and same data bytes give the same key."""
+def config_digest(cfg: Config) -> str:
+    """sha256 of the settings that change what a run computes (not where it logs or writes)."""
     relevant = {k: v for k, v in cfg.flat().items() if not k.startswith(_NOT_IN_RUN_KEY)}
-    blob = json.dumps(relevant, sort_keys=True, default=str) + series.digest
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_key(cfg: Config, data_digest: str) -> str:
+    """Identity of a training run: same config and same data bytes give the same key."""
+    return hashlib.sha256((config_digest(cfg) + data_digest).encode()).hexdigest()
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    given = cfg.train.checkpoint_dir
+    return Path(given) if given else run_dir(cfg) / "checkpoints"
 
 
 def run_dir(cfg: Config) -> Path:
     return Path(cfg.output_dir) / cfg.name
+
+
+@dataclass
+class Trained:
+    prepared: Prepared
+    model: PatchTransformer
+    fit: FitResult
+
+
+def train_model(cfg: Config, series: SeriesSet,
+                on_epoch: Callable[[EpochStats], None] | None = None) -> Trained:
+    """Split, window, build and fit (resuming from a checkpoint of the same run key)."""
+    prepared = prepare(series, cfg.split, cfg.windows)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, cfg.windows.lookback, cfg.windows.horizon, prepared.n_channels)
+    log.info("training on %d train / %d val windows, %d parameters", len(prepared.windows("train")),
+             len(prepared.windows("val")), model.n_params())
+    result = fit(model, prepared, cfg.train, checkpoint_dir(cfg), run_key(cfg, series.digest),
+                 on_epoch)
+    return Trained(prepared, model, result)
 
 
 def train_and_evaluate(
@@ -69,17 +98,12 @@ def train_and_evaluate(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainOutcome:
     series = series if series is not None else load_data(cfg)
-    prepared = prepare(series, cfg.split, cfg.windows)
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, cfg.windows.lookback, cfg.windows.horizon, prepared.n_channels)
-    out = run_dir(cfg)
-    ckpt = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else out / "checkpoints"
-    log.info("training on %d train / %d val windows, %d parameters", len(prepared.windows("train")),
-             len(prepared.windows("val")), model.n_params())
-    result = fit(model, prepared, cfg.train, ckpt, run_key(cfg, series), on_epoch)
+    trained = train_model(cfg, series, on_epoch)
+    model, prepared, result = trained.model, trained.prepared, trained.fit
     season = cfg.eval.season or season_for(series.freq)
     evaluation = evaluate(model, prepared, cfg.eval, season, "test", resolve_device(cfg.train))
     model.cpu()
+    out = run_dir(cfg)
     meta = BundleMeta(
         name=cfg.name, lookback=cfg.windows.lookback, horizon=cfg.windows.horizon,
         channels=series.channels, freq=series.freq, model=cfg.model.model_dump(mode="json"),

@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -31,7 +32,7 @@ from forecast.packaging import log_pyfunc
 from forecast.plots import forecast_vs_actual, horizon_errors, training_curve
 from forecast.predictor import Forecaster
 from forecast.registry import GateDecision, decide, register
-from forecast.runner import TrainOutcome, load_data, train_and_evaluate
+from forecast.runner import TrainOutcome, config_digest, load_data, train_and_evaluate
 from forecast.train import EpochStats
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,17 @@ def run_name(cfg: Config) -> str:
             f"{datetime.now():%Y%m%d-%H%M%S}")
 
 
-def _params(cfg: Config) -> dict[str, str]:
-    # MLflow params are strings of at most 6000 characters.
-    return {k: "null" if v is None else str(v)[:6000] for k, v in cfg.flat().items()}
+def params(cfg: Config) -> dict[str, str]:
+    """The config as MLflow params (strings of at most 6000 characters); the search space of
+    `forecast tune` is not a setting of the run itself."""
+    return {k: "null" if v is None else str(v)[:6000] for k, v in cfg.flat().items()
+            if not k.startswith("tune.")}
+
+
+def log_epoch(stats: EpochStats) -> None:
+    mlflow.log_metrics({"train_loss": stats.train_loss, "val_loss": stats.val_loss,
+                        "lr": stats.lr, "epoch_seconds": stats.seconds,
+                        "train_windows_per_second": stats.windows_per_second}, step=stats.epoch)
 
 
 def _log_dataset(series: SeriesSet) -> None:
@@ -128,7 +137,7 @@ def _log_artifacts(outcome: TrainOutcome, folder: Path) -> None:
     mlflow.log_artifacts(str(folder))
 
 
-def _close_run(status: str, error: str) -> None:
+def close_run(status: str, error: str) -> None:
     """Mark the active run ended with `status`; a failure here must not hide the original."""
     try:
         mlflow.set_tag("error", error[:5000])
@@ -151,32 +160,38 @@ class TrackedOutcome:
     decision: GateDecision | None
 
 
-def train_tracked(cfg: Config, uri: str) -> TrackedOutcome:
-    """Train, evaluate, log, package, gate and register one configuration as one MLflow run."""
+def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
+                  check: Callable[[SeriesSet], None] | None = None) -> TrackedOutcome:
+    """Train, evaluate, log, package, gate and register one configuration as one MLflow run.
+
+    `check` runs on the loaded data inside the run (a gate that raises ends the run FAILED
+    before training); `tags` are added to the run's own."""
     tracking = cfg.tracking
     preflight(uri, tracking.timeout_seconds)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     experiment = ensure_experiment(uri, tracking.experiment)
     tags = {"forecast.version": metadata.version("forecast"),
-            "model.registered_name": cfg.registered_model}
+            "model.registered_name": cfg.registered_model, **(tags or {})}
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
     run = mlflow.start_run(run_name=run_name(cfg), tags=tags)
     try:
-        mlflow.log_params(_params(cfg))
+        mlflow.log_params(params(cfg))
         series = load_data(cfg)
-        mlflow.set_tags({"data.sha256": series.digest, "data.source": series.source})
+        mlflow.set_tags({"data.sha256": series.digest, "data.source": series.source,
+                         "config.sha256": config_digest(cfg)})
         _log_dataset(series)
-
-        def on_epoch(stats: EpochStats) -> None:
-            mlflow.log_metrics({"train_loss": stats.train_loss, "val_loss": stats.val_loss,
-                                "lr": stats.lr, "epoch_seconds": stats.seconds,
-                                "train_windows_per_second": stats.windows_per_second},
-                               step=stats.epoch)
-
-        outcome = train_and_evaluate(cfg, series, on_epoch)
+        if check is not None:
+            check(series)
+        outcome = train_and_evaluate(cfg, series, log_epoch)
+        resumed = outcome.fit.resumed_from_epoch
+        if resumed:
+            # Epochs trained before the restart come from the checkpoint: the curves stay whole.
+            mlflow.set_tag("train.resumed_from_epoch", str(resumed))
+            for stats in outcome.fit.history[:resumed]:
+                log_epoch(stats)
         mlflow.log_metrics({**outcome.metrics, "best_epoch": outcome.fit.best_epoch,
                             "train_seconds": outcome.fit.seconds,
                             "params_count": outcome.model.n_params()})
@@ -197,9 +212,9 @@ def train_tracked(cfg: Config, uri: str) -> TrackedOutcome:
             mlflow.set_tag("model.version", version.version)
     except BaseException as err:
         if isinstance(err, KeyboardInterrupt):
-            _close_run("KILLED", "interrupted (KeyboardInterrupt)")
+            close_run("KILLED", "interrupted (KeyboardInterrupt)")
         else:
-            _close_run("FAILED", f"{type(err).__name__}: {err}")
+            close_run("FAILED", f"{type(err).__name__}: {err}")
         raise
     mlflow.end_run("FINISHED")
     return TrackedOutcome(outcome, run.info.run_id, experiment.experiment_id, uri,

@@ -7,44 +7,18 @@ keeps it, so a request in flight during a swap finishes on the model it started 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import mlflow
 import numpy as np
-from mlflow import MlflowClient
 
-from forecast.bundle import load_bundle
-from forecast.packaging import bundle_path
 from forecast.predictor import Forecaster
+from forecast.registry import ModelSource, load_source_version, resolve_version
 from forecast.tracking import default_uri
 
+__all__ = ["LoadedModel", "ModelSource", "ModelStore", "warm_up"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the model comes from: a registry alias, a fixed version, or a local directory."""
-
-    uri: str
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-    @staticmethod
-    def parse(uri: str) -> ModelSource:
-        if not uri.startswith("models:/"):
-            return ModelSource(uri, Path(uri).name or uri, version="local")
-        rest = uri.removeprefix("models:/")
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            return ModelSource(uri, name, alias=alias)
-        name, _, version = rest.partition("/")
-        if not version:
-            raise ValueError(f"model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-        return ModelSource(uri, name, version=version)
 
 
 @dataclass
@@ -71,32 +45,14 @@ class ModelStore:
     def create(model_uri: str, tracking_uri: str | None) -> ModelStore:
         return ModelStore(ModelSource.parse(model_uri), default_uri(tracking_uri))
 
-    def _client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-
     def resolve_version(self) -> tuple[str, str | None]:
         """The registry version the source points to now, and its run id."""
-        src = self.source
-        if src.version == "local":
-            return "local", None
-        client = self._client()
-        if src.alias is not None:
-            mv = client.get_model_version_by_alias(src.name, src.alias)
-        else:
-            mv = client.get_model_version(src.name, src.version)
-        return str(mv.version), mv.run_id
+        return resolve_version(self.source, self.tracking_uri)
 
     def load(self, version: str, run_id: str | None) -> LoadedModel:
         """Load and warm one version (blocking: call it off the event loop)."""
         src = self.source
-        if version == "local":
-            forecaster = Forecaster(load_bundle(src.uri))
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{src.name}/{version}", dst_path=tmp,
-                    tracking_uri=self.tracking_uri)
-                forecaster = Forecaster(load_bundle(bundle_path(local)))
+        forecaster = load_source_version(src, self.tracking_uri, version)
         warm_up(forecaster)
         return LoadedModel(forecaster, src.name, version, src.alias, run_id, src.uri)
 

@@ -1,0 +1,56 @@
+"""Log set-up for people (plain lines) and for log collectors (one JSON object per line).
+
+Every record carries the MLflow run id when a run is active, so that a scheduler's log line
+leads straight to the run in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+import mlflow
+
+PLAIN = "%(asctime)s %(levelname)s %(name)s [run %(run_id)s]: %(message)s"
+# Attributes every LogRecord has; anything else came in through `extra=` and is kept.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class RunIdFilter(logging.Filter):
+    """Sets record.run_id: an explicit `extra={"run_id": ...}`, else the active MLflow run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "run_id", None):
+            run = mlflow.active_run()
+            record.run_id = run.info.run_id if run is not None else "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if entry.get("run_id") == "-":
+            entry["run_id"] = None
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(json_format: bool = False, quiet: bool = False) -> None:
+    """Configure the root logger once per process (CLI entry points call this)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RunIdFilter())
+    handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(PLAIN))
+    handler.set_name("forecast")
+    root = logging.getLogger()
+    # Replace our own handler from an earlier call (tests call main() many times); keep others.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "forecast"] + [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)

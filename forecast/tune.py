@@ -1,0 +1,178 @@
+"""Hyperparameter search: one parent MLflow run per sweep, one nested child run per trial.
+
+Trials are scored on the validation split only; the test split is never looked at while
+choosing, so the chosen config's test score stays an honest estimate. The parent run gets
+the best trial's params and validation metrics, so the MLflow UI's compare view lists the
+sweep beside ordinary runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import mlflow
+import optuna
+
+from forecast.config import Config, Range, apply_overrides, build_config
+from forecast.data import SeriesSet, season_for
+from forecast.errors import ConfigError, TrainingError
+from forecast.evaluate import evaluate
+from forecast.runner import load_data, train_model
+from forecast.tracking import close_run, ensure_experiment, log_epoch, params, preflight
+from forecast.train import EpochStats, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    state: str  # complete, pruned, failed
+    values: dict[str, Any]
+    score: float
+    run_id: str
+
+
+@dataclass
+class TuneResult:
+    parent_run_id: str
+    trials: list[TrialRecord]
+    best: TrialRecord | None
+    seconds: float
+
+    def table(self) -> str:
+        lines = [f"{'trial':>5}  {'state':<9}{'val score':>10}  settings"]
+        for t in self.trials:
+            score = "" if math.isnan(t.score) else f"{t.score:.4f}"
+            mark = " *" if self.best is not None and t.number == self.best.number else ""
+            lines.append(f"{t.number:>5}  {t.state:<9}{score:>10}  {json.dumps(t.values)}{mark}")
+        return "\n".join(lines)
+
+
+def sample(trial: optuna.Trial, space: dict[str, list[Any] | Range]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, choice in space.items():
+        if isinstance(choice, list):
+            values[key] = trial.suggest_categorical(key, choice)
+        elif choice.integer:
+            values[key] = trial.suggest_int(key, int(choice.low), int(choice.high))
+        else:
+            values[key] = trial.suggest_float(key, choice.low, choice.high, log=choice.log)
+    return values
+
+
+def trial_config(base: Config, values: dict[str, Any], checkpoints: str) -> Config:
+    """The base config with a trial's values; checkpoints in a scratch folder, never resumed."""
+    overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
+    overrides += ["train.resume=false", f"train.checkpoint_dir={json.dumps(checkpoints)}"]
+    return build_config(apply_overrides(base.to_dict(), overrides), "tune.space")
+
+
+def _sampler(cfg: Config) -> optuna.samplers.BaseSampler:
+    tune = cfg.tune
+    if tune.sampler == "grid":
+        return optuna.samplers.GridSampler(
+            {k: v for k, v in tune.space.items() if isinstance(v, list)}, seed=tune.seed)
+    if tune.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=tune.seed)
+    return optuna.samplers.TPESampler(seed=tune.seed)
+
+
+class _Objective:
+    def __init__(self, base: Config, series: SeriesSet, records: list[TrialRecord]) -> None:
+        self.base, self.series, self.records = base, series, records
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = sample(trial, self.base.tune.space)
+        metric = f"val_{self.base.tune.metric}"
+        with tempfile.TemporaryDirectory() as scratch:
+            run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
+                                   tags={"tune.trial": str(trial.number)})
+            record = TrialRecord(trial.number, "failed", values, math.nan, run.info.run_id)
+            self.records.append(record)
+            try:
+                cfg = trial_config(self.base, values, scratch)
+                mlflow.log_params(params(cfg))
+
+                def on_epoch(stats: EpochStats) -> None:
+                    log_epoch(stats)
+                    trial.report(stats.val_loss, stats.epoch)
+                    if cfg.tune.prune and trial.should_prune():
+                        raise optuna.TrialPruned(f"val_loss {stats.val_loss:.4f} at epoch "
+                                                 f"{stats.epoch} is behind earlier trials")
+
+                trained = train_model(cfg, self.series, on_epoch)
+                season = cfg.eval.season or season_for(self.series.freq)
+                scores = evaluate(trained.model, trained.prepared, cfg.eval, season, "val",
+                                  resolve_device(cfg.train)).metrics()
+                mlflow.log_metrics({**scores, "best_epoch": trained.fit.best_epoch,
+                                    "train_seconds": trained.fit.seconds})
+            except optuna.TrialPruned as err:
+                record.state = "pruned"
+                mlflow.set_tags({"tune.state": "pruned", "tune.reason": str(err)})
+                mlflow.end_run("FINISHED")
+                raise
+            except BaseException as err:
+                close_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
+                          f"{type(err).__name__}: {err}")
+                raise
+            record.state, record.score = "complete", scores[metric]
+            mlflow.set_tag("tune.state", "complete")
+            mlflow.end_run("FINISHED")
+            return record.score
+
+
+def tune(cfg: Config, uri: str, trials: int | None = None,
+         timeout_minutes: float | None = None) -> TuneResult:
+    """Run the search of `cfg.tune` (trials and minutes from the arguments when given)."""
+    n_trials = trials or cfg.tune.trials
+    minutes = timeout_minutes if timeout_minutes is not None else cfg.tune.timeout_minutes
+    for key, choice in cfg.tune.space.items():  # every value must make a valid config
+        probe = choice if isinstance(choice, list) else [choice.low, choice.high]
+        for value in probe:
+            trial_config(cfg, {key: value}, "scratch")
+    preflight(uri, cfg.tracking.timeout_seconds)
+    mlflow.set_tracking_uri(uri)
+    ensure_experiment(uri, cfg.tracking.experiment)
+    series = load_data(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=_sampler(cfg),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    records: list[TrialRecord] = []
+    started = time.perf_counter()
+    parent = mlflow.start_run(run_name=f"{cfg.name}-tune-{datetime.now():%Y%m%d-%H%M%S}",
+                              tags={"tune.sweep": "true", "tune.sampler": cfg.tune.sampler,
+                                    "data.sha256": series.digest})
+    try:
+        mlflow.log_dict(cfg.tune.model_dump(mode="json"), "tune.json")
+        study.optimize(_Objective(cfg, series, records), n_trials=n_trials,
+                       timeout=None if minutes is None else minutes * 60,
+                       catch=(ConfigError, TrainingError))
+        done = [r for r in records if r.state == "complete"]
+        best = min(done, key=lambda r: r.score) if done else None
+        states = [r.state for r in records]
+        mlflow.log_metrics({"trials_complete": states.count("complete"),
+                            "trials_pruned": states.count("pruned"),
+                            "trials_failed": states.count("failed")})
+        if best is not None:
+            best_cfg = trial_config(cfg, best.values, "scratch")
+            mlflow.log_params(params(best_cfg) | {"train.checkpoint_dir": "null",
+                                                  "train.resume": "true"})
+            child = mlflow.get_run(best.run_id).data.metrics
+            mlflow.log_metrics({k: v for k, v in child.items() if k.startswith(("val_", "baseline_",
+                                                                                "skill_"))})
+            mlflow.set_tags({"tune.best_run_id": best.run_id,
+                             "tune.best_trial": str(best.number)})
+    except BaseException as err:
+        close_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
+                  f"{type(err).__name__}: {err}")
+        raise
+    mlflow.end_run("FINISHED")
+    return TuneResult(parent.info.run_id, records, best, time.perf_counter() - started)

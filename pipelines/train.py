@@ -1,0 +1,147 @@
+"""The scheduled training job, safe to run every hour without anyone watching:
+
+    lock → data digest → skip if data and config equal the last successful run's
+         → [MLflow run: validate data → freshness gate → split → train (resuming a killed
+            run's checkpoint) → evaluate with baselines → log → register → champion gate]
+
+Run as `forecast pipeline train --config pipelines/configs/etth1.yaml` or
+`python -m pipelines.train --config ...`. Exit codes: see forecast/errors.py and the README.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from forecast.config import Config
+from forecast.data import SeriesSet, file_sha256
+from forecast.errors import DataError, StaleData
+from forecast.runner import checkpoint_dir, config_digest, load_data, run_key
+from forecast.tracking import TrackedOutcome, preflight, train_tracked
+from forecast.train import Checkpointer
+from pipelines.lock import JobLock, lock_path
+
+log = logging.getLogger(__name__)
+
+PIPELINE_TAG = "forecast.pipeline"
+RUN_KEY_TAG = "forecast.run_key"
+CONTINUES_TAG = "forecast.continues_run_id"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    status: Literal["trained", "skipped"]
+    run_id: str | None
+    tracked: TrackedOutcome | None = None
+
+
+def data_digest(cfg: Config) -> str:
+    """sha256 of the data file's bytes (the synthetic demo: of its values), before validation."""
+    if cfg.data.path is None:
+        return load_data(cfg).digest
+    path = Path(cfg.data.path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} not found; check data.path or --data")
+    return file_sha256(path)
+
+
+def freshness_gate(max_age: pd.Timedelta, now: pd.Timestamp) -> Callable[[SeriesSet], None]:
+    def check(series: SeriesSet) -> None:
+        newest = max(stamps[-1] for stamps in series.timestamps)
+        newest = newest.tz_localize("UTC") if newest.tzinfo is None else newest
+        age = now - newest
+        if age > max_age:
+            raise StaleData(f"newest timestamp {newest} is {age} old at {now}, more than "
+                            f"pipeline.max_data_age ({max_age}); check the upstream export, "
+                            "or raise pipeline.max_data_age")
+        log.info("freshness gate passed: newest timestamp %s is %s old", newest, age)
+
+    return check
+
+
+def _runs(client: MlflowClient, experiment: str, query: str) -> list[Run]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(client.search_runs([exp.experiment_id], filter_string=query,
+                                   order_by=["attributes.start_time DESC"], max_results=1))
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def last_success(client: MlflowClient, cfg: Config) -> Run | None:
+    runs = _runs(client, cfg.tracking.experiment,
+                 f"tags.`{PIPELINE_TAG}` = 'train' AND tags.`model.registered_name` = "
+                 f"{_quoted(cfg.registered_model)} AND attributes.status = 'FINISHED'")
+    return runs[0] if runs else None
+
+
+def interrupted_run(client: MlflowClient, cfg: Config, key: str) -> Run | None:
+    """The newest unfinished run of this exact config and data whose checkpoint survives."""
+    if cfg.train.resume is False or Checkpointer(checkpoint_dir(cfg), key).load() is None:
+        return None
+    runs = _runs(client, cfg.tracking.experiment,
+                 f"tags.`{RUN_KEY_TAG}` = '{key}' AND "
+                 "attributes.status != 'FINISHED'")
+    return runs[0] if runs else None
+
+
+def run_job(cfg: Config, uri: str, force: bool = False,
+            as_of: pd.Timestamp | None = None) -> JobResult:
+    folder = Path(cfg.pipeline.lock_dir or Path(cfg.output_dir) / "locks")
+    what = f"the training pipeline for model {cfg.registered_model!r}"
+    with JobLock(lock_path(folder, "train", cfg.registered_model), what):
+        preflight(uri, cfg.tracking.timeout_seconds)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        digest, settings = data_digest(cfg), config_digest(cfg)
+        previous = last_success(client, cfg)
+        if previous is not None and not force:
+            tags = previous.data.tags
+            if tags.get("data.sha256") == digest and tags.get("config.sha256") == settings:
+                log.info("skipped: data (sha256 %s…) and config equal those of the last "
+                         "successful run; pass --force to train anyway", digest[:12],
+                         extra={"run_id": previous.info.run_id, "status": "skipped"})
+                return JobResult("skipped", previous.info.run_id)
+        key = run_key(cfg, digest)
+        tags = {PIPELINE_TAG: "train", RUN_KEY_TAG: key}
+        earlier = interrupted_run(client, cfg, key)
+        if earlier is not None:
+            tags[CONTINUES_TAG] = earlier.info.run_id
+            log.info("continuing run %s from its checkpoint in %s", earlier.info.run_id,
+                     checkpoint_dir(cfg))
+            if earlier.info.status == "RUNNING":  # its process died without closing it
+                client.set_tag(earlier.info.run_id, "error",
+                               "the job ended without closing this run (killed); a later job "
+                               "continued from its checkpoint")
+                client.set_terminated(earlier.info.run_id, "KILLED")
+        now = as_of if as_of is not None else pd.Timestamp.now(tz="UTC")
+        max_age = cfg.pipeline.max_age
+        check = freshness_gate(max_age, now) if max_age is not None else None
+        tracked = train_tracked(cfg, uri, tags, check)
+    decision = tracked.decision
+    version = str(tracked.version.version) if tracked.version else None
+    outcome = f"registered v{version}" if version else "not registered"
+    verdict = ("" if decision is None else
+               f", {'promoted to champion' if decision.promoted else 'not promoted'}: "
+               f"{decision.reason}")
+    log.info("trained: %s %s%s", cfg.registered_model, outcome, verdict,
+             extra={"run_id": tracked.run_id, "status": "trained",
+                    "model_version": version,
+                    "promoted": bool(decision and decision.promoted)})
+    return JobResult("trained", tracked.run_id, tracked)
+
+
+if __name__ == "__main__":
+    from forecast.cli import main
+
+    sys.exit(main(["pipeline", "train", *sys.argv[1:]]))

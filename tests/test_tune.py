@@ -1,0 +1,64 @@
+"""`forecast tune`: a sweep on the demo data as one parent run with nested trial runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from forecast.cli import demo_config_path, main
+
+FAST = ["--set", "train.epochs=2", "--set", "train.max_windows_per_epoch=512",
+        "--set", "train.num_threads=1", "--set", "train.progress=false",
+        "--set", "eval.linear_max_windows=500",
+        "--set", "tune.space={model.d_model: [8, 16], "
+                 "train.lr: {low: 1e-3, high: 1e-2, log: true}}"]
+
+
+@pytest.mark.slow
+def test_four_trials_make_one_parent_and_four_children_scored_on_validation_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["tune", "--config", str(demo_config_path()), "--trials", "4", "--tracking-uri",
+                 uri, "--output-dir", str(tmp_path / "out"), "--set",
+                 "tracking.experiment=sweep", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sweep")
+    all_runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in all_runs if r.data.tags.get("tune.sweep") == "true"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and len(all_runs) == 5
+    assert sorted(r.data.tags["tune.trial"] for r in children) == ["0", "1", "2", "3"]
+    complete = [r for r in children if r.data.tags["tune.state"] == "complete"]
+    assert complete, "at least the first two trials always complete (pruner start-up)"
+    best = min(complete, key=lambda r: r.data.metrics["val_mse"])
+    assert parent.data.tags["tune.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["val_mse"] == pytest.approx(best.data.metrics["val_mse"])
+    for key in ("model.d_model", "train.lr", "train.epochs"):
+        assert parent.data.params[key] == best.data.params[key]
+    assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 4
+    # The test split is never scored while choosing.
+    assert not any(k.startswith("test_") for r in all_runs for k in r.data.metrics)
+    assert all(r.info.status == "FINISHED" for r in all_runs)
+    # No trial registers a model.
+    assert client.search_registered_models() == []
+    assert f"best: trial {parent.data.tags['tune.best_trial']}" in out
+
+
+def test_a_space_key_that_is_no_setting_is_rejected_by_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["tune", "--config", str(demo_config_path()), "--trials", "1", "--tracking-uri",
+                 uri, "--set", "tune.space={model.nope: [1, 2]}"])
+    assert code == 2
+    assert "model.nope: unknown key" in capsys.readouterr().err
+    code = main(["tune", "--config", str(demo_config_path()), "--set", "tune.sampler=grid",
+                 "--tracking-uri", uri])
+    assert code == 2
+    assert "tune.sampler 'grid' needs a list of choices" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # rejected before any run was started
