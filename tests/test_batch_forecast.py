@@ -1,0 +1,366 @@
+"""The batch-forecast pipeline against real files and real tiny models: a bundle directory
+trained here, and a registered version in a temp SQLite MLflow store.
+
+Every forecast is checked against `Forecaster.predict_frame` on the same histories."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecast.bundle import load_bundle
+from forecast.cli import build_parser, main
+from forecast.config import DataConfig, build_config
+from forecast.data import frame_to_series
+from forecast.errors import ConfigError, DataError, TrackingError
+from forecast.predictor import Forecaster
+from forecast.registry import ModelSource, load_version_forecaster
+from forecast.runner import train_and_evaluate
+from forecast.tracking import train_tracked
+from pipelines.batch_forecast import BatchOptions, BatchSummary, batch_forecast, run_from_args
+from tests.conftest import make_frame, tiny_raw
+from tests.tracked import NAME, config, series_csv
+
+H = 6  # the TINY model's horizon; lookback 24, min_history 8
+LENGTHS = [30, 8, 24, 61, 12, 100, 25]  # ≥ min_history; some shorter than the lookback
+OUTPUT_COLUMNS = ["series_id", "forecast_origin", "step", "timestamp", "a", "b", "model_name",
+                  "model_version"]
+
+
+def _train(out: Path, channels: list[str]):
+    raw = tiny_raw(train={"epochs": 1})
+    raw["output_dir"] = str(out)
+    series = frame_to_series(make_frame(channels=channels), DataConfig(columns=channels))
+    return train_and_evaluate(build_config(raw, "batch test"), series).model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(tmp_path_factory.mktemp("two-channel"), ["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def mono_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(tmp_path_factory.mktemp("one-channel"), ["a"])
+
+
+@pytest.fixture(scope="module")
+def forecaster(model_dir: Path) -> Forecaster:
+    return Forecaster(load_bundle(model_dir))
+
+
+def long_frame(lengths: list[int] = LENGTHS, prefix: str = "s") -> pd.DataFrame:
+    """One block of rows per series, each starting at its own hour."""
+    parts = []
+    for i, n in enumerate(lengths):
+        part = make_frame(n=n, seed=i, start=str(pd.Timestamp("2024-01-01") + pd.Timedelta(
+            hours=7 * i)))
+        part.insert(0, "series_id", f"{prefix}{i}")
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+def read(path: Path) -> pd.DataFrame:
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"series_id": str, "model_version": str},
+                           parse_dates=["forecast_origin", "timestamp"])
+    return pd.read_parquet(path)
+
+
+def run(model: Path | str, inp: Path, out: Path, **kw) -> tuple[BatchSummary, pd.DataFrame]:
+    summary = batch_forecast(BatchOptions(model=str(model), input=inp, output=out, **kw))
+    return summary, read(out)
+
+
+def assert_matches(got: pd.DataFrame, expected: pd.DataFrame, channels: list[str]) -> None:
+    """`got` (batch output) holds the same forecasts as `expected` (predict_frame output)."""
+    assert got["series_id"].tolist() == expected["series_id"].tolist()
+    assert got["step"].tolist() == expected["step"].tolist()
+    assert list(got["timestamp"]) == list(expected["date"])
+    np.testing.assert_allclose(got[channels].to_numpy(), expected[channels].to_numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_long_csv_forecasts_equal_predict_frame(model_dir, forecaster, tmp_path):
+    frame = long_frame()
+    inp = write(frame, tmp_path / "series.csv")
+    summary, got = run(model_dir, inp, tmp_path / "forecasts.parquet")
+    assert list(got.columns) == OUTPUT_COLUMNS
+    assert_matches(got, forecaster.predict_frame(frame), ["a", "b"])
+    last = frame.groupby("series_id", sort=False)["date"].max()
+    assert list(got["forecast_origin"]) == list(last.repeat(H))
+    assert set(got["model_name"]) == {"model"} and set(got["model_version"]) == {"local"}
+    assert (summary.series_forecast, summary.series_skipped, summary.rows) == (7, 0, 7 * H)
+    assert summary.errors_file is None and summary.peak_rss_mb > 0
+    assert summary.series_per_second == pytest.approx(7 / summary.seconds, rel=0.05)
+
+
+def test_known_hourly_series_origin_and_timestamps(model_dir, forecaster, tmp_path):
+    part = make_frame(n=30, start="2024-03-01 00:00")  # last row: 2024-03-02 05:00
+    part.insert(0, "series_id", "shop-1")
+    _, got = run(model_dir, write(part, tmp_path / "one.csv"), tmp_path / "out.csv")
+    assert list(got.columns) == OUTPUT_COLUMNS
+    assert got["series_id"].tolist() == ["shop-1"] * H
+    assert got["step"].tolist() == list(range(1, H + 1))
+    assert set(got["forecast_origin"]) == {pd.Timestamp("2024-03-02 05:00")}
+    assert list(got["timestamp"]) == list(pd.date_range("2024-03-02 06:00", periods=H, freq="h"))
+    expected = forecaster.predict_arrays([part[["a", "b"]].to_numpy(np.float32)])[0]
+    np.testing.assert_allclose(got[["a", "b"]].to_numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory, forecaster: Forecaster
+         ) -> tuple[Path, pd.DataFrame]:
+    """A long Parquet file of 20 series, rows shuffled within each series, and the expected
+    forecasts."""
+    frame = long_frame([8 + 7 * i for i in range(20)], prefix="id-")
+    shuffled = frame.groupby("series_id", sort=False, group_keys=False).sample(
+        frac=1.0, random_state=0)
+    path = write(shuffled, tmp_path_factory.mktemp("many") / "many.parquet")
+    return path, forecaster.predict_frame(frame)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1000])
+@pytest.mark.parametrize("read_rows", [5, 37, 100_000])
+def test_chunk_boundaries_do_not_change_results(model_dir, many, tmp_path, chunk_size,
+                                                read_rows):
+    # read_rows 5 and 37 split most series across read chunks; 100_000 reads the file at once
+    path, expected = many
+    _, got = run(model_dir, path, tmp_path / "out.parquet", chunk_size=chunk_size,
+                 read_rows=read_rows)
+    assert_matches(got, expected, ["a", "b"])
+
+
+def test_csv_and_parquet_output_hold_the_same_rows(model_dir, many, tmp_path):
+    path, _ = many
+    _, parquet = run(model_dir, path, tmp_path / "out.parquet", chunk_size=7)
+    _, csv = run(model_dir, path, tmp_path / "out.csv", chunk_size=7)
+    pd.testing.assert_frame_equal(csv, parquet, check_dtype=False, check_exact=False,
+                                  rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_wide_layout_single_channel(mono_dir, tmp_path, suffix):
+    wide = make_frame(n=40, channels=["north", "south", "east", "west", "up"], seed=3)
+    inp = write(wide, tmp_path / f"wide{suffix}")
+    _, got = run(mono_dir, inp, tmp_path / "out.parquet", layout="wide", chunk_size=2,
+                 read_rows=30)  # few rows per read: the last 24 rows span read chunks
+    long = wide.melt(id_vars="date", var_name="series_id", value_name="a")
+    expected = Forecaster(load_bundle(mono_dir)).predict_frame(long)
+    assert got["series_id"].unique().tolist() == ["north", "south", "east", "west", "up"]
+    assert list(got.columns) == [c for c in OUTPUT_COLUMNS if c != "b"]
+    assert set(got["forecast_origin"]) == {wide["date"].iloc[-1]}
+    assert_matches(got, expected, ["a"])
+
+
+def test_wide_layout_needs_a_single_channel_model(model_dir, tmp_path):
+    inp = write(make_frame(n=40), tmp_path / "wide.csv")
+    with pytest.raises(DataError, match=r"the model has channels \['a', 'b'\]; use --layout "
+                       r"long with columns series_id, date, a, b"):
+        batch_forecast(BatchOptions(str(model_dir), inp, tmp_path / "o.parquet", layout="wide"))
+
+
+def no_output(folder: Path, name: str) -> None:
+    assert not (folder / name).exists()
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("read_rows", [5, 100_000])
+def test_non_contiguous_ids_are_a_data_error(model_dir, tmp_path, read_rows):
+    frame = long_frame([30, 30, 30])
+    frame = pd.concat([frame.iloc[:15], frame.iloc[30:], frame.iloc[15:30]], ignore_index=True)
+    inp = write(frame, tmp_path / "mixed.csv")
+    with pytest.raises(DataError) as err:
+        run(model_dir, inp, tmp_path / "out.parquet", read_rows=read_rows)
+    msg = str(err.value)
+    assert "series 's0' appears again at row 76" in msg
+    assert "sort the file by 'series_id'" in msg
+    no_output(tmp_path, "out.parquet")
+
+
+def test_failure_midway_leaves_no_partial_output(model_dir, tmp_path, caplog):
+    # The reappearing id comes after several chunks were written to the temp file.
+    frame = long_frame([30] * 6)
+    frame = pd.concat([frame, frame[frame["series_id"] == "s1"]], ignore_index=True)
+    out = tmp_path / "out.csv"
+    out.write_text("yesterday's forecasts\n")
+    with caplog.at_level(logging.INFO, logger="pipelines.batch_forecast"), \
+            pytest.raises(DataError, match=r"series 's1' appears again at row 181"):
+        run(model_dir, write(frame, tmp_path / "in.parquet"), out, chunk_size=1, read_rows=40)
+    assert "chunk 3: 3 series done" in caplog.text  # rows had been written before the error
+    assert out.read_text() == "yesterday's forecasts\n"  # the old file, untouched
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def bad_frame() -> tuple[pd.DataFrame, dict[str, str]]:
+    """Seven series, five of them bad; and a phrase of each bad one's reason."""
+    frame = long_frame([30] * 7).astype({"a": object, "date": object})
+    rows = {sid: frame.index[frame["series_id"] == sid] for sid in frame["series_id"].unique()}
+    frame = frame.drop(index=rows["s1"][5:])  # s1: 5 rows, fewer than min_history 8
+    frame.loc[rows["s2"][27], "b"] = np.nan  # s2: a missing value in the last 24 rows
+    frame = frame.drop(index=rows["s3"][20])  # s3: a gap
+    frame.loc[rows["s4"][2], "a"] = "oops"  # s4: text, early in the series
+    frame.loc[rows["s5"][0], "date"] = "yesterday"  # s5: not a timestamp
+    reasons = {
+        "s1": "5 steps of history; the model needs at least 8 (lookback 24)",
+        "s2": "column 'b' is missing a value at",
+        "s3": "1 missing time step(s) at frequency 'h'",
+        "s4": "column 'a' row 97 has 'oops', which is not a number",
+        "s5": "timestamp column 'date' row 125 has 'yesterday', which is not a timestamp",
+    }
+    return frame.reset_index(drop=True), reasons
+
+
+def test_bad_series_are_skipped_and_listed(model_dir, forecaster, tmp_path, caplog):
+    frame, reasons = bad_frame()
+    inp = write(frame, tmp_path / "in.csv")
+    out = tmp_path / "out.parquet"
+    with caplog.at_level(logging.WARNING, logger="pipelines.batch_forecast"):
+        summary, got = run(model_dir, inp, out, chunk_size=4, read_rows=50)
+    assert "5 series skipped (bad data)" in caplog.text
+    errors = pd.read_csv(tmp_path / "out.errors.csv", dtype=str)
+    assert summary.errors_file == str(tmp_path / "out.errors.csv")
+    assert (summary.series_forecast, summary.series_skipped) == (2, 5)
+    assert sorted(errors["series_id"]) == sorted(reasons)
+    for sid, reason in zip(errors["series_id"], errors["reason"], strict=True):
+        assert reasons[sid] in reason, (sid, reason)
+    good = long_frame([30] * 7)
+    good = good[good["series_id"].isin(["s0", "s6"])]
+    assert_matches(got, forecaster.predict_frame(good), ["a", "b"])
+    # A clean run to the same output removes the stale list of bad series.
+    run(model_dir, write(good, tmp_path / "good.csv"), out)
+    assert not (tmp_path / "out.errors.csv").exists()
+
+
+def test_fail_mode_stops_at_the_first_bad_series(model_dir, tmp_path):
+    frame, _ = bad_frame()
+    with pytest.raises(DataError) as err:
+        run(model_dir, write(frame, tmp_path / "in.csv"), tmp_path / "out.parquet",
+            on_bad_series="fail")
+    assert err.value.exit_code == 3
+    assert "--on-bad-series is 'fail'" in str(err.value)
+    assert "series 's" in str(err.value)
+    no_output(tmp_path, "out.parquet")
+
+
+def test_every_series_bad_is_a_data_error(model_dir, tmp_path):
+    frame = long_frame([5, 6, 7])
+    with pytest.raises(DataError, match=r"all 3 series are bad, e.g. 's0': 5 steps of history"):
+        run(model_dir, write(frame, tmp_path / "in.csv"), tmp_path / "out.parquet")
+    no_output(tmp_path, "out.parquet")
+    assert len(pd.read_csv(tmp_path / "out.errors.csv")) == 3
+
+
+def test_unknown_output_suffix_is_a_config_error(tmp_path):
+    # Checked before the model is loaded: the model path need not exist.
+    with pytest.raises(ConfigError, match=r"--output '.*out.xlsx': use a .parquet \(or .pq\) "
+                       r"or .csv file name"):
+        batch_forecast(BatchOptions("no-model", tmp_path / "in.csv", tmp_path / "out.xlsx"))
+
+
+def test_options_horizon_and_column_names(model_dir, forecaster, tmp_path):
+    frame = long_frame([30, 40])
+    expected = forecaster.predict_frame(frame, horizon=3)
+    renamed = frame.rename(columns={"series_id": "store", "date": "time"})
+    inp = write(renamed, tmp_path / "in.parquet")
+    options = BatchOptions(str(model_dir), inp, tmp_path / "out.parquet", horizon=3,
+                           timestamp_column="time", id_column="store")
+    batch_forecast(options)
+    got = read(tmp_path / "out.parquet")
+    assert got["step"].max() == 3
+    assert_matches(got, expected, ["a", "b"])
+    with pytest.raises(ConfigError, match=r"--horizon 7: model model \(version local\) "
+                       r"forecasts 1 to 6 steps"):
+        batch_forecast(replace(options, horizon=7))
+    with pytest.raises(DataError, match=r"no id column 'series_id': pass --id-column"):
+        batch_forecast(replace(options, id_column="series_id"))
+
+
+def test_model_source_parse():
+    assert ModelSource.parse("models:/m@champion") == ModelSource("models:/m@champion", "m",
+                                                                  alias="champion")
+    assert ModelSource.parse("models:/m/3") == ModelSource("models:/m/3", "m", version="3")
+    local = ModelSource.parse("outputs/demo/model/")
+    assert (local.name, local.version, local.is_local) == ("model", "local", True)
+    for bad in ("models:/m", "models:/@champion", "models:/m@"):
+        with pytest.raises(ConfigError, match=r"use models:/NAME@ALIAS, models:/NAME/VERSION"):
+            ModelSource.parse(bad)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite store where tiny-model v1 is champion (the first model always is)."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    train_tracked(config(root, series_csv(root / "series.csv"), train={"epochs": 1}), uri)
+    return uri
+
+
+def test_registered_champion_fills_model_name_and_version(registry, tmp_path):
+    frame = long_frame([60, 80, 70])  # lookback 48 for this model
+    expected = load_version_forecaster(registry, NAME, "1").predict_frame(frame)
+    inp = write(frame, tmp_path / "in.csv")
+    for uri in (f"models:/{NAME}@champion", f"models:/{NAME}/1"):
+        summary, got = run(uri, inp, tmp_path / "out.parquet", tracking_uri=registry)
+        assert (summary.model_name, summary.model_version) == (NAME, "1")
+        assert set(got["model_name"]) == {NAME} and set(got["model_version"]) == {"1"}
+        assert got["step"].max() == 12
+        assert_matches(got, expected, ["a", "b"])
+    with pytest.raises(TrackingError, match=rf"models:/{NAME}@nobody cannot be resolved"):
+        run(f"models:/{NAME}@nobody", inp, tmp_path / "x.parquet", tracking_uri=registry)
+
+
+def _cli_has_batch_forecast() -> bool:
+    try:
+        args = build_parser().parse_args(["pipeline", "batch-forecast", "--model", "m",
+                                          "--input", "i", "--output", "o"])
+    except SystemExit:
+        return False
+    return getattr(args, "func", None) is run_from_args
+
+
+needs_cli = pytest.mark.skipif(not _cli_has_batch_forecast(),
+                               reason="`forecast pipeline batch-forecast` is not wired yet")
+
+
+@needs_cli
+def test_cli_prints_a_summary_and_exits_0(model_dir, tmp_path, capsys):
+    inp = write(long_frame(), tmp_path / "in.csv")
+    code = main(["pipeline", "batch-forecast", "--model", str(model_dir), "--input", str(inp),
+                 "--output", str(tmp_path / "out.parquet"), "--chunk-size", "3"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("forecast 7 series with model (version local), none skipped: "
+                               "42 rows in ")
+    summary = json.loads(lines[-1])
+    assert {k: summary[k] for k in ("series_forecast", "series_skipped", "rows")} == \
+        {"series_forecast": 7, "series_skipped": 0, "rows": 42}
+    assert {"seconds", "series_per_second", "peak_rss_mb"} <= summary.keys()
+
+
+@needs_cli
+def test_cli_exit_codes(model_dir, tmp_path, capsys):
+    frame, _ = bad_frame()
+    inp = write(frame, tmp_path / "in.csv")
+    base = ["pipeline", "batch-forecast", "--model", str(model_dir), "--input", str(inp)]
+    assert main([*base, "--output", str(tmp_path / "o.parquet"),
+                 "--on-bad-series", "fail"]) == 3
+    assert main([*base, "--output", str(tmp_path / "o.txt")]) == 2
+    assert main([*base, "--output", str(tmp_path / "o.parquet"), "--layout", "wide"]) == 3
+    err = capsys.readouterr().err
+    assert "--on-bad-series is 'fail'" in err and "use a .parquet" in err
+    no_output(tmp_path, "o.parquet")
