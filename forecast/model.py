@@ -61,6 +61,33 @@ class RevIN(nn.Module):
         return (y - self.bias) / (self.weight + self.eps**2) * std + mean
 
 
+class Dropout(nn.Module):
+    """Dropout whose CPU mask comes from random bytes, eight per 64-bit draw.
+
+    torch's CPU dropout draws one Bernoulli sample per element: at PatchTST's ETTh1 size that
+    was a fifth of each training step. Bytes make the drop probability a multiple of 1/256
+    (0.3 → 77/256 = 0.3008); on a GPU torch's own kernel is used.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        n = x.numel()
+        words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
+        return x * keep.to(x.dtype).mul_(256 / (256 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.threshold}/256"
+
+
 class TokenBatchNorm(nn.Module):
     """BatchNorm over the token width, as PatchTST uses instead of LayerNorm."""
 
@@ -86,7 +113,7 @@ class SelfAttention(nn.Module):
         # key, query, value projections for all heads, but in a batch
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, z: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         # z: [B x N x d]; keep: [B x 1 x 1 x N] bool, True for tokens that may be attended to
@@ -103,8 +130,8 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.d_ff, cfg.d_model), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), Dropout(cfg.dropout),
+            nn.Linear(cfg.d_ff, cfg.d_model), Dropout(cfg.dropout),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -147,12 +174,12 @@ class PatchTransformer(nn.Module):
         else:
             self.position = nn.Parameter(
                 torch.empty(self.n_patches, cfg.d_model).uniform_(-0.02, 0.02))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         # pre-norm blocks leave the residual stream unnormalised; post-norm ones end normalised
         self.final_norm = make_norm(cfg) if cfg.norm_first else nn.Identity()
         out = horizon if cfg.channel_independent else horizon * n_channels
-        self.head_drop = nn.Dropout(cfg.head_dropout)
+        self.head_drop = Dropout(cfg.head_dropout)
         self.head = nn.Linear(self.n_patches * cfg.d_model, out)
 
     def n_params(self) -> int:

@@ -168,34 +168,38 @@ class Checkpointer:
 
 
 class DeferredInterrupt:
-    """Ctrl-C during training stops at the next batch boundary, never in the middle of a
-    write (a tracking-database transaction, a checkpoint): an interrupt raised inside a SQLite
-    transaction leaves the database locked, and the run could not then be marked KILLED.
-    A second Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT) or SIGTERM during training stops at the next batch boundary, never in
+    the middle of a write (a tracking-database transaction, a checkpoint): an interrupt raised
+    inside a SQLite transaction leaves the database locked, and the run could not then be
+    marked KILLED. Schedulers stop jobs with SIGTERM (Kubernetes eviction, Airflow timeouts).
+    A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> DeferredInterrupt:
         # signal handlers can only be installed from the main thread
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("interrupt received: stopping at the next batch (Ctrl-C again: at once)")
+        log.warning("%s received: stopping at the next batch (again: at once)",
+                    signal.Signals(signum).name)
 
     def check(self) -> None:
         if self.requested:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def fit(

@@ -192,3 +192,24 @@ def test_overfits_a_sine(tmp_path):
     assert result.history[0].train_loss > 10 * mse
     assert elapsed < 30
     assert isinstance(model, PatchTransformer)
+
+
+def test_byte_mask_dropout_drops_its_share_keeps_the_mean_and_is_identity_in_eval() -> None:
+    from forecast.model import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.ones(1000, 1000)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert drop.threshold == 77 and dropped == pytest.approx(77 / 256, abs=2e-3)
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 256 / 179))  # scaled by 1 / (1 - p)
+    assert y.mean().item() == pytest.approx(1.0, abs=5e-3)
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded like every other torch draw
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    x.requires_grad_(True)
+    drop.train()(x).sum().backward()
+    assert torch.unique(x.grad).tolist() == pytest.approx([0.0, 256 / 179])

@@ -218,20 +218,23 @@ def test_onecycle_peaks_at_lr():
     assert lrs[0] < 0.1 and lrs[-1] < 0.01
 
 
-def test_ctrl_c_is_deferred_to_the_next_check_and_the_handler_restored() -> None:
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_are_deferred_to_the_next_check_and_the_handler_restored(
+        name: str) -> None:
     import os
     import signal
     import time
 
     from forecast.train import DeferredInterrupt
 
-    before = signal.getsignal(signal.SIGINT)
+    sig = getattr(signal, name)
+    before = signal.getsignal(sig)
     with DeferredInterrupt() as interrupt:
-        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt right here
+        os.kill(os.getpid(), sig)  # would end the process (or raise) right here
         assert interrupt.requested
         with pytest.raises(KeyboardInterrupt):
             interrupt.check()
-        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
-            os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
+            os.kill(os.getpid(), sig)
             time.sleep(1)
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(sig) is before

@@ -25,7 +25,7 @@ def test_four_trials_make_one_parent_and_four_children_scored_on_validation_only
                  "tracking.experiment=sweep", *FAST])
     out = capsys.readouterr().out
     assert code == 0, out
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("sweep")
     all_runs = client.search_runs([exp.experiment_id])
     parents = [r for r in all_runs if r.data.tags.get("tune.sweep") == "true"]
