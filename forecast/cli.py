@@ -272,6 +272,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0, with a message naming what was given."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{value} is not above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecast", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -362,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p, required=True)
     log_format_flag(p)
     p.add_argument("--trials", type=positive_int, help="most trials (default: tune.trials)")
-    p.add_argument("--timeout-minutes", type=float,
+    p.add_argument("--timeout-minutes", type=positive_float,
                    help="start no new trial after this (default: tune.timeout_minutes)")
     p.set_defaults(func=cmd_tune)
 
@@ -372,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--workers", type=positive_int, default=1)
-    p.add_argument("--reload-interval", type=float, help="seconds between alias checks")
+    p.add_argument("--reload-interval", type=positive_float, help="seconds between alias checks")
     tracking_flag(p)
     p.set_defaults(func=cmd_serve)
 

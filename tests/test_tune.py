@@ -62,3 +62,12 @@ def test_a_space_key_that_is_no_setting_is_rejected_by_name(
     assert code == 2
     assert "tune.sampler 'grid' needs a list of choices" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # rejected before any run was started
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "soon"])
+def test_timeout_minutes_must_be_a_positive_number(
+        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--config", str(demo_config_path()), "--timeout-minutes", value])
+    assert exit_info.value.code == 2
+    assert "--timeout-minutes" in capsys.readouterr().err
