@@ -12,7 +12,14 @@ from typing import Any, Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from forecast.errors import ConfigError
 
@@ -317,14 +324,34 @@ class TuneConfig(_Section):
         description="Dotted config key → list of choices or {low, high, log} range.",
     )
 
+    @field_validator("space", mode="before")
+    @classmethod
+    def _parse_space(cls, raw: Any) -> dict[str, list[Any] | Range]:
+        # Parsed by hand: pydantic's union errors name both branches ("list[any]: Input
+        # should be a valid list; function-after[...]") instead of the problem.
+        if not isinstance(raw, dict):
+            raise ValueError("map dotted config keys to a list of choices or {low, high, log}")
+        space: dict[str, list[Any] | Range] = {}
+        for key, choice in raw.items():
+            if str(key).split(".")[0] in ("tune", "tracking", "pipeline", "output_dir", "name"):
+                raise ValueError(f"{key}: only settings that change the model can be searched")
+            if isinstance(choice, Range):
+                space[key] = choice
+            elif isinstance(choice, list):
+                if not choice:
+                    raise ValueError(f"{key}: give at least one choice")
+                space[key] = choice
+            elif isinstance(choice, dict):
+                try:
+                    space[key] = Range.model_validate(choice)
+                except ValidationError as err:
+                    raise ValueError(f"{key}: {_error_lines(err)}") from None
+            else:
+                raise ValueError(f"{key}: give a list of choices or {{low, high, log}}")
+        return space
+
     @model_validator(mode="after")
-    def _check_space(self) -> TuneConfig:
-        for key, choices in self.space.items():
-            if key.split(".")[0] in ("tune", "tracking", "pipeline", "output_dir", "name"):
-                raise ValueError(f"tune.space.{key}: only settings that change the model can "
-                                 "be searched")
-            if isinstance(choices, list) and not choices:
-                raise ValueError(f"tune.space.{key}: give at least one choice")
+    def _check_grid(self) -> TuneConfig:
         if self.sampler == "grid" and any(isinstance(v, Range) for v in self.space.values()):
             raise ValueError("tune.sampler 'grid' needs a list of choices for every key in "
                              "tune.space; replace the {low, high} ranges or use 'tpe'")
@@ -384,7 +411,7 @@ class Config(_Section):
         return out
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _error_lines(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
@@ -393,7 +420,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = "unknown key; `forecast config` lists every key with its default"
         # Cross-field checks have no single location; their message names the fields.
         lines.append(f"{where}: {msg}" if where else msg)
-    return f"invalid configuration in {source}: " + "; ".join(lines)
+    return "; ".join(lines)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    return f"invalid configuration in {source}: {_error_lines(err)}"
 
 
 class _YamlLoader(yaml.SafeLoader):

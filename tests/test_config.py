@@ -181,3 +181,25 @@ def test_dump_config_round_trips(tmp_path):
     path = tmp_path / "dumped.yaml"
     path.write_text(text)
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("tune.space={train.lr: {low: 0.01, high: 0.001}}",
+     "tune.space: train.lr: range low (0.01) must be below high (0.001)"),
+    ("tune.space={train.lr: {low: 0, high: 1, log: true}}",
+     "tune.space: train.lr: a log range needs low > 0"),
+    ("tune.space={train.lr: {low: 0, hi: 1}}", "tune.space: train.lr: high: Field required"),
+    ("tune.space={model.d_model: []}", "tune.space: model.d_model: give at least one choice"),
+    ("tune.space={tracking.uri: [a]}",
+     "tune.space: tracking.uri: only settings that change the model can be searched"),
+    ("tune.space={model.d_model: 5}",
+     "tune.space: model.d_model: give a list of choices or {low, high, log}"),
+    ("tune.sampler=grid", "tune.sampler 'grid' needs a list of choices for every key"),
+    ("tune.trials=0", "tune.trials: Input should be greater than 0"),
+    ("pipeline.max_data_age=-2h", "pipeline.max_data_age must be a positive duration"),
+])
+def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+    assert "list[any]" not in str(err.value)
