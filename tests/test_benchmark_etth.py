@@ -1,0 +1,64 @@
+"""benchmarks/etth.py end to end on a synthetic ETTh-shaped file: protocol checks and summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forecast.synthetic import synthetic_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "etth.py"
+
+
+def run_benchmark(data_dir: Path, out_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), "--dataset", "ETTh1", "--horizon", "96",
+           "--data-dir", str(data_dir), "--output-dir", str(out_dir),
+           "--set", "train.epochs=1", "--set", "train.max_windows_per_epoch=64",
+           "--set", "windows.lookback=96", "--set", "eval.linear_max_windows=500", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 14400 rows: the protocol's train + val + test blocks, 7 channels like ETTh1
+    folder = tmp_path_factory.mktemp("etth")
+    synthetic_frame(n_rows=14400, n_channels=7, seed=3).to_csv(folder / "ETTh1.csv", index=False)
+    return folder
+
+
+@pytest.mark.slow
+def test_two_seeds_in_two_jobs_summarise_to_mean_and_std(data_dir: Path, tmp_path: Path) -> None:
+    proc = run_benchmark(data_dir, tmp_path, "--seeds", "0", "1", "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    per_seed = {line.split(":")[0] for line in lines if line.startswith("ETTh1 H=96 seed=")}
+    assert per_seed == {"ETTh1 H=96 seed=0", "ETTh1 H=96 seed=1"}
+    cell = json.loads(lines[-1])
+    assert cell["seeds"] == [0, 1]
+    assert cell["windows"] == 2880 - 96 + 1  # every stride-1 test window is scored
+    assert cell["lookback"] == 96
+    seed_mses = [float(line.split("mse ")[1].split()[0]) for line in lines
+                 if line.startswith("ETTh1 H=96 seed=")]
+    assert cell["mse"] == pytest.approx(sum(seed_mses) / 2, abs=1e-4)
+    assert cell["mse_std"] == pytest.approx(abs(seed_mses[0] - seed_mses[1]) / 2, abs=1e-4)
+    assert cell["train_windows_per_second"] > 0
+    assert 0 < cell["peak_rss_mb"] < 4096
+    assert set(cell["baselines"]) >= {"naive", "linear"}
+    assert f"{'ETTh1':<6}{96:>5}{96:>5}" in proc.stdout  # table row: data, H, L
+
+
+def test_wrong_split_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    proc = run_benchmark(data_dir, tmp_path, "--set", "split.train=8000")
+    assert proc.returncode != 0
+    assert "does not use the protocol's row split" in proc.stderr
+
+
+def test_missing_data_file_names_the_path(tmp_path: Path) -> None:
+    proc = run_benchmark(tmp_path, tmp_path)
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'ETTh1.csv'} not found; pass --data-dir" in proc.stderr
