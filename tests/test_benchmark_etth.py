@@ -62,3 +62,9 @@ def test_missing_data_file_names_the_path(tmp_path: Path) -> None:
     proc = run_benchmark(tmp_path, tmp_path)
     assert proc.returncode != 0
     assert f"{tmp_path / 'ETTh1.csv'} not found; pass --data-dir" in proc.stderr
+
+
+def test_jobs_below_one_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    proc = run_benchmark(data_dir, tmp_path, "--jobs", "0")
+    assert proc.returncode != 0
+    assert "--jobs must be at least 1" in proc.stderr
