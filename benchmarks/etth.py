@@ -99,7 +99,7 @@ def spawn_cell(dataset: str, horizon: int, seed: int, args: argparse.Namespace) 
     cmd = [sys.executable, __file__, "--cell", "--dataset", dataset, "--horizon", str(horizon),
            "--seeds", str(seed), "--data-dir", str(args.data_dir), "--output-dir",
            str(args.output_dir)]
-    threads = [f"train.num_threads={max(1, len(os.sched_getaffinity(0)) // args.jobs)}"]
+    threads = [f"train.num_threads={len(os.sched_getaffinity(0)) // args.jobs}"]
     for item in threads + (PEER if args.peer_config else []) + (args.set or []):
         cmd += ["--set", item]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -144,6 +144,18 @@ def table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def jobs_count(text: str) -> int:
+    """--jobs: 1 up to the cores available (each training needs a core and about 1.3 GB)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= cores:
+        raise argparse.ArgumentTypeError(f"{n} is outside 1..{cores} (the cores available)")
+    return n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, action="append")
@@ -158,8 +170,8 @@ def main() -> None:
                    help="train PatchTST's exact ETTh1 architecture (L=336, patch 16 stride 8, "
                    "3 layers, 4 heads, d_model 16, d_ff 128, batch 128) for a like-for-like "
                    "train_windows_per_second; --set still applies after it")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="trainings run at once, sharing the cores (default 1)")
+    p.add_argument("--jobs", type=jobs_count, default=1, metavar="N",
+                   help="trainings run at once, sharing the cores (default 1, at most the cores)")
     p.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     for name in args.dataset or DATASETS:
@@ -170,8 +182,9 @@ def main() -> None:
         print(json.dumps(run_cell(args.dataset[0], args.horizon[0], args.seeds[0],
                                   args.data_dir, args.output_dir, args.set or [])))
         return
-    if args.jobs < 1:
-        raise SystemExit("--jobs must be at least 1")
+    if len(set(args.seeds)) < len(args.seeds):
+        p.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed "
+                "would count the same run twice in the mean and std)")
     keys = [(d, h) for d in args.dataset or DATASETS for h in args.horizon or HORIZONS]
     pool = concurrent.futures.ThreadPoolExecutor(args.jobs)
     futures = {pool.submit(spawn_cell, d, h, s, args): (d, h, s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,19 @@ def test_missing_data_file_names_the_path(tmp_path: Path) -> None:
     assert f"{tmp_path / 'ETTh1.csv'} not found; pass --data-dir" in proc.stderr
 
 
-def test_jobs_below_one_is_refused(data_dir: Path, tmp_path: Path) -> None:
-    proc = run_benchmark(data_dir, tmp_path, "--jobs", "0")
-    assert proc.returncode != 0
-    assert "--jobs must be at least 1" in proc.stderr
+@pytest.mark.parametrize(("jobs", "message"), [
+    ("0", "argument --jobs: 0 is outside 1..{cores} (the cores available)"),
+    ("1000", "argument --jobs: 1000 is outside 1..{cores} (the cores available)"),
+    ("two", "argument --jobs: 'two' is not a whole number"),
+])
+def test_bad_jobs_is_refused_by_name(data_dir: Path, tmp_path: Path, jobs: str,
+                                     message: str) -> None:
+    proc = run_benchmark(data_dir, tmp_path, "--jobs", jobs)
+    assert proc.returncode == 2
+    assert message.format(cores=len(os.sched_getaffinity(0))) in proc.stderr
+
+
+def test_repeated_seed_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    proc = run_benchmark(data_dir, tmp_path, "--seeds", "0", "0")
+    assert proc.returncode == 2
+    assert "--seeds 0 0: each seed once" in proc.stderr
