@@ -144,6 +144,11 @@ class ModelConfig(_Section):
         "false: each token holds the patch of every channel (channel mixing).",
     )
     revin: bool = Field(True, description="Instance normalisation of each input window.")
+    linear_skip: bool = Field(
+        False,
+        description="Add a linear map from each channel's normalised lookback to its horizon "
+        "beside the Transformer's head, so the encoder learns what a linear forecast misses.",
+    )
     min_history: int | None = Field(
         None,
         description="Shortest history (steps) accepted at prediction time; shorter histories "

@@ -9,6 +9,8 @@ References:
 - Nie et al., "A Time Series is Worth 64 Words" (PatchTST), ICLR 2023: patching, channel
   independence, flatten head.
 - Kim et al., "Reversible Instance Normalization" (RevIN), ICLR 2022.
+- Li et al., "Revisiting Long-term Time Series Forecasting: An Investigation on Linear
+  Mapping" (RLinear), 2023: the optional linear skip from the normalised lookback.
 """
 
 from __future__ import annotations
@@ -198,6 +200,8 @@ class PatchTransformer(nn.Module):
         out = horizon if cfg.channel_independent else horizon * n_channels
         self.head_drop = Dropout(cfg.head_dropout)
         self.head = nn.Linear(self.n_patches * cfg.d_model, out)
+        # one lookback → horizon map shared by all channels (RLinear, Li et al. 2023)
+        self.skip = nn.Linear(lookback, horizon) if cfg.linear_skip else None
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -216,6 +220,7 @@ class PatchTransformer(nn.Module):
             x, mean, std = self.revin.normalize(x, valid)
         if pad_mask is not None:
             x = x * valid  # padded steps become 0, so their values cannot reach the output
+        history = x  # [B x L x C], normalised, padding zeroed
         if self.cfg.pad_end:
             x = torch.cat([x, x[:, -1:].expand(B, S, C)], dim=1)  # [B x (L+S) x C]
             valid = torch.cat([valid, valid[:, -1:].expand(B, S, 1)], dim=1)
@@ -245,6 +250,8 @@ class PatchTransformer(nn.Module):
             y = y.view(B, C, self.horizon).transpose(1, 2)  # [B x H x C]
         else:
             y = y.view(B, self.horizon, C)
+        if self.skip is not None:
+            y = y + self.skip(history.transpose(1, 2)).transpose(1, 2)  # [B x H x C]
         if self.revin is not None:
             y = self.revin.denormalize(y, mean, std)
         return y
@@ -262,5 +269,6 @@ def describe(model: PatchTransformer) -> str:
     return (
         f"PatchTransformer({model.n_patches} tokens of {c.patch_len} steps, d_model={c.d_model}, "
         f"{c.n_layers} layers x {c.n_heads} heads, {mode}, {c.positional} positions, "
+        f"{'linear skip, ' if c.linear_skip else ''}"
         f"{model.n_params():,} params, ~{math.ceil(model.n_params() * 4 / 1024)} KiB)"
     )

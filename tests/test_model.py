@@ -80,8 +80,9 @@ def test_output_shapes(channel_independent, pad_end, patch):
 
 @pytest.mark.parametrize("channel_independent", [True, False])
 @pytest.mark.parametrize("revin", [True, False])
-def test_padded_values_do_not_change_forecast(channel_independent, revin):
-    cfg = small_cfg(channel_independent=channel_independent, revin=revin)
+@pytest.mark.parametrize("linear_skip", [False, True])
+def test_padded_values_do_not_change_forecast(channel_independent, revin, linear_skip):
+    cfg = small_cfg(channel_independent=channel_independent, revin=revin, linear_skip=linear_skip)
     model = model_for(cfg, L=16, H=5, C=3)
     torch.manual_seed(1)
     x = torch.randn(3, 16, 3)
@@ -109,6 +110,24 @@ def test_channel_independent_is_permutation_equivariant(revin):
     with torch.no_grad():
         torch.testing.assert_close(model(x[:, :, perm]), model(x)[:, :, perm],
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channel_independent", [True, False])
+def test_linear_skip_adds_one_shared_map_of_the_lookback(channel_independent):
+    cfg = small_cfg(revin=False, linear_skip=True, channel_independent=channel_independent)
+    model = model_for(cfg, L=16, H=5, C=3)
+    assert model.skip.weight.shape == (5, 16)
+    assert model_for(small_cfg(), L=16, H=5, C=3).skip is None
+    x = torch.randn(2, 16, 3)
+    with torch.no_grad():
+        y = model(x)
+        w, b = model.skip.weight.clone(), model.skip.bias.clone()
+        model.skip.weight.zero_()
+        model.skip.bias.zero_()
+        encoder_only = model(x)
+    # each channel c: y[:, h, c] - encoder_only[:, h, c] = sum_t w[h, t] x[:, t, c] + b[h]
+    expected = torch.einsum("ht,btc->bhc", w, x) + b[None, :, None]
+    torch.testing.assert_close(y - encoder_only, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_channel_mixing_sees_other_channels():
@@ -168,6 +187,8 @@ def test_describe_names_mode_and_params():
     text = describe(model)
     assert "channel-mixing" in text and f"{model.n_params():,} params" in text
     assert model.n_params() == sum(p.numel() for p in model.parameters())
+    assert "linear skip" not in text
+    assert "linear skip" in describe(model_for(small_cfg(linear_skip=True)))
 
 
 def test_overfits_a_sine(tmp_path):
