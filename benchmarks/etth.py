@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from forecast.train import available_cores  # noqa: E402
+
 HORIZONS = (96, 192, 336, 720)
 DATASETS = ("ETTh1", "ETTh2")
 EXPECTED = {"rows": (8640, 2880, 2880)}
@@ -62,7 +65,6 @@ def config_for(dataset: str, horizon: int) -> Path:
 def run_cell(dataset: str, horizon: int, seed: int, data_dir: Path, out_dir: Path,
              extra: list[str]) -> dict:
     """Train and score one (dataset, horizon, seed) in this process; return its figures."""
-    sys.path.insert(0, str(ROOT))
     from forecast.config import load_config
     from forecast.runner import train_and_evaluate
 
@@ -99,7 +101,7 @@ def spawn_cell(dataset: str, horizon: int, seed: int, args: argparse.Namespace) 
     cmd = [sys.executable, __file__, "--cell", "--dataset", dataset, "--horizon", str(horizon),
            "--seeds", str(seed), "--data-dir", str(args.data_dir), "--output-dir",
            str(args.output_dir)]
-    threads = [f"train.num_threads={len(os.sched_getaffinity(0)) // args.jobs}"]
+    threads = [f"train.num_threads={available_cores() // args.jobs}"]
     for item in threads + (PEER if args.peer_config else []) + (args.set or []):
         cmd += ["--set", item]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -146,7 +148,7 @@ def table(cells: list[dict]) -> str:
 
 def jobs_count(text: str) -> int:
     """--jobs: 1 up to the cores available (each training needs a core and about 1.3 GB)."""
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()
     try:
         n = int(text)
     except ValueError:

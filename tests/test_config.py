@@ -82,6 +82,12 @@ def test_bad_splits_are_rejected(split, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.parametrize("value", ["maybe", "", "null", ".nan", "2"])
+def test_linear_skip_must_be_a_boolean(value):
+    with pytest.raises(ConfigError, match="model.linear_skip: Input should be a valid boolean"):
+        load_config(None, [f"model.linear_skip={value}"])
+
+
 def test_valid_splits_of_each_kind():
     assert build_config({"split": {"train": 0.6, "val": 0.2, "test": None}}).split.test is None
     rows = build_config({"split": {"by": "rows", "train": 100, "val": 20, "test": 30}}).split

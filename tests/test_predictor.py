@@ -18,10 +18,10 @@ MEAN = np.array([20.0, -5.0])
 SCALE = np.array([3.0, 0.5])
 
 
-@pytest.fixture
-def bundle() -> Bundle:
+@pytest.fixture(params=[False, True], ids=["head", "head+linear_skip"])
+def bundle(request) -> Bundle:
     cfg = ModelConfig(patch_len=8, patch_stride=4, d_model=8, n_heads=2, n_layers=1, d_ff=16,
-                      dropout=0.0, positional="learned")
+                      dropout=0.0, positional="learned", linear_skip=request.param)
     torch.manual_seed(0)
     model = build_model(cfg, L, H, 2).eval()
     meta = BundleMeta(name="tiny", lookback=L, horizon=H, channels=["a", "b"], freq="h",
