@@ -16,7 +16,6 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,28 +63,14 @@ class RevIN(nn.Module):
         return (y - self.bias) / (self.weight + self.eps**2) * std + mean
 
 
-class _KeepScale(torch.autograd.Function):
-    """x * keep * scale that saves the bool mask for backward (1 byte per element, not 4)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x * keep * scale
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None, None
-
-
 class Dropout(nn.Module):
     """Dropout whose CPU mask comes from random bytes, eight per 64-bit draw.
 
     torch's CPU dropout draws one Bernoulli sample per element: at PatchTST's ETTh1 size that
     was a fifth of each training step. Bytes make the drop probability a multiple of 1/256
-    (0.3 → 77/256 = 0.3008); on a GPU torch's own kernel is used. The mask is kept for the
-    backward pass as bools, which lowers peak training memory.
+    (0.3 → 77/256 = 0.3008); on a GPU torch's own kernel is used. The mask is multiplied in as
+    floats: keeping it as bools for backward (1 byte, not 4) made a PatchTST-size training step
+    about 13% slower (bool-float multiplies) with no measurable change in peak RSS.
     """
 
     def __init__(self, p: float) -> None:
@@ -101,7 +86,7 @@ class Dropout(nn.Module):
         n = x.numel()
         words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
         keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
-        return _KeepScale.apply(x, keep, 256 / (256 - self.threshold))
+        return x * keep.to(x.dtype).mul_(256 / (256 - self.threshold))
 
     def extra_repr(self) -> str:
         return f"p={self.threshold}/256"
