@@ -1,4 +1,5 @@
-"""benchmarks/etth.py end to end on a synthetic ETTh-shaped file: protocol checks and summary."""
+"""benchmarks/etth.py (and seed_average.py on its models) end to end on a synthetic ETTh-shaped
+file: protocol checks and summary."""
 
 from __future__ import annotations
 
@@ -51,6 +52,19 @@ def test_two_seeds_in_two_jobs_summarise_to_mean_and_std(data_dir: Path, tmp_pat
     assert 0 < cell["peak_rss_mb"] < 4096
     assert set(cell["baselines"]) >= {"naive", "linear"}
     assert f"{'ETTh1':<6}{96:>5}{96:>5}" in proc.stdout  # table row: data, H, L
+
+    # benchmarks/seed_average.py on the models this run saved
+    avg = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seed_average.py"),
+                          "--dataset", "ETTh1", "--output-dir", str(tmp_path), "--seeds", "0",
+                          "1", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, timeout=600)
+    assert avg.returncode == 0, avg.stderr
+    line = avg.stdout.strip()
+    assert line.startswith("ETTh1 H=96: val MSE single ")
+    test_single, test_averaged = (float(v) for v in line.split("test MSE single ")[1]
+                                  .split(" averaged "))
+    assert test_single == pytest.approx(cell["mse"], abs=1e-4)  # same models, same windows
+    assert test_averaged <= test_single + 1e-6  # squared error is convex in the forecast
 
 
 def test_wrong_split_is_refused(data_dir: Path, tmp_path: Path) -> None:
