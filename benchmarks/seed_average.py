@@ -14,36 +14,37 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from forecast.bundle import load_bundle  # noqa: E402
 from forecast.config import load_config  # noqa: E402
+from forecast.metrics import MetricAccumulator  # noqa: E402
 from forecast.runner import load_data  # noqa: E402
-from forecast.windows import WindowSet, prepare  # noqa: E402
+from forecast.windows import prepare  # noqa: E402
 
 
 @torch.inference_mode()
-def forecasts(model: torch.nn.Module, windows: WindowSet) -> tuple[torch.Tensor, torch.Tensor]:
-    preds, targets = [], []
-    for x, y in windows.batches(512):
-        preds.append(model(x))
-        targets.append(y)
-    return torch.cat(preds), torch.cat(targets)
-
-
 def score(dirs: list[Path], data_path: Path, split: str) -> tuple[float, float]:
-    """(mean MSE of the single models, MSE of their averaged forecasts) on one split."""
+    """(mean MSE of the single models, MSE of their averaged forecasts) on one split, scored
+    by the accumulator the benchmark's own evaluation uses, in one pass over the windows."""
     cfg = load_config(dirs[0] / "config.yaml", [f"data.path={data_path}"])
-    windows = prepare(load_data(cfg), cfg.split, cfg.windows).windows(split)
-    preds = []
-    for d in dirs:
-        pred, target = forecasts(load_bundle(d / "model").model.eval(), windows)
-        preds.append(pred)
-    single = statistics.fmean(float(((p - target) ** 2).mean()) for p in preds)
-    averaged = float(((torch.stack(preds).mean(0) - target) ** 2).mean())
-    return single, averaged
+    prepared = prepare(load_data(cfg), cfg.split, cfg.windows)
+    models = [load_bundle(d / "model").model.eval() for d in dirs]
+    scaler, ones = prepared.scaler, np.ones(prepared.n_channels)  # MSE only: no MASE scale
+
+    def accumulator() -> MetricAccumulator:
+        return MetricAccumulator(prepared.horizon, scaler.mean_, scaler.scale_, ones)
+
+    singles, averaged = [accumulator() for _ in models], accumulator()
+    for x, y in prepared.windows(split).batches(512):
+        preds = [model(x) for model in models]
+        for acc, pred in zip(singles, preds, strict=True):
+            acc.update(pred, y)
+        averaged.update(torch.stack(preds).mean(0), y)
+    return statistics.fmean(a.result().mse for a in singles), averaged.result().mse
 
 
 def main() -> None:
@@ -54,6 +55,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     args = p.parse_args()
+    if len(set(args.seeds)) < len(args.seeds):
+        p.error("--seeds: each seed once (a repeated seed would weigh one model twice)")
     torch.set_num_threads(1)
     data_path = args.data_dir / f"{args.dataset}.csv"
     found = 0

@@ -95,3 +95,22 @@ def test_repeated_seed_is_refused(data_dir: Path, tmp_path: Path) -> None:
     proc = run_benchmark(data_dir, tmp_path, "--seeds", "0", "0")
     assert proc.returncode == 2
     assert "--seeds 0 0: each seed once" in proc.stderr
+
+
+def run_seed_average(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seed_average.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_seed_average_without_saved_models_names_the_folder(tmp_path: Path) -> None:
+    proc = run_seed_average("--dataset", "ETTh2", "--output-dir", str(tmp_path))
+    assert proc.returncode == 1
+    assert (f"no horizon of ETTh2 has a saved model for every seed [0, 1, 2] under {tmp_path}"
+            in proc.stderr)
+
+
+def test_seed_average_refuses_a_repeated_seed(tmp_path: Path) -> None:
+    proc = run_seed_average("--dataset", "ETTh1", "--output-dir", str(tmp_path),
+                            "--seeds", "0", "0")
+    assert proc.returncode == 2
+    assert "--seeds: each seed once" in proc.stderr
