@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -209,3 +211,12 @@ def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str
         load_config(None, [override])
     assert message in str(err.value)
     assert "list[any]" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "pipelines" / "configs")
+                                        .glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    horizon = path.stem.partition("_h")[2]
+    if horizon:  # a per-horizon benchmark file must be set to the horizon its name gives
+        assert cfg.windows.horizon == int(horizon)
