@@ -36,7 +36,7 @@ def score(dirs: list[Path], data_path: Path, split: str) -> tuple[float, float]:
     scaler, ones = prepared.scaler, np.ones(prepared.n_channels)  # MSE only: no MASE scale
 
     def accumulator() -> MetricAccumulator:
-        return MetricAccumulator(prepared.horizon, scaler.mean_, scaler.scale_, ones)
+        return MetricAccumulator(prepared.horizon, scaler.mean, scaler.scale, ones)
 
     singles, averaged = [accumulator() for _ in models], accumulator()
     for x, y in prepared.windows(split).batches(512):

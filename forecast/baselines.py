@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import Ridge
 
 from forecast.windows import WindowSet
 
@@ -31,9 +30,13 @@ class LinearBaseline:
 
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = alpha
-        self.models: list[Ridge] = []
+        self.models: list = []  # one sklearn Ridge per channel
 
     def fit(self, train: WindowSet, max_windows: int, seed: int = 0) -> LinearBaseline:
+        # imported here so that a training process loads scikit-learn (about 70 MB resident)
+        # only once it is scored, after the training peak
+        from sklearn.linear_model import Ridge
+
         n = len(train)
         gen = torch.Generator().manual_seed(seed)
         # A random subset keeps the fit O(max_windows x L) however long the series.

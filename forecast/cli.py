@@ -32,6 +32,7 @@ from forecast.model import describe
 from forecast.predictor import Forecaster
 from forecast.registry import list_versions, promote
 from forecast.runner import TrainOutcome, load_data, train_and_evaluate
+from forecast.scaling import Scaler
 from forecast.tracking import (
     TrackedOutcome,
     default_uri,
@@ -39,7 +40,7 @@ from forecast.tracking import (
     resolve_uri,
     train_tracked,
 )
-from forecast.windows import prepare, scaler_from_params
+from forecast.windows import prepare
 from pipelines import batch_forecast
 from pipelines import train as train_pipeline
 
@@ -169,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if series.channels != bundle.meta.channels:
         raise DataError(f"data channels {series.channels} differ from the model's "
                         f"{bundle.meta.channels}")
-    scaler = scaler_from_params(bundle.mean, bundle.scale)
+    scaler = Scaler(bundle.mean, bundle.scale)
     prepared = prepare(series, cfg.split, cfg.windows, scaler)
     result = evaluate(bundle.model, prepared, cfg.eval, bundle.meta.season, args.block)
     print(result.table())

@@ -55,7 +55,7 @@ def evaluate(model: PatchTransformer, prepared: Prepared, cfg: EvalConfig, seaso
     H = prepared.horizon
 
     def accumulator() -> MetricAccumulator:
-        return MetricAccumulator(H, scaler.mean_, scaler.scale_, denom)
+        return MetricAccumulator(H, scaler.mean, scaler.scale, denom)
 
     acc = {"transformer": accumulator(), **{b: accumulator() for b in BASELINES}}
     linear = LinearBaseline().fit(prepared.windows("train"), cfg.linear_max_windows)

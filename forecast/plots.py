@@ -28,7 +28,7 @@ def forecast_vs_actual(model: PatchTransformer, prepared: Prepared, path: Path,
     x, y = test.gather(k)
     with torch.inference_mode():
         pred = model.eval()(x)
-    mean, scale = prepared.scaler.mean_, prepared.scaler.scale_
+    mean, scale = prepared.scaler.mean, prepared.scaler.scale
     x, y, pred = (t.numpy() * scale + mean for t in (x, y, pred))
     C = min(prepared.n_channels, max_channels)
     L, H = prepared.lookback, prepared.horizon

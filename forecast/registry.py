@@ -72,7 +72,7 @@ def score_on_windows(forecaster: Forecaster, prepared: Prepared, block: str = "t
                             f"{prepared.series.channels}")
     if forecaster.horizon < H:
         raise ForecastError(f"horizon {forecaster.horizon} is shorter than {H}")
-    mean, scale = prepared.scaler.mean_, prepared.scaler.scale_
+    mean, scale = prepared.scaler.mean, prepared.scaler.scale
     denom = mase_scale(prepared.train_rows(), forecaster.meta.season)
     model_acc = MetricAccumulator(H, mean, scale, denom)
     naive_acc = MetricAccumulator(H, mean, scale, denom)

@@ -111,7 +111,7 @@ def train_and_evaluate(
         metrics=evaluation.metrics(),
     )
     scaler = prepared.scaler
-    model_dir = save_bundle(out / "model", Bundle(model, scaler.mean_, scaler.scale_, meta))
+    model_dir = save_bundle(out / "model", Bundle(model, scaler.mean, scaler.scale, meta))
     (out / "config.yaml").write_text(dump_config(cfg))
     (out / "metrics.json").write_text(json.dumps(
         {**evaluation.metrics(), "best_epoch": result.best_epoch,

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.preprocessing import StandardScaler
 
 from forecast.config import SplitConfig, WindowConfig
 from forecast.data import SeriesSet
 from forecast.errors import ConfigError, DataError
+from forecast.scaling import Scaler
 
 BLOCKS = ("train", "val", "test")
 
@@ -94,7 +94,7 @@ class Prepared:
     offsets: np.ndarray  # first row of each series in `data`
     series: SeriesSet
     bounds: list[Bounds]
-    scaler: StandardScaler
+    scaler: Scaler
     lookback: int
     horizon: int
     index: dict[str, WindowIndex]
@@ -150,27 +150,8 @@ class WindowSet:
             yield self.gather(k)
 
 
-def _fit_scaler(series: SeriesSet, bounds: list[Bounds]) -> StandardScaler:
-    scaler = StandardScaler()
-    for values, b in zip(series.values, bounds, strict=True):
-        if b.train:
-            scaler.partial_fit(values[: b.train])
-    # A constant column would divide by zero; sklearn already sets its scale to 1.
-    return scaler
-
-
-def scaler_from_params(mean: np.ndarray, scale: np.ndarray) -> StandardScaler:
-    """A fitted StandardScaler rebuilt from saved parameters (no unpickling)."""
-    scaler = StandardScaler()
-    scaler.mean_ = np.asarray(mean, dtype=np.float64)
-    scaler.scale_ = np.asarray(scale, dtype=np.float64)
-    scaler.var_ = scaler.scale_**2
-    scaler.n_features_in_ = len(scaler.mean_)
-    return scaler
-
-
 def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig,
-            scaler: StandardScaler | None = None) -> Prepared:
+            scaler: Scaler | None = None) -> Prepared:
     """Split each series, fit the scaler on training rows (unless one is given, as when a saved
     model is re-scored), and index every block's windows."""
     L, H = win.lookback, win.horizon
@@ -193,7 +174,8 @@ def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig,
         series.channels, series.freq, series.source, series.digest, series.notes,
     )
     bounds = [bounds[i] for i in usable]
-    scaler = scaler if scaler is not None else _fit_scaler(kept, bounds)
+    if scaler is None:
+        scaler = Scaler.fit(v[: b.train] for v, b in zip(values, bounds, strict=True))
     scaled = np.concatenate([scaler.transform(v).astype(np.float32, copy=False) for v in values])
     offsets = np.cumsum([0] + [len(v) for v in values[:-1]])
 

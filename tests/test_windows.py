@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from forecast.config import SplitConfig, WindowConfig
 from forecast.data import SeriesSet
 from forecast.errors import ConfigError, DataError
+from forecast.scaling import Scaler
 from forecast.windows import (
     BLOCKS,
     Bounds,
     WindowIndex,
     prepare,
-    scaler_from_params,
     split_bounds,
     window_count,
 )
@@ -67,10 +67,10 @@ def test_window_properties(case):
     pairs = zip(series.values, prepared.bounds, strict=True)
     train_rows = np.concatenate([v[: b.train] for v, b in pairs])
     train64 = train_rows.astype(np.float64)
-    np.testing.assert_allclose(prepared.scaler.mean_, train64.mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(prepared.scaler.mean, train64.mean(0), rtol=1e-6, atol=1e-6)
     std = train64.std(0)
     std = np.where(std > 0, std, 1.0)
-    np.testing.assert_allclose(prepared.scaler.scale_, std, rtol=1e-5)
+    np.testing.assert_allclose(prepared.scaler.scale, std, rtol=1e-5)
     scaled = [(v.astype(np.float64) - train64.mean(0)) / std for v in series.values]
 
     for block in BLOCKS:
@@ -164,7 +164,7 @@ def test_short_series_are_skipped_with_a_note():
     assert len(prepared.bounds) == 1
     assert any("skipped 1 series" in n for n in prepared.series.notes)
     # The scaler only saw the kept series' training rows.
-    np.testing.assert_allclose(prepared.scaler.mean_, series.values[0][:140].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(prepared.scaler.mean, series.values[0][:140].mean(0), rtol=1e-5)
 
 
 def test_unfolded_windows_share_storage_with_data():
@@ -200,7 +200,7 @@ def test_batches_cover_every_window_once():
 
 def test_given_scaler_is_used_as_is():
     series = make_series([200], 2)
-    scaler = scaler_from_params(np.array([1.0, 2.0]), np.array([2.0, 4.0]))
+    scaler = Scaler(np.array([1.0, 2.0]), np.array([2.0, 4.0]))
     prepared = prepare(series, SplitConfig(), WindowConfig(lookback=10, horizon=2), scaler)
     assert prepared.scaler is scaler
     expected = (series.values[0] - np.array([1.0, 2.0])) / np.array([2.0, 4.0])
