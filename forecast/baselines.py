@@ -41,11 +41,12 @@ class LinearBaseline:
         gen = torch.Generator().manual_seed(seed)
         # A random subset keeps the fit O(max_windows x L) however long the series.
         k = torch.randperm(n, generator=gen)[:max_windows] if n > max_windows else torch.arange(n)
-        x, y = train.gather(k.sort().values)  # [n x L x C], [n x H x C]
-        xn, yn = x.numpy(), y.numpy()
-        self.models = [
-            Ridge(alpha=self.alpha).fit(xn[:, :, c], yn[:, :, c]) for c in range(x.shape[2])
-        ]
+        k = k.sort().values
+        # one channel at a time: the windows of all channels at once can be hundreds of MB
+        self.models = []
+        for c in range(train.n_channels):
+            x, y = train.gather_channel(k, c)  # [n x L], [n x H]
+            self.models.append(Ridge(alpha=self.alpha).fit(x.numpy(), y.numpy()))
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

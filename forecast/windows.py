@@ -119,6 +119,7 @@ class WindowSet:
         self.index = index
         self.lookback = lookback
         self.horizon = horizon
+        self.n_channels = data.shape[1]
         # view: [rows - L - H + 1 x C x (L + H)], no copy
         self.unfolded = data.unfold(0, lookback + horizon, 1)
 
@@ -128,6 +129,11 @@ class WindowSet:
     def gather(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs [B x L x C] and targets [B x H x C] of window numbers k."""
         w = self.unfolded[self.index.starts(k)].transpose(1, 2)  # [B x (L+H) x C]
+        return w[:, : self.lookback], w[:, self.lookback :]
+
+    def gather_channel(self, k: torch.Tensor, channel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs [B x L] and targets [B x H] of window numbers k, one channel only."""
+        w = self.unfolded[:, channel][self.index.starts(k)]  # [B x (L+H)]
         return w[:, : self.lookback], w[:, self.lookback :]
 
     def batches(

@@ -81,6 +81,9 @@ def test_window_properties(case):
         runs, starts = index.locate(k)
         x, y = ws.gather(k)
         assert x.shape == (len(ws), L, C) and y.shape == (len(ws), H, C)
+        for c in range(C):
+            xc, yc = ws.gather_channel(k, c)
+            assert torch.equal(xc, x[:, :, c]) and torch.equal(yc, y[:, :, c])
 
         seen = {s: [] for s in range(len(lengths))}
         for j in range(len(ws)):
