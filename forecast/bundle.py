@@ -78,9 +78,26 @@ def load_bundle(directory: str | Path) -> Bundle:
         raise ForecastError(f"{str(d)!r} has model format {raw.get('format_version')}, this "
                             f"version reads {FORMAT_VERSION}; retrain or use a matching release")
     meta = BundleMeta(**raw)
-    scaler = json.loads((d / SCALER).read_text())
+    mean, scale = _read_scaler(d / SCALER, len(meta.channels))
     model = build_model(meta.model_config, meta.lookback, meta.horizon, len(meta.channels))
     model.load_state_dict(load_file(str(d / WEIGHTS)))
     model.eval()
-    return Bundle(model, np.asarray(scaler["mean"], dtype=np.float64),
-                  np.asarray(scaler["scale"], dtype=np.float64), meta)
+    return Bundle(model, mean, scale, meta)
+
+
+def _read_scaler(path: Path, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and scale; a damaged file would otherwise give silent inf forecasts."""
+    fix = (f"{str(path)!r} must hold \"mean\" and \"scale\", each a list of {n_channels} "
+           "finite numbers (one per channel) with every scale > 0; the file is damaged: "
+           "re-save the model with `forecast train`")
+    try:
+        raw = json.loads(path.read_text())
+        mean = np.asarray(raw["mean"], dtype=np.float64)
+        scale = np.asarray(raw["scale"], dtype=np.float64)
+    except (ValueError, TypeError, KeyError):
+        raise ForecastError(fix) from None
+    shape_ok = mean.shape == scale.shape == (n_channels,)
+    if not (shape_ok and np.isfinite(mean).all() and np.isfinite(scale).all()
+            and (scale > 0).all()):
+        raise ForecastError(fix)
+    return mean, scale

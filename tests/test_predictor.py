@@ -72,6 +72,22 @@ def test_load_bundle_wrong_format_version(tmp_path, bundle):
         load_bundle(d)
 
 
+@pytest.mark.parametrize("text", [
+    "not json", "[]", '{"mean": [20.0, -5.0]}', '{"mean": [20.0], "scale": [3.0]}',
+    '{"mean": [20.0, -5.0], "scale": [3.0, 0.0]}', '{"mean": [20.0, NaN], "scale": [3.0, 0.5]}',
+    '{"mean": ["a", -5.0], "scale": [3.0, 0.5]}', '{"mean": [20.0, -5.0], "scale": [3.0, -1]}',
+], ids=["not-json", "list", "no-scale", "one-channel", "zero-scale", "nan-mean", "string",
+        "negative-scale"])
+def test_load_bundle_damaged_scaler_is_named(tmp_path, bundle, text):
+    d = save_bundle(tmp_path / "model", bundle)
+    (d / SCALER).write_text(text)
+    with pytest.raises(ForecastError) as err:
+        load_bundle(d)
+    msg = str(err.value)
+    assert "scaler.json" in msg and "each a list of 2 finite numbers" in msg
+    assert "every scale > 0" in msg
+
+
 def test_full_history_forecast_in_original_units(bundle, forecaster):
     h = history(L)
     x = torch.from_numpy(((h - MEAN) / SCALE).astype(np.float32))[None]
