@@ -27,9 +27,9 @@ from forecast.windows import prepare  # noqa: E402
 
 
 @torch.inference_mode()
-def score(dirs: list[Path], data_path: Path, split: str) -> tuple[float, float]:
-    """(mean MSE of the single models, MSE of their averaged forecasts) on one split, scored
-    by the accumulator the benchmark's own evaluation uses, in one pass over the windows."""
+def score(dirs: list[Path], data_path: Path) -> dict[str, tuple[float, float]]:
+    """Per split (val, test): (mean MSE of the single models, MSE of their averaged forecasts),
+    scored by the accumulator the benchmark's own evaluation uses, one pass over the windows."""
     cfg = load_config(dirs[0] / "config.yaml", [f"data.path={data_path}"])
     prepared = prepare(load_data(cfg), cfg.split, cfg.windows)
     models = [load_bundle(d / "model").model.eval() for d in dirs]
@@ -38,13 +38,16 @@ def score(dirs: list[Path], data_path: Path, split: str) -> tuple[float, float]:
     def accumulator() -> MetricAccumulator:
         return MetricAccumulator(prepared.horizon, scaler.mean, scaler.scale, ones)
 
-    singles, averaged = [accumulator() for _ in models], accumulator()
-    for x, y in prepared.windows(split).batches(512):
-        preds = [model(x) for model in models]
-        for acc, pred in zip(singles, preds, strict=True):
-            acc.update(pred, y)
-        averaged.update(torch.stack(preds).mean(0), y)
-    return statistics.fmean(a.result().mse for a in singles), averaged.result().mse
+    out = {}
+    for split in ("val", "test"):
+        singles, averaged = [accumulator() for _ in models], accumulator()
+        for x, y in prepared.windows(split).batches(512):
+            preds = [model(x) for model in models]
+            for acc, pred in zip(singles, preds, strict=True):
+                acc.update(pred, y)
+            averaged.update(torch.stack(preds).mean(0), y)
+        out[split] = statistics.fmean(a.result().mse for a in singles), averaged.result().mse
+    return out
 
 
 def main() -> None:
@@ -65,7 +68,8 @@ def main() -> None:
         if not all((d / "model").is_dir() for d in dirs):
             continue
         found += 1
-        val, test = score(dirs, data_path, "val"), score(dirs, data_path, "test")
+        scores = score(dirs, data_path)
+        val, test = scores["val"], scores["test"]
         print(f"{args.dataset} H={horizon}: val MSE single {val[0]:.4f} averaged {val[1]:.4f} "
               f"({(val[1] / val[0] - 1) * 100:+.1f}%); test MSE single {test[0]:.4f} "
               f"averaged {test[1]:.4f}", flush=True)
