@@ -149,6 +149,13 @@ class ModelConfig(_Section):
         description="Add a linear map from each channel's normalised lookback to its horizon "
         "beside the Transformer's head, so the encoder learns what a linear forecast misses.",
     )
+    skip_fit: Literal["gradient", "least_squares"] = Field(
+        "gradient",
+        description="How the linear skip is trained. gradient: with the rest of the model. "
+        "least_squares: solved in closed form on the training windows before training, then "
+        "frozen, with the head starting at zero, so the encoder learns what the linear forecast "
+        "misses and validation can keep the linear forecast alone. Needs linear_skip.",
+    )
     min_history: int | None = Field(
         None,
         description="Shortest history (steps) accepted at prediction time; shorter histories "
@@ -157,6 +164,11 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:
+        if self.skip_fit == "least_squares" and not self.linear_skip:
+            raise ValueError(
+                "model.skip_fit 'least_squares' fits the linear skip: set model.linear_skip to "
+                "true, or model.skip_fit to 'gradient'"
+            )
         if self.patch_stride > self.patch_len:
             # Steps between patches would belong to no token, and a short history could
             # fall entirely into such a gap.

@@ -242,6 +242,11 @@ def fit(
         result.seconds = saved["seconds"]
         result.resumed_from_epoch = start_epoch
         log.info("resumed from checkpoint %s after epoch %d", checkpoints.path, start_epoch)
+    elif model.cfg.skip_fit == "least_squares":
+        # the closed-form linear forecast is a candidate too: validation may prefer it to every
+        # trained epoch, and then best_epoch stays 0
+        result.best_val_loss = validation_loss(model, val, cfg.batch_size, loss_fn, device)
+        log.info("epoch 0 (least-squares linear skip alone): val_loss %.4f", result.best_val_loss)
 
     show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     channels = prepared.n_channels
