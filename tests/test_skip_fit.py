@@ -1,0 +1,118 @@
+"""The least-squares linear skip: exact on what a linear map can forecast, optimal for the
+model's own denormalised squared error, frozen, and kept when training only makes it worse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from forecast.config import ConfigError, build_config, load_config
+from forecast.data import DataConfig, frame_to_series
+from forecast.model import build_model
+from forecast.skip_fit import RIDGE, fit_linear_skip
+from forecast.train import fit
+from forecast.windows import prepare
+
+from .conftest import tiny_raw
+
+
+def lsq_config(revin: bool = True):
+    return build_config(tiny_raw(model={"linear_skip": True, "skip_fit": "least_squares",
+                                        "revin": revin}), "lsq test config")
+
+
+def prepared_for(config, frame: pd.DataFrame):
+    return prepare(frame_to_series(frame, DataConfig(), source="test"), config.split,
+                   config.windows)
+
+
+def sine_frame(n: int = 400) -> pd.DataFrame:
+    t = np.arange(n, dtype=np.float64)
+    # different levels and amplitudes per channel: under RevIN one shared map fits both
+    return pd.DataFrame({"date": pd.date_range("2024-01-01", periods=n, freq="h"),
+                         "a": 5.0 + 2.0 * np.sin(2 * np.pi * t / 12),
+                         "b": -3.0 + 0.5 * np.cos(2 * np.pi * t / 12 + 1.0)})
+
+
+def fitted(config, prepared, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(config.model, config.windows.lookback, config.windows.horizon,
+                        prepared.n_channels)
+    used = fit_linear_skip(model, prepared.windows("train"))
+    return model.eval(), used
+
+
+@pytest.mark.parametrize("revin", [True, False])
+def test_forecasts_a_pure_sine_almost_exactly_before_any_training(revin):
+    config = lsq_config(revin)
+    prepared = prepared_for(config, sine_frame())
+    model, used = fitted(config, prepared)
+    assert used == len(prepared.windows("train"))
+    x, y = next(prepared.windows("test").batches(1000))
+    with torch.no_grad():
+        mse = float(((model(x) - y) ** 2).mean())
+    # y[t] = x[t - 12] exactly; only the tiny ridge penalty keeps it from zero
+    assert mse < 1e-4
+    assert float((y ** 2).mean()) > 0.5  # the series is not trivially zero after scaling
+
+
+def test_solution_minimises_the_models_denormalised_squared_error(wide_frame):
+    config = lsq_config()
+    prepared = prepared_for(config, wide_frame)
+    model, _ = fitted(config, prepared)
+    x, y = next(prepared.windows("train").batches(10_000))
+    model.skip.requires_grad_(True)
+    rows = x.shape[0] * x.shape[2]
+    # the objective the closed form solves, evaluated through the model's own forward pass
+    sse = ((model.double()(x.double()) - y.double()) ** 2).sum()
+    objective = sse + RIDGE * rows * (model.skip.weight ** 2).sum()
+    objective.backward()
+    # at the optimum the gradient vanishes, relative to the gradient at a perturbed solution
+    at_optimum = torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad])
+    with torch.no_grad():
+        model.skip.weight.add_(0.01)
+    model.skip.weight.grad = model.skip.bias.grad = None
+    sse = ((model(x.double()) - y.double()) ** 2).sum()
+    (sse + RIDGE * rows * (model.skip.weight ** 2).sum()).backward()
+    perturbed = torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad])
+    # (float32 storage of the float64 solution leaves a residual of about 5e-4 of it)
+    assert float(at_optimum.norm()) < 2e-3 * float(perturbed.norm())
+
+
+def test_skip_is_frozen_and_head_starts_at_zero(wide_frame):
+    config = lsq_config()
+    model, _ = fitted(config, prepared_for(config, wide_frame))
+    assert not model.skip.weight.requires_grad and not model.skip.bias.requires_grad
+    assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
+    assert model.embed.weight.requires_grad
+
+
+def test_model_without_skip_is_refused(wide_frame, tiny_config):
+    prepared = prepared_for(tiny_config, wide_frame)
+    model = build_model(tiny_config.model, 24, 6, prepared.n_channels)
+    with pytest.raises(ValueError, match="model.linear_skip is false"):
+        fit_linear_skip(model, prepared.windows("train"))
+
+
+def test_config_requires_linear_skip():
+    with pytest.raises(ConfigError, match="set model.linear_skip to true"):
+        load_config(None, ["model.skip_fit=least_squares"])
+
+
+def test_training_keeps_the_linear_forecast_when_every_epoch_is_worse(tmp_path, wide_frame):
+    config = lsq_config()
+    prepared = prepared_for(config, wide_frame)
+    model, _ = fitted(config, prepared)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def wreck(stats) -> None:
+        with torch.no_grad():  # each epoch ends with a ruined head: validation gets worse
+            model.head.weight.add_(10.0)
+
+    cfg = config.train.model_copy(update={"epochs": 5, "patience": 2})
+    result = fit(model, prepared, cfg, tmp_path, "k", on_epoch=wreck)
+    assert result.best_epoch == 0 and result.stopped_early and len(result.history) == 2
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in start.items())
+    assert result.best_val_loss < min(h.val_loss for h in result.history)
