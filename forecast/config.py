@@ -499,18 +499,42 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file")
-        try:
-            loaded = _yaml_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
-        raw = loaded or {}
-        source = str(p)
+        raw = _read_with_bases(Path(path), [])
+        source = str(path)
     return build_config(apply_overrides(raw, overrides or []), source)
+
+
+def _read_with_bases(p: Path, chain: list[Path]) -> dict[str, Any]:
+    """The file's mapping merged over the file it names in `extends:` (relative to it)."""
+    if not p.is_file():
+        named = f" (extended by {str(chain[-1])!r})" if chain else ""
+        raise ConfigError(f"config file {str(p)!r}{named} not found; pass an existing YAML file")
+    if p.resolve() in chain:
+        cycle = " -> ".join(str(c) for c in [*chain, p.resolve()])
+        raise ConfigError(f"config files extend each other in a cycle: {cycle}; remove one "
+                          "'extends:'")
+    try:
+        loaded = _yaml_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    raw = dict(loaded or {})
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"extends in {str(p)!r} must be the path of another config file, "
+                          "relative to this one")
+    return _merged(_read_with_bases(p.parent / base, [*chain, p.resolve()]), raw)
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_maps else value
+    return out
 
 
 def dump_config(config: Config) -> str:

@@ -220,3 +220,42 @@ def test_shipped_configs_validate(path):
     horizon = path.stem.partition("_h")[2]
     if horizon:  # a per-horizon benchmark file must be set to the horizon its name gives
         assert cfg.windows.horizon == int(horizon)
+
+
+def write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def test_extends_merges_sections_key_by_key_over_the_base(tmp_path):
+    (tmp_path / "base").mkdir()
+    write(tmp_path / "base" / "root.yaml",
+          "name: root\nwindows: {lookback: 48, horizon: 12}\ntrain: {lr: 0.01, epochs: 3}\n")
+    write(tmp_path / "base" / "mid.yaml", "extends: root.yaml\ntrain: {lr: 0.002}\n")
+    child = write(tmp_path / "child.yaml",
+                  "extends: base/mid.yaml\nname: child\nwindows: {horizon: 24}\n")
+    cfg = load_config(child, ["train.epochs=5"])
+    assert cfg.name == "child"
+    assert (cfg.windows.lookback, cfg.windows.horizon) == (48, 24)
+    assert (cfg.train.lr, cfg.train.epochs) == (0.002, 5)
+
+
+def test_extends_cycle_is_refused(tmp_path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extend each other in a cycle: .*a.yaml -> .*b.yaml "
+                                          "-> .*a.yaml; remove one 'extends:'"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_extends_missing_base_names_both_files(tmp_path):
+    child = write(tmp_path / "child.yaml", "extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml' \(extended by .*child.yaml'\) not found"):
+        load_config(child)
+
+
+@pytest.mark.parametrize("value", ["[a.yaml]", "''", "3"])
+def test_extends_must_be_a_path(tmp_path, value):
+    child = write(tmp_path / "child.yaml", f"extends: {value}\n")
+    with pytest.raises(ConfigError, match="extends in .*child.yaml' must be the path of another"):
+        load_config(child)
