@@ -114,3 +114,20 @@ def test_seed_average_refuses_a_repeated_seed(tmp_path: Path) -> None:
                             "--seeds", "0", "0")
     assert proc.returncode == 2
     assert "--seeds: each seed once" in proc.stderr
+
+
+@pytest.mark.parametrize("horizon", [96, 192, 336, 720])
+@pytest.mark.parametrize("dataset", ["ETTh1", "ETTh2"])
+def test_peer_config_applies_to_every_shipped_config(dataset: str, horizon: int) -> None:
+    # --peer-config turns the linear skip off; a config that solves it by least squares must
+    # still validate, with PatchTST's architecture and lookback
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from etth import PEER, config_for
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from forecast.config import load_config
+
+    cfg = load_config(config_for(dataset, horizon), PEER)
+    assert (cfg.windows.lookback, cfg.model.d_model, cfg.model.n_layers) == (336, 16, 3)
+    assert not cfg.model.linear_skip and cfg.model.skip_fit == "gradient"
