@@ -48,14 +48,18 @@ class RevIN(nn.Module):
         self.weight = nn.Parameter(torch.ones(n_channels))
         self.bias = nn.Parameter(torch.zeros(n_channels))
 
+    def statistics(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std [B x 1 x C] of each window's real steps; x: [B x L x C], valid:
+        [B x L x 1] with 1 on real steps, 0 on padding."""
+        count = valid.sum(1, keepdim=True).clamp_min(1.0)  # [B x 1 x 1]
+        mean = ((x * valid).sum(1, keepdim=True) / count).detach()
+        var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / count
+        return mean, torch.sqrt(var + self.eps).detach()
+
     def normalize(
         self, x: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # x: [B x L x C], valid: [B x L x 1] with 1 on real steps, 0 on padding
-        count = valid.sum(1, keepdim=True).clamp_min(1.0)  # [B x 1 x 1]
-        mean = ((x * valid).sum(1, keepdim=True) / count).detach()  # [B x 1 x C]
-        var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / count
-        std = torch.sqrt(var + self.eps).detach()  # [B x 1 x C]
+        mean, std = self.statistics(x, valid)
         return (x - mean) / std * self.weight + self.bias, mean, std
 
     def denormalize(self, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -29,9 +29,8 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, batch_size: int =
     rows = 0
     for x, y in train.batches(batch_size):
         x, y = x.double(), y.double()  # [B x L x C], [B x H x C]
-        if model.revin is not None:
-            mean = x.mean(1, keepdim=True)  # [B x 1 x C]
-            std = torch.sqrt(x.var(1, keepdim=True, unbiased=False) + model.revin.eps)
+        if model.revin is not None:  # the statistics the forward pass normalises with
+            mean, std = model.revin.statistics(x, torch.ones_like(x[:, :, :1]))  # [B x 1 x C]
         else:
             mean, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
         # one row per window and channel: [(B*C) x (L+1)] features, [(B*C) x H] targets
