@@ -116,3 +116,10 @@ def test_training_keeps_the_linear_forecast_when_every_epoch_is_worse(tmp_path, 
     assert result.best_epoch == 0 and result.stopped_early and len(result.history) == 2
     assert all(torch.equal(model.state_dict()[k], v) for k, v in start.items())
     assert result.best_val_loss < min(h.val_loss for h in result.history)
+
+
+@pytest.mark.parametrize("value", ["lsq", "", "null", "1"])
+def test_unknown_skip_fit_names_the_key_and_the_choices(value):
+    with pytest.raises(ConfigError,
+                       match="model.skip_fit: Input should be 'gradient' or 'least_squares'"):
+        load_config(None, ["model.linear_skip=true", f"model.skip_fit={value}"])
