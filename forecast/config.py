@@ -199,6 +199,12 @@ class TrainConfig(_Section):
     patience: int = Field(5, ge=0, description="Early stop after this many epochs without "
                           "a better validation loss; 0 disables early stopping.")
     loss: Literal["mse", "mae", "huber"] = Field("mse", description="Training loss.")
+    val_metric: Literal["loss", "mse", "mae"] = Field(
+        "loss",
+        description="What scores each epoch on validation, for early stopping, the best-weights "
+        "restore and tuning: the training loss, or MSE or MAE whatever the loss (a model trained "
+        "on Huber but judged on MSE is then also chosen on MSE).",
+    )
     max_windows_per_epoch: int | None = Field(
         None, gt=0, description="Sample at most this many training windows per epoch."
     )

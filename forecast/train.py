@@ -37,7 +37,7 @@ CHECKPOINT = "last.ckpt"
 class EpochStats:
     epoch: int  # 1-based
     train_loss: float
-    val_loss: float
+    val_loss: float  # scored by train.val_metric (the training loss by default)
     lr: float
     seconds: float
     windows_per_second: float  # one window of one channel counts as one
@@ -221,6 +221,7 @@ def fit(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch * cfg.epochs)
     loss_fn = loss_function(cfg.loss)
+    val_fn = loss_function(cfg.loss if cfg.val_metric == "loss" else cfg.val_metric)
     gen = torch.Generator().manual_seed(cfg.seed)
     min_history = model.cfg.min_history or model.cfg.patch_len
     checkpoints = Checkpointer(checkpoint_dir, run_key)
@@ -245,7 +246,7 @@ def fit(
     elif model.cfg.skip_fit == "least_squares":
         # the closed-form linear forecast is a candidate too: validation may prefer it to every
         # trained epoch, and then best_epoch stays 0
-        result.best_val_loss = validation_loss(model, val, cfg.batch_size, loss_fn, device)
+        result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device)
         log.info("epoch 0 (least-squares linear skip alone): val_loss %.4f", result.best_val_loss)
 
     show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
@@ -282,7 +283,7 @@ def fit(
             bar.close()
             train_seconds = time.perf_counter() - t0
             # the training batch size: larger batches measured slower on CPU and raised peak RSS
-            val_loss = validation_loss(model, val, cfg.batch_size, loss_fn, device)
+            val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device)
             seconds = time.perf_counter() - t0
             stats = EpochStats(epoch, total / max(seen, 1), val_loss,
                                optimizer.param_groups[0]["lr"], seconds,

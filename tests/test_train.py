@@ -65,6 +65,30 @@ def test_restores_best_validation_weights(tmp_path, tiny_config, tiny_prepared):
     assert not (tmp_path / "ckpt" / CHECKPOINT).exists()
 
 
+@pytest.mark.parametrize("val_metric, scored_by", [("mse", "mse"), ("mae", "mae"),
+                                                     ("loss", "huber")])
+def test_val_metric_scores_epochs_whatever_the_training_loss(
+        tmp_path, tiny_config, tiny_prepared, val_metric, scored_by):
+    cfg = train_cfg(tiny_config, epochs=2, loss="huber", val_metric=val_metric)
+    model = new_model(tiny_config, tiny_prepared)
+    result = fit(model, tiny_prepared, cfg, tmp_path / "ckpt", "k")
+
+    val = tiny_prepared.windows("val")
+    cpu = torch.device("cpu")
+    scores = {name: validation_loss(model, val, 64, loss_function(name), cpu)
+              for name in ("mse", "mae", "huber")}
+    # the restored weights score best_val_loss on the chosen metric, and only on it
+    assert result.best_val_loss == pytest.approx(scores[scored_by], rel=1e-6)
+    for other in set(scores) - {scored_by}:
+        assert scores[other] != pytest.approx(scores[scored_by], rel=1e-3)
+
+
+def test_unknown_val_metric_names_the_key_and_choices(tiny_config):
+    with pytest.raises(ValueError) as err:
+        TrainConfig.model_validate({**tiny_config.train.model_dump(), "val_metric": "rmse"})
+    assert "val_metric" in str(err.value) and "'loss', 'mse' or 'mae'" in str(err.value)
+
+
 def test_early_stopping_when_validation_cannot_improve(tmp_path, tiny_config, tiny_prepared):
     # A learning rate far below float32 resolution leaves every weight as it was.
     cfg = train_cfg(tiny_config, epochs=10, patience=2, lr=1e-30, weight_decay=0.0,
