@@ -191,6 +191,8 @@ class PatchTransformer(nn.Module):
         self.head = nn.Linear(self.n_patches * cfg.d_model, out)
         # one lookback → horizon map shared by all channels (RLinear, Li et al. 2023)
         self.skip = nn.Linear(lookback, horizon) if cfg.linear_skip else None
+        if self.skip is not None and cfg.skip_fit == "least_squares":
+            self.skip.requires_grad_(False)  # solved in closed form (forecast.skip_fit) instead
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -16,7 +16,6 @@ from forecast.config import Config, dump_config
 from forecast.data import SeriesSet, frame_to_series, load_series, season_for
 from forecast.evaluate import Evaluation, evaluate
 from forecast.model import PatchTransformer, build_model
-from forecast.skip_fit import fit_linear_skip
 from forecast.synthetic import synthetic_frame
 from forecast.train import EpochStats, FitResult, fit, resolve_device, seed_everything
 from forecast.windows import Prepared, prepare
@@ -87,8 +86,6 @@ def train_model(cfg: Config, series: SeriesSet,
     prepared = prepare(series, cfg.split, cfg.windows)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, cfg.windows.lookback, cfg.windows.horizon, prepared.n_channels)
-    if cfg.model.skip_fit == "least_squares":
-        fit_linear_skip(model, prepared.windows("train"))
     log.info("training on %d train / %d val windows, %d parameters", len(prepared.windows("train")),
              len(prepared.windows("val")), model.n_params())
     result = fit(model, prepared, cfg.train, checkpoint_dir(cfg), run_key(cfg, series.digest),

@@ -20,7 +20,8 @@ RIDGE = 1e-3
 
 @torch.no_grad()
 def fit_linear_skip(model: PatchTransformer, train: WindowSet, batch_size: int = 1024) -> int:
-    """Solve the skip in closed form, freeze it and zero the head; returns windows used."""
+    """Solve the skip in closed form and zero the head; returns windows used. (A model built
+    with model.skip_fit 'least_squares' has its skip frozen, so training leaves it as solved.)"""
     if model.skip is None:
         raise ValueError("the model has no linear skip (model.linear_skip is false)")
     L, H = model.lookback, model.horizon
@@ -44,7 +45,6 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, batch_size: int =
     solution = torch.linalg.solve(gram + torch.diag(penalty), cross)  # [(L+1) x H]
     model.skip.weight.copy_(solution[:L].T)
     model.skip.bias.copy_(solution[L])
-    model.skip.requires_grad_(False)
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
     return rows // train.n_channels

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from forecast.config import TrainConfig
 from forecast.errors import TrainingError
 from forecast.model import PatchTransformer
+from forecast.skip_fit import fit_linear_skip
 from forecast.windows import Prepared, WindowSet
 
 log = logging.getLogger(__name__)
@@ -244,8 +245,10 @@ def fit(
         result.resumed_from_epoch = start_epoch
         log.info("resumed from checkpoint %s after epoch %d", checkpoints.path, start_epoch)
     elif model.cfg.skip_fit == "least_squares":
-        # the closed-form linear forecast is a candidate too: validation may prefer it to every
-        # trained epoch, and then best_epoch stays 0
+        # solved here, not on resume (the checkpoint holds it); the closed-form linear forecast
+        # is a candidate too: validation may prefer it to every trained epoch (best_epoch 0)
+        fit_linear_skip(model, train)
+        best_state = copy.deepcopy(model.state_dict())
         result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device)
         log.info("epoch 0 (least-squares linear skip alone): val_loss %.4f", result.best_val_loss)
 

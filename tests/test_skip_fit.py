@@ -123,3 +123,35 @@ def test_unknown_skip_fit_names_the_key_and_the_choices(value):
     with pytest.raises(ConfigError,
                        match="model.skip_fit: Input should be 'gradient' or 'least_squares'"):
         load_config(None, ["model.linear_skip=true", f"model.skip_fit={value}"])
+
+
+def test_resume_keeps_the_solved_skip_frozen_and_matches_a_straight_run(tmp_path, wide_frame):
+    config = lsq_config()
+    prepared = prepared_for(config, wide_frame)
+    cfg = config.train.model_copy(update={"epochs": 3, "patience": 0})
+
+    def model_for(seed: int):
+        torch.manual_seed(seed)
+        return build_model(config.model, config.windows.lookback, config.windows.horizon,
+                           prepared.n_channels)
+
+    def stop_after_first(stats) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model_for(0), prepared, cfg, tmp_path / "ckpt", "k", on_epoch=stop_after_first)
+    # the resumed model starts from other random weights and is never solved again: its skip
+    # comes from the checkpoint, and training must not move it
+    resumed = model_for(123)
+    assert not resumed.skip.weight.requires_grad
+    result = fit(resumed, prepared, cfg, tmp_path / "ckpt", "k")
+    assert result.resumed_from_epoch == 1
+
+    straight = model_for(0)
+    fit(straight, prepared, cfg, tmp_path / "straight", "k")
+    solved, _ = fitted(config, prepared)
+    for model in (resumed, straight):
+        assert torch.equal(model.skip.weight, solved.skip.weight)
+        assert torch.equal(model.skip.bias, solved.skip.bias)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(),
+                                                 straight.state_dict().values(), strict=True))
