@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from forecast.config import TrainConfig
+from forecast.config import ConfigError, TrainConfig, load_config
 from forecast.errors import TrainingError
 from forecast.model import build_model
 from forecast.train import (
@@ -87,6 +87,13 @@ def test_unknown_val_metric_names_the_key_and_choices(tiny_config):
     with pytest.raises(ValueError) as err:
         TrainConfig.model_validate({**tiny_config.train.model_dump(), "val_metric": "rmse"})
     assert "val_metric" in str(err.value) and "'loss', 'mse' or 'mae'" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["rmse", "", "null", "1"])
+def test_val_metric_override_error_names_the_key(value):
+    with pytest.raises(ConfigError,
+                       match="train.val_metric: Input should be 'loss', 'mse' or 'mae'"):
+        load_config(None, [f"train.val_metric={value}"])
 
 
 def test_early_stopping_when_validation_cannot_improve(tmp_path, tiny_config, tiny_prepared):
