@@ -114,6 +114,5 @@ def train_and_evaluate(
     model_dir = save_bundle(out / "model", Bundle(model, scaler.mean, scaler.scale, meta))
     (out / "config.yaml").write_text(dump_config(cfg))
     (out / "metrics.json").write_text(json.dumps(
-        {**evaluation.metrics(), "best_epoch": result.best_epoch,
-         "train_seconds": result.seconds, "params": model.n_params()}, indent=2))
+        {**evaluation.metrics(), **result.metrics(), "params": model.n_params()}, indent=2))
     return TrainOutcome(cfg, series, prepared, model, result, evaluation, out, model_dir)

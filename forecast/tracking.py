@@ -192,8 +192,7 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
             mlflow.set_tag("train.resumed_from_epoch", str(resumed))
             for stats in outcome.fit.history[:resumed]:
                 log_epoch(stats)
-        mlflow.log_metrics({**outcome.metrics, "best_epoch": outcome.fit.best_epoch,
-                            "train_seconds": outcome.fit.seconds,
+        mlflow.log_metrics({**outcome.metrics, **outcome.fit.metrics(),
                             "params_count": outcome.model.n_params()})
         with tempfile.TemporaryDirectory() as tmp:
             _log_artifacts(outcome, Path(tmp))

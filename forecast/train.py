@@ -52,6 +52,16 @@ class FitResult:
     seconds: float = 0.0  # wall time of all epochs, resumed ones included
     stopped_early: bool = False
     resumed_from_epoch: int = 0
+    # the least-squares linear forecast alone ("epoch 0"), scored like the epochs; None when
+    # the skip is trained by gradient
+    linear_val_loss: float | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """What a run records about its training, beside its scores."""
+        out = {"best_epoch": self.best_epoch, "train_seconds": self.seconds}
+        if self.linear_val_loss is not None:
+            out["linear_skip_val_loss"] = self.linear_val_loss
+        return out
 
     @property
     def windows_per_second(self) -> float:
@@ -242,6 +252,7 @@ def fit(
         result.history = [EpochStats(**h) for h in saved["history"]]
         result.best_epoch, result.best_val_loss = saved["best_epoch"], saved["best_val_loss"]
         result.seconds = saved["seconds"]
+        result.linear_val_loss = saved.get("linear_val_loss")  # absent in older checkpoints
         result.resumed_from_epoch = start_epoch
         log.info("resumed from checkpoint %s after epoch %d", checkpoints.path, start_epoch)
     elif model.cfg.skip_fit == "least_squares":
@@ -250,6 +261,7 @@ def fit(
         fit_linear_skip(model, train)
         best_state = copy.deepcopy(model.state_dict())
         result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device)
+        result.linear_val_loss = result.best_val_loss
         log.info("epoch 0 (least-squares linear skip alone): val_loss %.4f", result.best_val_loss)
 
     show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
@@ -310,6 +322,7 @@ def fit(
                 "bad_epochs": bad_epochs, "epoch": epoch,
                 "history": [vars(h) for h in result.history], "best_epoch": result.best_epoch,
                 "best_val_loss": result.best_val_loss, "seconds": result.seconds,
+                "linear_val_loss": result.linear_val_loss,
             })
             if on_epoch is not None:
                 on_epoch(stats)

@@ -112,8 +112,7 @@ class _Objective:
                 season = cfg.eval.season or season_for(self.series.freq)
                 scores = evaluate(trained.model, trained.prepared, cfg.eval, season, "val",
                                   resolve_device(cfg.train)).metrics()
-                mlflow.log_metrics({**scores, "best_epoch": trained.fit.best_epoch,
-                                    "train_seconds": trained.fit.seconds})
+                mlflow.log_metrics({**scores, **trained.fit.metrics()})
             except optuna.TrialPruned as err:
                 record.state = "pruned"
                 mlflow.set_tags({"tune.state": "pruned", "tune.reason": str(err)})

@@ -116,6 +116,24 @@ def test_training_keeps_the_linear_forecast_when_every_epoch_is_worse(tmp_path, 
     assert result.best_epoch == 0 and result.stopped_early and len(result.history) == 2
     assert all(torch.equal(model.state_dict()[k], v) for k, v in start.items())
     assert result.best_val_loss < min(h.val_loss for h in result.history)
+    # the linear forecast's own score is kept apart from best_val_loss, for the run's metrics
+    with torch.no_grad():
+        errors = [((model(x) - y) ** 2).flatten() for x, y in prepared.windows("val").batches(7)]
+    assert result.linear_val_loss == pytest.approx(float(torch.cat(errors).mean()), rel=1e-5)
+    assert result.metrics() == {"best_epoch": 0, "train_seconds": result.seconds,
+                                "linear_skip_val_loss": result.linear_val_loss}
+
+
+def test_a_gradient_trained_skip_records_no_linear_score(tmp_path, wide_frame):
+    config = build_config(tiny_raw(model={"linear_skip": True, "skip_fit": "gradient"}), "t")
+    prepared = prepared_for(config, wide_frame)
+    torch.manual_seed(0)
+    model = build_model(config.model, config.windows.lookback, config.windows.horizon,
+                        prepared.n_channels)
+    cfg = config.train.model_copy(update={"epochs": 1})
+    result = fit(model, prepared, cfg, tmp_path, "k")
+    assert result.linear_val_loss is None
+    assert set(result.metrics()) == {"best_epoch", "train_seconds"}
 
 
 @pytest.mark.parametrize("value", ["lsq", "", "null", "1"])
@@ -148,7 +166,10 @@ def test_resume_keeps_the_solved_skip_frozen_and_matches_a_straight_run(tmp_path
     assert result.resumed_from_epoch == 1
 
     straight = model_for(0)
-    fit(straight, prepared, cfg, tmp_path / "straight", "k")
+    straight_result = fit(straight, prepared, cfg, tmp_path / "straight", "k")
+    # the epoch-0 score was taken before the interruption and comes back from the checkpoint
+    assert result.linear_val_loss is not None
+    assert result.linear_val_loss == straight_result.linear_val_loss
     solved, _ = fitted(config, prepared)
     for model in (resumed, straight):
         assert torch.equal(model.skip.weight, solved.skip.weight)
