@@ -12,7 +12,7 @@ from forecast.config import ConfigError, build_config, load_config
 from forecast.data import DataConfig, frame_to_series
 from forecast.model import build_model
 from forecast.skip_fit import RIDGE, fit_linear_skip
-from forecast.train import fit
+from forecast.train import CHECKPOINT, fit
 from forecast.windows import prepare
 
 from .conftest import tiny_raw
@@ -176,3 +176,24 @@ def test_resume_keeps_the_solved_skip_frozen_and_matches_a_straight_run(tmp_path
         assert torch.equal(model.skip.bias, solved.skip.bias)
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(),
                                                  straight.state_dict().values(), strict=True))
+
+
+def test_resume_from_a_checkpoint_without_the_linear_score(tmp_path, wide_frame):
+    # checkpoints written before the score was recorded resume; the score is then unknown
+    config = lsq_config()
+    prepared = prepared_for(config, wide_frame)
+    cfg = config.train.model_copy(update={"epochs": 2, "patience": 0})
+    model, _ = fitted(config, prepared)
+
+    def stop_after_first(stats) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, prepared, cfg, tmp_path, "k", on_epoch=stop_after_first)
+    path = tmp_path / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    del state["linear_val_loss"]
+    torch.save(state, path)
+    result = fit(model, prepared, cfg, tmp_path, "k")
+    assert result.resumed_from_epoch == 1 and len(result.history) == 2
+    assert result.linear_val_loss is None and "linear_skip_val_loss" not in result.metrics()
