@@ -69,11 +69,19 @@ def horizon_errors(evaluation: Evaluation, csv_path: Path, png_path: Path) -> tu
     return csv_path, png_path
 
 
-def training_curve(history: list[EpochStats], path: Path) -> Path:
+def curve_labels(loss: str, val_metric: str) -> tuple[str, str]:
+    """Legend labels for the training and validation curves: validation is scored by
+    train.val_metric, which is the training loss only when it is 'loss'."""
+    val = loss if val_metric == "loss" else val_metric
+    return f"train loss ({loss})", f"validation {val}"
+
+
+def training_curve(history: list[EpochStats], path: Path, loss: str, val_metric: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [h.epoch for h in history]
-    ax.plot(epochs, [h.train_loss for h in history], marker="o", label="train loss")
-    ax.plot(epochs, [h.val_loss for h in history], marker="o", label="validation loss")
+    train_label, val_label = curve_labels(loss, val_metric)
+    ax.plot(epochs, [h.train_loss for h in history], marker="o", label=train_label)
+    ax.plot(epochs, [h.val_loss for h in history], marker="o", label=val_label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()

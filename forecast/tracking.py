@@ -133,7 +133,8 @@ def _log_artifacts(outcome: TrainOutcome, folder: Path) -> None:
     forecast_vs_actual(outcome.model, outcome.prepared, folder / "forecast_vs_actual.png")
     horizon_errors(outcome.evaluation, folder / "error_per_step.csv",
                    folder / "error_per_step.png")
-    training_curve(outcome.fit.history, folder / "training_curve.png")
+    training_curve(outcome.fit.history, folder / "training_curve.png", cfg.train.loss,
+                   cfg.train.val_metric)
     mlflow.log_artifacts(str(folder))
 
 
