@@ -90,7 +90,9 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Serie
             "set data.timestamp_column"
         )
     raw = frame[column]
-    parsed = pd.to_datetime(raw, errors="coerce", format="mixed")
+    # utc=True: without it a column whose UTC offset changes (daylight saving) raises
+    # "Mixed timezones" instead of parsing; naive values are taken as they are
+    parsed = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
     bad = parsed.isna()
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])
@@ -99,9 +101,7 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Serie
             "which is not a timestamp; fix the value or drop the row "
             f"({int(bad.sum())} unparsable in all)"
         )
-    if getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed
+    return parsed.dt.tz_localize(None)
 
 
 def _numeric_columns(frame: pd.DataFrame, columns: list[str], source: str) -> pd.DataFrame:

@@ -241,6 +241,16 @@ def test_timezone_aware_stamps_become_utc():
     assert series.timestamps[0].tz is None
 
 
+def test_stamps_across_a_daylight_saving_switch_parse_as_utc():
+    # Berlin's offset changes from +01:00 to +02:00 at 2024-03-31 02:00 local: the column
+    # mixes offsets, which pandas refuses to parse unless told to convert to UTC
+    local = pd.date_range("2024-03-31", periods=6, freq="h", tz="Europe/Berlin")
+    assert {t.utcoffset() for t in local} == {pd.Timedelta(hours=1), pd.Timedelta(hours=2)}
+    series = load(small_frame().assign(date=[t.isoformat() for t in local]))
+    assert list(series.timestamps[0]) == list(pd.date_range("2024-03-30 23:00", periods=6,
+                                                            freq="h"))
+
+
 # --- long layout -----------------------------------------------------------------------------
 
 def long_frame() -> pd.DataFrame:

@@ -27,14 +27,14 @@ def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp
     """The last timestamp, or an error: unparsable, unsorted, or off the model's frequency."""
     assert series.timestamps is not None
     loc = ("series", i, "timestamps")
-    stamps = pd.to_datetime(pd.Series(series.timestamps), errors="coerce", format="ISO8601")
+    # utc=True: offsets that change within a series (daylight saving) must parse, not raise
+    stamps = pd.to_datetime(pd.Series(series.timestamps), errors="coerce", format="ISO8601",
+                            utc=True)
     bad = stamps.isna().to_numpy()
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
         return None, _error((*loc, j), f"{series.timestamps[j]!r} is not an ISO-8601 timestamp")
-    index = pd.DatetimeIndex(stamps)
-    if index.tz is not None:
-        index = index.tz_convert("UTC").tz_localize(None)
+    index = pd.DatetimeIndex(stamps).tz_localize(None)
     expected = pd.date_range(index[0], periods=len(index), freq=freq)
     if not index.equals(expected):
         j = int(np.flatnonzero(index != expected)[0])

@@ -54,6 +54,18 @@ def test_batch_forecast_equals_in_process_prediction(client: TestClient,
         (last + pd.Timedelta(hours=k)).isoformat() for k in range(1, 6)]
 
 
+def test_timestamps_across_a_daylight_saving_switch(client: TestClient) -> None:
+    # the series' UTC offset changes from +01:00 to +02:00 halfway: hourly all the same
+    item = series(48)
+    local = pd.date_range("2024-03-30 04:00", periods=48, freq="h", tz="Europe/Berlin")
+    item["timestamps"] = [t.isoformat() for t in local]
+    reply = post(client, {"series": [item], "horizon": 2})
+    assert reply.status_code == 200, reply.text
+    last_utc = local[-1].tz_convert("UTC").tz_localize(None)
+    assert reply.json()["forecasts"][0]["timestamps"] == [
+        (last_utc + pd.Timedelta(hours=k)).isoformat() for k in (1, 2)]
+
+
 def test_long_history_uses_its_last_lookback_rows(client: TestClient) -> None:
     full = post(client, {"series": [series(200)]}).json()
     tail = post(client, {"series": [series(48)]}).json()  # lookback is 48
