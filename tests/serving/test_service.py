@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.serving.test_forecast_api import post, series
@@ -74,3 +75,17 @@ def test_docs_example_request_works(client: TestClient) -> None:
     reply = post(client, example)
     assert reply.status_code == 200, reply.text
     assert len(reply.json()["forecasts"][0]["timestamps"]) == 6
+
+
+def test_empty_api_token_is_refused_not_treated_as_no_auth(monkeypatch: Any) -> None:
+    # FORECAST_API_TOKEN="" would otherwise match a request without an Authorization header
+    from pydantic import ValidationError
+
+    from serving.settings import Settings
+
+    for blank in ("", "  "):
+        monkeypatch.setenv("FORECAST_API_TOKEN", blank)
+        with pytest.raises(ValidationError, match="FORECAST_API_TOKEN is set but empty"):
+            Settings()
+    monkeypatch.delenv("FORECAST_API_TOKEN")
+    assert Settings().api_token is None
