@@ -53,7 +53,8 @@ class Forecaster:
             raise DataError(f"{where}: {len(values)} steps of history; the model needs at least "
                             f"{self.meta.min_history} (lookback {self.lookback})")
         if not np.isfinite(values).all():
-            raise DataError(f"{where}: history holds NaN or infinite values")
+            raise DataError(f"{where}: history holds NaN or infinite values (or values beyond "
+                            "float32's range, about ±3.4e38)")
 
     def predict_arrays(self, histories: list[np.ndarray], horizon: int | None = None,
                        ids: list[str] | None = None) -> np.ndarray:
@@ -71,7 +72,15 @@ class Forecaster:
             pad[i, : L - len(tail)] = True
         with torch.inference_mode():
             y = self.model(torch.from_numpy(x), torch.from_numpy(pad) if pad.any() else None)
-        return y[:, :h].numpy() * self._scale + self._mean
+        forecast = y[:, :h].numpy() * self._scale + self._mean
+        # finite inputs far outside the training scale can overflow float32 inside the model
+        broken = ~np.isfinite(forecast).all(axis=(1, 2))
+        if broken.any():
+            i = int(np.flatnonzero(broken)[0])
+            raise DataError(f"series {ids[i] if ids else i!r}: the forecast overflowed float32 "
+                            f"(largest |history value| {np.abs(histories[i]).max():.3g}); "
+                            "rescale the series to nearer the training data's range")
+        return forecast
 
     def predict_frame(self, frame: pd.DataFrame, horizon: int | None = None) -> pd.DataFrame:
         """A history frame (layout above) → a forecast frame (layout above)."""

@@ -140,6 +140,15 @@ def test_nan_history_is_rejected(forecaster):
         forecaster.predict_arrays([h])
 
 
+def test_forecast_that_overflows_float32_is_an_error_not_nan(forecaster):
+    # 3e38 fits float32, but the window's variance does not: NaN must not reach a CSV or JSON
+    ok, big = history(L), history(L)
+    big[-1, 0] = 3e38
+    with pytest.raises(DataError, match=r"series 'b': the forecast overflowed float32 "
+                                        r"\(largest \|history value\| 3e\+38\)"):
+        forecaster.predict_arrays([ok, big], ids=["a", "b"])
+
+
 def test_wrong_channel_count_is_rejected(forecaster):
     with pytest.raises(DataError, match=r"expected \[steps x 2\] values, got shape \(24, 3\)"):
         forecaster.predict_arrays([np.zeros((L, 3), dtype=np.float32)])

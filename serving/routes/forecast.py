@@ -11,6 +11,7 @@ import torch
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from forecast.errors import DataError
 from serving.deps import Model, State, require_token
 from serving.model_store import LoadedModel
 from serving.schemas import ForecastRequest, ForecastResponse, SeriesIn
@@ -96,8 +97,11 @@ async def forecast(body: ForecastRequest, model: Model, state: State) -> Respons
         raise RequestValidationError([_error(("horizon",), f"horizon {horizon} is above the "
                                              f"model's {forecaster.horizon}")])
     histories, lasts = _histories(body, model)
-    with torch.inference_mode():
-        pred = forecaster.predict_arrays(histories, horizon)  # [N x h x C], original units
+    try:
+        with torch.inference_mode():  # [N x h x C], original units
+            pred = forecaster.predict_arrays(histories, horizon, [s.id for s in body.series])
+    except DataError as err:  # values the JSON schema accepts but float32 cannot carry
+        raise RequestValidationError([_error(("series",), str(err))]) from None
     out = []
     for i, s in enumerate(body.series):
         item: dict[str, Any] = {

@@ -125,6 +125,21 @@ def test_bad_series_get_422_naming_the_field(client: TestClient, mutate: Any, lo
     assert fragment in msg
 
 
+@pytest.mark.parametrize("value, fragment", [
+    (1e39, "beyond float32's range"),  # finite JSON, infinite once cast to float32
+    (3e38, "the forecast overflowed float32"),  # fits float32; the window's variance does not
+])
+def test_values_float32_cannot_carry_get_422_not_500(client: TestClient, value: float,
+                                                      fragment: str) -> None:
+    item = series(48, sid="big")
+    item["history"]["load_0"][-1] = value
+    reply = post(client, {"series": [series(48), item]})
+    assert reply.status_code == 422, reply.text
+    loc, msg = detail(reply)
+    assert loc == ["body", "series"]
+    assert "series 'big'" in msg and fragment in msg
+
+
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
 def test_non_finite_numbers_get_422(client: TestClient, literal: bytes) -> None:
     values = b"[" + b", ".join([b"1.0"] * 47 + [literal]) + b"]"
