@@ -273,6 +273,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is above 65535, the highest TCP port")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number above 0, with a message naming what was given."""
     try:
@@ -382,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model "
                    "directory (default: $FORECAST_MODEL_URI, then the demo's champion)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--port", type=tcp_port, default=8000)
     p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--reload-interval", type=positive_float, help="seconds between alias checks")
     tracking_flag(p)

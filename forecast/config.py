@@ -476,7 +476,12 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-3")
     # YAML parsing gives ints, floats, bools and null the same meaning as in the file.
-    return key.strip().split("."), _yaml_load(raw)
+    try:
+        return key.strip().split("."), _yaml_load(raw)
+    except yaml.YAMLError as err:
+        problem = str(err).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote "
+                          f"it to mean the text, e.g. --set \"{key}='{raw}'\"") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -520,9 +525,12 @@ def _read_with_bases(p: Path, chain: list[Path]) -> dict[str, Any]:
         raise ConfigError(f"config files extend each other in a cycle: {cycle}; remove one "
                           "'extends:'")
     try:
-        loaded = _yaml_load(p.read_text())
+        loaded = _yaml_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({err.reason} at byte "
+                          f"{err.start}); save it as UTF-8") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
     raw = dict(loaded or {})

@@ -260,6 +260,24 @@ def test_config_bad_override(capsys):
     assert "model.d_model (30) must be divisible by model.n_heads (4)" in line
 
 
+def test_override_that_is_not_yaml_says_how_to_quote_it(capsys):
+    # '@' cannot start a plain YAML scalar, yet '@timestamp' is a common column name
+    assert main(["config", "--set", "data.timestamp_column=@timestamp"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "override 'data.timestamp_column=@timestamp': the value is not valid YAML" in line
+    assert "--set \"data.timestamp_column='@timestamp'\"" in line
+    assert main(["config", "--set", "data.timestamp_column='@timestamp'"]) == 0
+    assert "timestamp_column: '@timestamp'" in capsys.readouterr().out
+
+
+def test_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    assert main(["config", "--config", str(path)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"config file '{path}' is not UTF-8 text" in line and "save it as UTF-8" in line
+
+
 @pytest.mark.slow
 def test_demo_prints_skill_rows(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -282,6 +300,7 @@ def test_demo_prints_skill_rows(tmp_path, capsys, monkeypatch):
     (["predict", "--model", "m", "--history", "h.csv", "--out", "o.csv", "--horizon", "two"],
      "argument --horizon: 'two' is not a whole number"),
     (["serve", "--workers", "-1"], "argument --workers: -1 is below 1"),
+    (["serve", "--port", "70000"], "argument --port: 70000 is above 65535, the highest TCP port"),
 ])
 def test_counts_on_the_command_line_must_be_positive(
         argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
