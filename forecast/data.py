@@ -139,11 +139,13 @@ def _numeric_columns(frame: pd.DataFrame, columns: list[str], source: str) -> pd
 def _resolve_freq(stamps: pd.DatetimeIndex, given: str | None, where: str) -> str:
     if given is not None:
         try:
-            return pd.tseries.frequencies.to_offset(given).freqstr
+            offset = pd.tseries.frequencies.to_offset(given)
         except ValueError:
-            raise DataError(
-                f"data.freq {given!r} is not a pandas frequency; use e.g. 'h', '15min', 'D'"
-            ) from None
+            offset = None
+        if offset is None or offset.n <= 0:  # '0h' parses, then divides by zero downstream
+            raise DataError(f"data.freq {given!r} is not a positive pandas frequency; use e.g. "
+                            "'h', '15min', 'D'")
+        return offset.freqstr
     if len(stamps) < 3:
         raise DataError(f"{where}: too few rows to infer the frequency; set data.freq")
     with pd.option_context("future.infer_freq_returns_offset", True):

@@ -32,12 +32,18 @@ class Bounds:
     test: int
 
 
+def _naive_utc(text: str) -> pd.Timestamp:
+    """A split date as the data's timestamps are held: naive, aware ones converted to UTC."""
+    stamp = pd.Timestamp(text)
+    return stamp if stamp.tz is None else stamp.tz_convert("UTC").tz_localize(None)
+
+
 def split_bounds(stamps: pd.DatetimeIndex, cfg: SplitConfig) -> Bounds:
     """Where each block ends for one series of len(stamps) rows."""
     n = len(stamps)
     if cfg.by == "dates":
         ends = [
-            n if v is None else int(stamps.searchsorted(pd.Timestamp(str(v)), side="left"))
+            n if v is None else int(stamps.searchsorted(_naive_utc(str(v)), side="left"))
             for v in (cfg.train, cfg.val, cfg.test)
         ]
         return Bounds(*ends)

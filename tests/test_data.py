@@ -229,9 +229,10 @@ def test_frequency_given():
     assert series.timestamps[0][1] - series.timestamps[0][0] == pd.Timedelta("15min")
 
 
-def test_bad_frequency_given():
-    with pytest.raises(DataError, match=r"data.freq 'fortnightly' is not a pandas frequency"):
-        load(small_frame(), freq="fortnightly")
+@pytest.mark.parametrize("freq", ["fortnightly", "0h", "-1h"])
+def test_bad_frequency_given(freq):
+    with pytest.raises(DataError, match=rf"data.freq '{freq}' is not a positive pandas frequency"):
+        load(small_frame(), freq=freq)
 
 
 def test_timezone_aware_stamps_become_utc():

@@ -138,6 +138,14 @@ def test_split_bounds_fractions_rows_dates():
     assert split_bounds(stamps, dates) == Bounds(24, 48, 100)
 
 
+def test_split_dates_with_an_offset_are_compared_in_utc():
+    # the data's timestamps are naive UTC (aware ones are converted when read)
+    stamps = pd.date_range("2024-01-01", periods=100, freq="h")
+    dates = SplitConfig(by="dates", train="2024-01-02T02:00+02:00",
+                        val="2024-01-02T12:00-12:00", test=None)
+    assert split_bounds(stamps, dates) == Bounds(24, 48, 100)
+
+
 def test_split_rows_longer_than_series():
     stamps = pd.date_range("2024-01-01", periods=50, freq="h")
     with pytest.raises(DataError, match=r"split asks for 70 rows .* but the series has 50"):
