@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.metrics import ServiceMetrics
@@ -35,6 +36,7 @@ class LimitsAndMetrics:
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.timeout = timeout_s
+        self.too_large = f"request body exceeds {max_body_bytes} bytes (FORECAST_MAX_BODY_BYTES)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,15 +70,16 @@ class LimitsAndMetrics:
                 message = await receive()
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise _TooLarge  # chunked bodies have no Content-Length to check first
+                    # chunked bodies have no Content-Length to check first. FastAPI turns any
+                    # other error while reading the body into 400, but re-raises this one
+                    raise HTTPException(413, self.too_large)
                 return message
 
             await asyncio.wait_for(self.app(scope, limited_receive, send_tracking), self.timeout)
         except _TooLarge:
             if not status["sent"]:
                 status["code"] = 413
-                await _reply(send, 413, f"request body exceeds {self.max_body} bytes "
-                             "(FORECAST_MAX_BODY_BYTES)")
+                await _reply(send, 413, self.too_large)
         except TimeoutError:
             if not status["sent"]:
                 status["code"] = 504

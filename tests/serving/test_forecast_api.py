@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -182,3 +183,11 @@ def test_limits_give_413(make_client: Any) -> None:
     reply = post(small, {"series": [series(400)]})
     assert reply.status_code == 413
     assert "exceeds 20000 bytes" in reply.json()["detail"]
+    # a chunked body has no Content-Length: the limit is enforced while it is read
+    body = orjson.dumps({"series": [series(400)]})
+    chunks = (body[i:i + 4096] for i in range(0, len(body), 4096))
+    reply = small.post("/v1/forecast", content=chunks,
+                       headers={"content-type": "application/json"})
+    assert reply.request.headers.get("transfer-encoding") == "chunked"
+    assert reply.status_code == 413
+    assert reply.json()["detail"] == "request body exceeds 20000 bytes (FORECAST_MAX_BODY_BYTES)"
