@@ -28,7 +28,8 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(16 * 2**20, gt=0, description="Larger bodies get 413.")
     max_series: int = Field(1024, gt=0, description="More series in one request get 413.")
-    request_timeout_s: float = Field(30.0, gt=0, description="Slower requests get 504.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Requests still waiting (on a slow "
+                                     "client's body) after this get 504.")
     reload_interval_s: float = Field(
         30.0, gt=0, description="How often the model alias is resolved again."
     )

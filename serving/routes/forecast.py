@@ -23,6 +23,14 @@ def _error(loc: tuple[Any, ...], msg: str) -> dict[str, Any]:
     return {"loc": ("body", *loc), "msg": msg, "type": "value_error"}
 
 
+def _few(names: list[str], shown: int = 5, width: int = 64) -> str:
+    """At most `shown` names, each cut to `width` characters: a body of a million made-up
+    channel names must not come back as a 10 MB error."""
+    cut = [n if len(n) <= width else n[:width] + "..." for n in names[:shown]]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{cut}{more}"
+
+
 def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp | None,
                                                                     dict[str, Any] | None]:
     """The last timestamp, or an error: unparsable, unsorted, or off the model's frequency."""
@@ -58,7 +66,7 @@ def _histories(body: ForecastRequest, model: LoadedModel) -> tuple[list[np.ndarr
         if missing or unknown:
             errors.append(_error(("series", i, "history"),
                                  f"expected exactly the channels {channels}; missing {missing}, "
-                                 f"unknown {unknown}"))
+                                 f"unknown {_few(unknown)}"))
             continue
         n = len(s.history[channels[0]])
         if n < minimum:

@@ -99,6 +99,11 @@ def _with(mutate: Any) -> dict:
      "missing ['load_3']"),
     (lambda s: s["history"].update(extra=[1.0] * 48), ["body", "series", 0, "history"],
      "unknown ['extra']"),
+    # many made-up channels: five names shown, each cut to 64 characters, and a count
+    (lambda s: s["history"].update({f"x{k:03d}" + "y" * 100: [1.0] * 48 for k in range(300)}),
+     ["body", "series", 0, "history"],
+     "unknown ['x000" + "y" * 60 + "...', 'x001" + "y" * 60 + "...', 'x002" + "y" * 60
+     + "...', 'x003" + "y" * 60 + "...', 'x004" + "y" * 60 + "...'] and 295 more"),
     (lambda s: s["history"]["load_1"].__setitem__(5, "7.5"),
      ["body", "series", 0, "history", "load_1", 5], "valid number"),
     (lambda s: s["history"]["load_1"].__setitem__(5, None),
