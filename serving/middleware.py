@@ -25,10 +25,6 @@ async def _reply(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class LimitsAndMetrics:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int,
                  timeout_s: float) -> None:
@@ -62,7 +58,9 @@ class LimitsAndMetrics:
                 await _reply(send, 400, "invalid Content-Length header")
                 return
             if length > self.max_body:
-                raise _TooLarge
+                status["code"] = 413
+                await _reply(send, 413, self.too_large)
+                return
             received = 0
 
             async def limited_receive() -> Message:
@@ -76,10 +74,6 @@ class LimitsAndMetrics:
                 return message
 
             await asyncio.wait_for(self.app(scope, limited_receive, send_tracking), self.timeout)
-        except _TooLarge:
-            if not status["sent"]:
-                status["code"] = 413
-                await _reply(send, 413, self.too_large)
         except TimeoutError:
             if not status["sent"]:
                 status["code"] = 504

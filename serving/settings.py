@@ -25,7 +25,6 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="If set, /v1/* requires `Authorization: Bearer <token>`."
     )
-
     max_body_bytes: int = Field(16 * 2**20, gt=0, description="Larger bodies get 413.")
     max_series: int = Field(1024, gt=0, description="More series in one request get 413.")
     request_timeout_s: float = Field(30.0, gt=0, description="Requests still waiting (on a slow "
