@@ -8,6 +8,8 @@ windows count by their own scale, exactly as training weighs them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 
 from forecast.model import PatchTransformer
@@ -18,33 +20,62 @@ from forecast.windows import WindowSet
 RIDGE = 1e-3
 
 
+def window_rows(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor,
+                std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One least-squares row per window and channel: features [x - mean, std] [(B*C) x (L+1)]
+    and targets y - mean [(B*C) x H], from x [B x L x C], y [B x H x C], mean/std [B x 1 x C]."""
+    features = torch.cat([x - mean, std], dim=1).transpose(1, 2).reshape(-1, x.shape[1] + 1)
+    return features, (y - mean).transpose(1, 2).reshape(-1, y.shape[1])
+
+
+def normal_equations(
+    rows: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Accumulate F'F and F'T (float64) over batches of (features, targets); also the row count."""
+    gram = cross = None
+    count = 0
+    for features, targets in rows:
+        features, targets = features.double(), targets.double()
+        if gram is None:
+            gram, cross = features.T @ features, features.T @ targets
+        else:
+            gram += features.T @ features
+            cross += features.T @ targets
+        count += len(features)
+    if gram is None:
+        raise ValueError("no windows to fit the linear skip on")
+    return gram, cross, count
+
+
+def solve(gram: torch.Tensor, cross: torch.Tensor, count: int,
+          ridge: float = RIDGE) -> torch.Tensor:
+    """Ridge solution [P x H]; the last feature (the bias, scaled by std) is not shrunk."""
+    penalty = torch.full((len(gram),), ridge * count, dtype=gram.dtype)
+    penalty[-1] = 0.0
+    return torch.linalg.solve(gram + torch.diag(penalty), cross)
+
+
 @torch.no_grad()
 def fit_linear_skip(model: PatchTransformer, train: WindowSet, batch_size: int = 1024) -> int:
     """Solve the skip in closed form and zero the head; returns windows used. (A model built
     with model.skip_fit 'least_squares' has its skip frozen, so training leaves it as solved.)"""
     if model.skip is None:
         raise ValueError("the model has no linear skip (model.linear_skip is false)")
-    L, H = model.lookback, model.horizon
-    gram = torch.zeros(L + 1, L + 1, dtype=torch.float64)
-    cross = torch.zeros(L + 1, H, dtype=torch.float64)
-    rows = 0
-    for x, y in train.batches(batch_size):
-        x, y = x.double(), y.double()  # [B x L x C], [B x H x C]
-        if model.revin is not None:  # the statistics the forward pass normalises with
-            mean, std = model.revin.statistics(x, torch.ones_like(x[:, :, :1]))  # [B x 1 x C]
-        else:
-            mean, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
-        # one row per window and channel: [(B*C) x (L+1)] features, [(B*C) x H] targets
-        features = torch.cat([x - mean, std], dim=1).transpose(1, 2).reshape(-1, L + 1)
-        targets = (y - mean).transpose(1, 2).reshape(-1, H)
-        gram += features.T @ features
-        cross += features.T @ targets
-        rows += len(features)
-    penalty = torch.full((L + 1,), RIDGE * rows, dtype=torch.float64)
-    penalty[L] = 0.0  # the bias is not shrunk
-    solution = torch.linalg.solve(gram + torch.diag(penalty), cross)  # [(L+1) x H]
+
+    def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in train.batches(batch_size):
+            x, y = x.double(), y.double()  # [B x L x C], [B x H x C]
+            if model.revin is not None:  # the statistics the forward pass normalises with
+                mean, std = model.revin.statistics(x, torch.ones_like(x[:, :, :1]))
+            else:
+                mean, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
+            yield window_rows(x, y, mean, std)
+
+    gram, cross, count = normal_equations(rows())
+    solution = solve(gram, cross, count)  # [(L+1) x H]
+    L = model.lookback
     model.skip.weight.copy_(solution[:L].T)
     model.skip.bias.copy_(solution[L])
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
-    return rows // train.n_channels
+    return count // train.n_channels

@@ -1,0 +1,201 @@
+"""Validation checks of the least-squares linear skip alone (the shipped models' "epoch 0").
+
+Every figure is the validation MSE (scaled values, all windows) of a linear forecast solved in
+closed form on the training windows, as `forecast/skip_fit.py` solves the model's skip. The
+README's benchmark section quotes these figures for variants of the fit that were checked and
+not shipped; the test block is never read.
+
+    python benchmarks/linear_checks.py --dataset ETTh1 --horizon 336 --check ridge
+    python benchmarks/linear_checks.py --dataset ETTh2 --horizon 720 --check band
+    python benchmarks/linear_checks.py --dataset ETTh1 --horizon 336 --check per-channel \\
+        --train-rows 5760                       # fold 2: validate on rows 5760-8640
+
+Checks (each row against "shipped", the fit as the model does it: ridge 1e-3, one map shared
+by all channels, rows weighted by their own scale, full-rank lookback):
+  ridge         the ridge strength (--ridges)
+  band          the lookback projected onto its K lowest Fourier frequencies (--bands)
+  per-channel   a separate map per channel (--ridges)
+  equal-weight  the loss on RevIN-normalised values, so every window counts equally (--ridges)
+  lookbacks     the average of the forecasts fitted at each of --lookbacks, every combination
+                (scored on the windows the longest lookback leaves)
+Prints a table, then one JSON line: a list of {check, lookback, variant, val_mse}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.etth import DATASETS, HORIZONS, config_for  # noqa: E402
+from forecast.config import load_config  # noqa: E402
+from forecast.model import RevIN  # noqa: E402
+from forecast.runner import load_data  # noqa: E402
+from forecast.skip_fit import RIDGE, normal_equations, solve, window_rows  # noqa: E402
+from forecast.windows import Prepared, WindowSet, prepare  # noqa: E402
+
+CHECKS = ("ridge", "band", "per-channel", "equal-weight", "lookbacks")
+Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def prepared(dataset: str, horizon: int, lookback: int, train_rows: int,
+             data_dir: Path) -> Prepared:
+    """The shipped config's data and split, with the lookback and training rows given (the
+    validation block is the 2880 rows after the training rows)."""
+    cfg = load_config(config_for(dataset, horizon), [
+        f"data.path={data_dir / (dataset + '.csv')}", f"windows.horizon={horizon}",
+        f"windows.lookback={lookback}", f"split.train={train_rows}"])
+    return prepare(load_data(cfg), cfg.split, cfg.windows)
+
+
+def statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std RevIN normalises each window with, [B x 1 x C]."""
+    return RevIN(x.shape[2]).statistics(x, torch.ones_like(x[:, :, :1]))
+
+
+def batches(windows: WindowSet, lookback: int, channel: int | None = None) -> Batches:
+    """float64 (x, y) batches: the last `lookback` steps, optionally one channel only."""
+    keep = slice(None) if channel is None else slice(channel, channel + 1)
+
+    def each() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in windows.batches(1024):
+            yield x[:, -lookback:, keep].double(), y[:, :, keep].double()
+    return each
+
+
+def batch_rows(x: torch.Tensor, y: torch.Tensor, equal_weight: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares rows of one batch, with the mean and std that turn them back into values."""
+    mean, std = statistics(x)
+    if equal_weight:  # [(x - mean) / std, 1] -> (y - mean) / std
+        return *window_rows(x / std, y / std, mean / std, torch.ones_like(std)), mean, std
+    return *window_rows(x, y, mean, std), mean, std
+
+
+def rows(data: Batches, equal_weight: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for x, y in data():
+        yield batch_rows(x, y, equal_weight)[:2]
+
+
+def forecasts(data: Batches, solution: torch.Tensor, equal_weight: bool = False) -> torch.Tensor:
+    """Forecasts [N x H x C] of the solved map on every window of `data`."""
+    out = []
+    for x, y in data():
+        features, _, mean, std = batch_rows(x, y, equal_weight)
+        pred = (features @ solution).reshape(len(x), x.shape[2], -1).transpose(1, 2)
+        out.append(pred * std + mean if equal_weight else pred + mean)
+    return torch.cat(out)
+
+
+def mse(pred: torch.Tensor, data: Batches) -> float:
+    target = torch.cat([y for _, y in data()])
+    return float(((pred - target) ** 2).mean())
+
+
+def fourier_basis(lookback: int, k: int) -> torch.Tensor:
+    """Orthonormal basis [L x (2k-1)] of the k lowest frequencies (the constant included)."""
+    t = torch.arange(lookback, dtype=torch.float64)
+    columns = [torch.ones(lookback, dtype=torch.float64)]
+    for f in range(1, k):
+        columns += [torch.cos(2 * math.pi * f * t / lookback),
+                    torch.sin(2 * math.pi * f * t / lookback)]
+    return torch.linalg.qr(torch.stack(columns, 1))[0]
+
+
+def band_limited(gram: torch.Tensor, cross: torch.Tensor, count: int, k: int) -> torch.Tensor:
+    """The ridge solution with the lookback restricted to its k lowest frequencies, mapped back
+    to the full [(L+1) x H] features (the bias column passes through)."""
+    lookback = len(gram) - 1
+    embed = torch.block_diag(fourier_basis(lookback, k), torch.ones(1, 1, dtype=torch.float64))
+    return embed @ solve(embed.T @ gram @ embed, embed.T @ cross, count)
+
+
+def run_check(check: str, args: argparse.Namespace) -> list[dict]:
+    results = []
+
+    def record(lookback: int, variant: str, value: float) -> None:
+        results.append({"check": check, "lookback": lookback, "variant": variant,
+                        "val_mse": round(value, 4)})
+
+    if check == "lookbacks":
+        longest = max(args.lookbacks)
+        data = prepared(args.dataset, args.horizon, longest, args.train_rows, args.data_dir)
+        train, val = data.windows("train"), data.windows("val")
+        preds = {L: forecasts(batches(val, L), solve(*normal_equations(rows(batches(train, L)))))
+                 for L in args.lookbacks}
+        for r in range(1, len(args.lookbacks) + 1):
+            for combo in itertools.combinations(args.lookbacks, r):
+                average = sum(preds[L] for L in combo) / len(combo)
+                record(longest, "+".join(map(str, combo)), mse(average, batches(val, longest)))
+        return results
+    for lookback in args.lookbacks:
+        data = prepared(args.dataset, args.horizon, lookback, args.train_rows, args.data_dir)
+        train = batches(data.windows("train"), lookback)
+        val = batches(data.windows("val"), lookback)
+        gram, cross, count = normal_equations(rows(train))
+        record(lookback, "shipped", mse(forecasts(val, solve(gram, cross, count)), val))
+        if check == "ridge":
+            for ridge in (r for r in args.ridges if r != RIDGE):  # RIDGE is "shipped"
+                record(lookback, f"ridge {ridge:g}",
+                       mse(forecasts(val, solve(gram, cross, count, ridge)), val))
+        elif check == "band":
+            for k in args.bands:
+                solution = band_limited(gram, cross, count, k)
+                record(lookback, f"K={k}", mse(forecasts(val, solution), val))
+        elif check == "equal-weight":
+            equal = normal_equations(rows(train, equal_weight=True))
+            for ridge in args.ridges:
+                record(lookback, f"equal weight, ridge {ridge:g}",
+                       mse(forecasts(val, solve(*equal, ridge), equal_weight=True), val))
+        elif check == "per-channel":
+            for ridge in args.ridges:
+                per = []
+                for c in range(data.n_channels):
+                    train_c = batches(data.windows("train"), lookback, c)
+                    per.append(forecasts(batches(data.windows("val"), lookback, c),
+                                         solve(*normal_equations(rows(train_c)), ridge)))
+                record(lookback, f"per channel, ridge {ridge:g}", mse(torch.cat(per, 2), val))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=DATASETS, required=True)
+    parser.add_argument("--horizon", type=int, choices=HORIZONS, required=True)
+    parser.add_argument("--check", choices=CHECKS, required=True)
+    parser.add_argument("--lookbacks", type=int, nargs="+", default=[336, 512, 720])
+    parser.add_argument("--ridges", type=float, nargs="+",
+                        default=[RIDGE, 1e-2, 1e-1, 1.0, 10.0, 30.0])
+    parser.add_argument("--bands", type=int, nargs="+", default=[20, 60, 120],
+                        help="K: frequencies kept (band check)")
+    parser.add_argument("--train-rows", type=int, default=8640,
+                        help="training rows; validation is the 2880 after them (5760: fold 2)")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    args = parser.parse_args()
+    if any(L <= 0 or L > 720 for L in args.lookbacks):
+        parser.error("--lookbacks: each must be between 1 and 720 (the protocol's limit)")
+    if args.train_rows not in (5760, 8640):
+        parser.error("--train-rows: 8640 (the benchmark's validation block) or 5760 (fold 2)")
+    if args.check == "band" and any(k < 1 or 2 * k - 1 > min(args.lookbacks) for k in args.bands):
+        parser.error("--bands: each K must be at least 1 and leave 2K-1 <= the lookback")
+    torch.set_num_threads(1)
+    results = run_check(args.check, args)
+    val_rows = f"{args.train_rows}-{args.train_rows + 2880}"
+    print(f"{args.dataset} H={args.horizon}, validation rows {val_rows}, check {args.check}")
+    print(f"{'L':>5}  {'variant':<32} {'val MSE':>8}")
+    for r in results:
+        print(f"{r['lookback']:>5}  {r['variant']:<32} {r['val_mse']:>8.4f}")
+    print(json.dumps([{"dataset": args.dataset, "horizon": args.horizon, "val_rows": val_rows, **r}
+                      for r in results]))
+
+
+if __name__ == "__main__":
+    main()

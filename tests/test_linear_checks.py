@@ -1,0 +1,112 @@
+"""benchmarks/linear_checks.py: its "shipped" row is the model's own least-squares skip, and each
+variant reduces to it where it must."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from forecast.config import load_config
+from forecast.model import build_model
+from forecast.runner import load_data
+from forecast.skip_fit import fit_linear_skip, normal_equations, solve
+from forecast.synthetic import synthetic_frame
+from forecast.train import validation_loss
+from forecast.windows import prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "linear_checks.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("linear_checks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("etth")
+    synthetic_frame(n_rows=14400, n_channels=7, seed=5).to_csv(folder / "ETTh1.csv", index=False)
+    return folder
+
+
+def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--dataset", "ETTh1", "--horizon", "96",
+                           "--data-dir", str(data_dir), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def rows_of(proc: subprocess.CompletedProcess) -> dict[tuple[int, str], float]:
+    assert proc.returncode == 0, proc.stderr
+    return {(r["lookback"], r["variant"]): r["val_mse"]
+            for r in json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def test_shipped_row_is_the_models_least_squares_forecast(data_dir: Path) -> None:
+    result = rows_of(run(data_dir, "--check", "ridge", "--lookbacks", "48", "--ridges", "1"))
+    cfg = load_config(ROOT / "pipelines" / "configs" / "etth1.yaml", [
+        f"data.path={data_dir / 'ETTh1.csv'}", "windows.lookback=48", "windows.horizon=96"])
+    prepared = prepare(load_data(cfg), cfg.split, cfg.windows)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 48, 96, prepared.n_channels)
+    fit_linear_skip(model, prepared.windows("train"))
+    mse = validation_loss(model, prepared.windows("val"), 512,
+                          torch.nn.functional.mse_loss, torch.device("cpu"))
+    assert result[(48, "shipped")] == pytest.approx(mse, abs=2e-4)
+    # --ridges reaches the solve
+    assert result[(48, "ridge 1")] != result[(48, "shipped")]
+
+
+def test_lookback_average_rows_and_single_lookbacks_agree(data_dir: Path) -> None:
+    shipped = rows_of(run(data_dir, "--check", "ridge", "--lookbacks", "64", "--ridges", "1"))
+    combos = rows_of(run(data_dir, "--check", "lookbacks", "--lookbacks", "32", "64"))
+    assert set(combos) == {(64, "32"), (64, "64"), (64, "32+64")}
+    # the longest lookback alone is scored on the same windows as the plain fit at that lookback
+    assert combos[(64, "64")] == pytest.approx(shipped[(64, "shipped")], abs=1e-4)
+
+
+def test_full_band_is_the_full_rank_fit() -> None:
+    script = load_script()
+    # 2K - 1 = L frequencies span every lookback: an orthonormal change of basis, which
+    # leaves the ridge solution unchanged
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 10, dtype=torch.float64, generator=gen)
+    targets = torch.randn(400, 3, dtype=torch.float64, generator=gen)
+    gram, cross, count = normal_equations([(features, targets)])
+    full = solve(gram, cross, count)
+    assert torch.allclose(script.band_limited(gram, cross, count, k=5), full, atol=1e-10)
+    narrow = script.band_limited(gram, cross, count, k=2)
+    assert not torch.allclose(narrow, full, atol=1e-3)
+    basis = script.fourier_basis(9, 3)
+    assert basis.shape == (9, 5)
+    assert torch.allclose(basis.T @ basis, torch.eye(5, dtype=torch.float64), atol=1e-12)
+
+
+def test_per_channel_maps_equal_the_shared_map_when_channels_are_copies(tmp_path: Path) -> None:
+    frame = synthetic_frame(n_rows=14400, n_channels=1, seed=2)
+    value = [c for c in frame.columns if c != "date"][0]
+    frame["copy"] = frame[value] * 3.0 + 1.0  # the same series after per-column scaling
+    frame.to_csv(tmp_path / "ETTh1.csv", index=False)
+    result = rows_of(run(tmp_path, "--check", "per-channel", "--lookbacks", "48",
+                         "--ridges", "0.001"))
+    assert result[(48, "per channel, ridge 0.001")] == pytest.approx(
+        result[(48, "shipped")], abs=1e-4)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--check", "ridge", "--lookbacks", "800"], "--lookbacks"),
+    (["--check", "ridge", "--train-rows", "1000"], "--train-rows"),
+    (["--check", "band", "--lookbacks", "48", "--bands", "30"], "--bands"),
+])
+def test_bad_arguments_are_refused_by_name(data_dir: Path, args: list[str], named: str) -> None:
+    proc = run(data_dir, *args)
+    assert proc.returncode == 2
+    assert named in proc.stderr
