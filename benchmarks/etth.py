@@ -62,6 +62,13 @@ def config_for(dataset: str, horizon: int) -> Path:
     return specific if specific.is_file() else generic
 
 
+def require_data(data_dir: Path, datasets: list[str] | tuple[str, ...]) -> None:
+    """Exit with a message naming the file and the flag when a dataset's CSV is missing."""
+    for name in datasets:
+        if not (data_dir / f"{name}.csv").is_file():
+            raise SystemExit(f"{data_dir / (name + '.csv')} not found; pass --data-dir")
+
+
 def run_cell(dataset: str, horizon: int, seed: int, data_dir: Path, out_dir: Path,
              extra: list[str]) -> dict:
     """Train and score one (dataset, horizon, seed) in this process; return its figures."""
@@ -176,9 +183,7 @@ def main() -> None:
                    help="trainings run at once, sharing the cores (default 1, at most the cores)")
     p.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    for name in args.dataset or DATASETS:
-        if not (args.data_dir / f"{name}.csv").is_file():
-            raise SystemExit(f"{args.data_dir / (name + '.csv')} not found; pass --data-dir")
+    require_data(args.data_dir, args.dataset or DATASETS)
 
     if args.cell:  # child process: one seed of one cell
         print(json.dumps(run_cell(args.dataset[0], args.horizon[0], args.seeds[0],

@@ -35,8 +35,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.etth import DATASETS, HORIZONS, config_for  # noqa: E402
+from benchmarks.etth import DATASETS, HORIZONS, config_for, require_data  # noqa: E402
 from forecast.config import load_config  # noqa: E402
+from forecast.errors import ForecastError  # noqa: E402
 from forecast.model import RevIN  # noqa: E402
 from forecast.runner import load_data  # noqa: E402
 from forecast.skip_fit import RIDGE, normal_equations, solve, window_rows  # noqa: E402
@@ -95,8 +96,11 @@ def forecasts(data: Batches, solution: torch.Tensor, equal_weight: bool = False)
     return torch.cat(out)
 
 
-def mse(pred: torch.Tensor, data: Batches) -> float:
-    target = torch.cat([y for _, y in data()])
+def targets(data: Batches) -> torch.Tensor:
+    return torch.cat([y for _, y in data()])
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(((pred - target) ** 2).mean())
 
 
@@ -131,38 +135,40 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
         train, val = data.windows("train"), data.windows("val")
         preds = {L: forecasts(batches(val, L), solve(*normal_equations(rows(batches(train, L)))))
                  for L in args.lookbacks}
+        target = targets(batches(val, longest))
         for r in range(1, len(args.lookbacks) + 1):
             for combo in itertools.combinations(args.lookbacks, r):
                 average = sum(preds[L] for L in combo) / len(combo)
-                record(longest, "+".join(map(str, combo)), mse(average, batches(val, longest)))
+                record(longest, "+".join(map(str, combo)), mse(average, target))
         return results
     for lookback in args.lookbacks:
         data = prepared(args.dataset, args.horizon, lookback, args.train_rows, args.data_dir)
         train = batches(data.windows("train"), lookback)
         val = batches(data.windows("val"), lookback)
+        target = targets(val)
         gram, cross, count = normal_equations(rows(train))
-        record(lookback, "shipped", mse(forecasts(val, solve(gram, cross, count)), val))
+        record(lookback, "shipped", mse(forecasts(val, solve(gram, cross, count)), target))
         if check == "ridge":
             for ridge in (r for r in args.ridges if r != RIDGE):  # RIDGE is "shipped"
                 record(lookback, f"ridge {ridge:g}",
-                       mse(forecasts(val, solve(gram, cross, count, ridge)), val))
+                       mse(forecasts(val, solve(gram, cross, count, ridge)), target))
         elif check == "band":
             for k in args.bands:
                 solution = band_limited(gram, cross, count, k)
-                record(lookback, f"K={k}", mse(forecasts(val, solution), val))
+                record(lookback, f"K={k}", mse(forecasts(val, solution), target))
         elif check == "equal-weight":
             equal = normal_equations(rows(train, equal_weight=True))
             for ridge in args.ridges:
                 record(lookback, f"equal weight, ridge {ridge:g}",
-                       mse(forecasts(val, solve(*equal, ridge), equal_weight=True), val))
+                       mse(forecasts(val, solve(*equal, ridge), equal_weight=True), target))
         elif check == "per-channel":
+            channels = range(data.n_channels)
+            systems = [normal_equations(rows(batches(data.windows("train"), lookback, c)))
+                       for c in channels]
             for ridge in args.ridges:
-                per = []
-                for c in range(data.n_channels):
-                    train_c = batches(data.windows("train"), lookback, c)
-                    per.append(forecasts(batches(data.windows("val"), lookback, c),
-                                         solve(*normal_equations(rows(train_c)), ridge)))
-                record(lookback, f"per channel, ridge {ridge:g}", mse(torch.cat(per, 2), val))
+                per = [forecasts(batches(data.windows("val"), lookback, c),
+                                 solve(*systems[c], ridge)) for c in channels]
+                record(lookback, f"per channel, ridge {ridge:g}", mse(torch.cat(per, 2), target))
     return results
 
 
@@ -186,8 +192,15 @@ def main() -> None:
         parser.error("--train-rows: 8640 (the benchmark's validation block) or 5760 (fold 2)")
     if args.check == "band" and any(k < 1 or 2 * k - 1 > min(args.lookbacks) for k in args.bands):
         parser.error("--bands: each K must be at least 1 and leave 2K-1 <= the lookback")
+    if any(not math.isfinite(r) or r < 0 for r in args.ridges):
+        parser.error("--ridges: each must be a finite number >= 0 (the shipped fit uses 1e-3)")
+    require_data(args.data_dir, [args.dataset])
     torch.set_num_threads(1)
-    results = run_check(args.check, args)
+    try:
+        results = run_check(args.check, args)
+    except ForecastError as exc:  # a malformed data file: its message names it and the fix
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     val_rows = f"{args.train_rows}-{args.train_rows + 2880}"
     print(f"{args.dataset} H={args.horizon}, validation rows {val_rows}, check {args.check}")
     print(f"{'L':>5}  {'variant':<32} {'val MSE':>8}")

@@ -105,8 +105,25 @@ def test_per_channel_maps_equal_the_shared_map_when_channels_are_copies(tmp_path
     (["--check", "ridge", "--lookbacks", "800"], "--lookbacks"),
     (["--check", "ridge", "--train-rows", "1000"], "--train-rows"),
     (["--check", "band", "--lookbacks", "48", "--bands", "30"], "--bands"),
+    (["--check", "ridge", "--ridges", "nan"], "--ridges"),
+    (["--check", "ridge", "--ridges", "-1"], "--ridges"),
 ])
 def test_bad_arguments_are_refused_by_name(data_dir: Path, args: list[str], named: str) -> None:
     proc = run(data_dir, *args)
     assert proc.returncode == 2
     assert named in proc.stderr
+
+
+def test_missing_data_file_names_the_path_and_the_flag(tmp_path: Path) -> None:
+    proc = run(tmp_path, "--check", "ridge")
+    assert proc.returncode == 1
+    assert f"{tmp_path / 'ETTh1.csv'} not found; pass --data-dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_malformed_data_file_gets_the_data_error_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "ETTh1.csv").write_text("date,a\nnot a date,1\n")
+    proc = run(tmp_path, "--check", "ridge", "--lookbacks", "48")
+    assert proc.returncode == 3  # DataError's exit code
+    assert proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
