@@ -18,6 +18,11 @@ by all channels, rows weighted by their own scale, full-rank lookback):
   equal-weight  the loss on RevIN-normalised values, so every window counts equally (--ridges)
   lookbacks     the average of the forecasts fitted at each of --lookbacks, every combination
                 (scored on the windows the longest lookback leaves)
+  robust        Huber-weighted rows by iteratively reweighted least squares: a row (one window
+                of one channel) weighs min(1, delta / its RMS residual), 3 reweightings
+                (--deltas, scaled units)
+  recency       rows weighted 0.5 ** (age / half-life), age in rows from the last training
+                window (--half-lives)
 Prints a table, then one JSON line: a list of {check, lookback, variant, val_mse}.
 """
 
@@ -43,8 +48,12 @@ from forecast.runner import load_data  # noqa: E402
 from forecast.skip_fit import RIDGE, normal_equations, solve, window_rows  # noqa: E402
 from forecast.windows import Prepared, WindowSet, prepare  # noqa: E402
 
-CHECKS = ("ridge", "band", "per-channel", "equal-weight", "lookbacks")
+CHECKS = ("ridge", "band", "per-channel", "equal-weight", "lookbacks", "robust", "recency")
+IRLS_STEPS = 3
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+# weight of each least-squares row, from (features, targets, index of the batch's first window,
+# channels)
+RowWeight = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 
 def prepared(dataset: str, horizon: int, lookback: int, train_rows: int,
@@ -84,6 +93,50 @@ def batch_rows(x: torch.Tensor, y: torch.Tensor, equal_weight: bool = False
 def rows(data: Batches, equal_weight: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for x, y in data():
         yield batch_rows(x, y, equal_weight)[:2]
+
+
+def weighted_fit(data: Batches, weight: RowWeight) -> torch.Tensor:
+    """The ridge solution with each row's squared error multiplied by its weight (the ridge is
+    per unit of total weight, as the unweighted fit's is per row)."""
+    total = 0.0
+
+    def weighted() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        nonlocal total
+        start = 0
+        for x, y in data():
+            features, target = batch_rows(x, y)[:2]
+            w = weight(features, target, start, x.shape[2])
+            total += float(w.sum())
+            start += len(x)
+            yield features * w.sqrt()[:, None], target * w.sqrt()[:, None]
+
+    gram, cross, _ = normal_equations(weighted())
+    return solve(gram, cross, round(total))
+
+
+def robust_fit(data: Batches, delta: float) -> torch.Tensor:
+    """Huber regression over rows by iteratively reweighted least squares, from the plain fit."""
+    solution = solve(*normal_equations(rows(data)))
+    for _ in range(IRLS_STEPS):
+        def huber(features: torch.Tensor, target: torch.Tensor, _start: int, _channels: int,
+                  fitted: torch.Tensor = solution) -> torch.Tensor:
+            rms = ((features @ fitted - target) ** 2).mean(1).sqrt()
+            return (delta / rms.clamp_min(1e-12)).clamp(max=1.0)
+        solution = weighted_fit(data, huber)
+    return solution
+
+
+def recency_weights(n_rows: int, start: int, channels: int, n_windows: int,
+                    half_life: float) -> torch.Tensor:
+    """0.5 ** (age / half_life) for rows window-major from window `start`; windows come in time
+    order, one row apart, so a window's age is its distance from the last one."""
+    index = start + torch.arange(n_rows, dtype=torch.float64) // channels
+    return 0.5 ** ((n_windows - 1 - index) / half_life)
+
+
+def recency_fit(data: Batches, n_windows: int, half_life: float) -> torch.Tensor:
+    return weighted_fit(data, lambda features, _target, start, channels: recency_weights(
+        len(features), start, channels, n_windows, half_life))
 
 
 def forecasts(data: Batches, solution: torch.Tensor, equal_weight: bool = False) -> torch.Tensor:
@@ -169,6 +222,15 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
                 per = [forecasts(batches(data.windows("val"), lookback, c),
                                  solve(*systems[c], ridge)) for c in channels]
                 record(lookback, f"per channel, ridge {ridge:g}", mse(torch.cat(per, 2), target))
+        elif check == "robust":
+            for delta in args.deltas:
+                record(lookback, f"Huber rows, delta {delta:g}",
+                       mse(forecasts(val, robust_fit(train, delta)), target))
+        elif check == "recency":
+            n_windows = len(data.windows("train"))
+            for half_life in args.half_lives:
+                record(lookback, f"half-life {half_life:g} rows",
+                       mse(forecasts(val, recency_fit(train, n_windows, half_life)), target))
     return results
 
 
@@ -182,6 +244,10 @@ def main() -> None:
                         default=[RIDGE, 1e-2, 1e-1, 1.0, 10.0, 30.0])
     parser.add_argument("--bands", type=int, nargs="+", default=[20, 60, 120],
                         help="K: frequencies kept (band check)")
+    parser.add_argument("--deltas", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                        help="Huber thresholds on a row's RMS residual (robust check)")
+    parser.add_argument("--half-lives", type=float, nargs="+", default=[1440, 2880, 5760],
+                        help="rows after which a training window's weight halves (recency check)")
     parser.add_argument("--train-rows", type=int, default=8640,
                         help="training rows; validation is the 2880 after them (5760: fold 2)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -194,6 +260,10 @@ def main() -> None:
         parser.error("--bands: each K must be at least 1 and leave 2K-1 <= the lookback")
     if any(not math.isfinite(r) or r < 0 for r in args.ridges):
         parser.error("--ridges: each must be a finite number >= 0 (the shipped fit uses 1e-3)")
+    if any(not math.isfinite(d) or d <= 0 for d in args.deltas):
+        parser.error("--deltas: each must be a finite number > 0")
+    if any(not math.isfinite(h) or h <= 0 for h in args.half_lives):
+        parser.error("--half-lives: each must be a finite number of rows > 0")
     require_data(args.data_dir, [args.dataset])
     torch.set_num_threads(1)
     try:

@@ -101,12 +101,67 @@ def test_per_channel_maps_equal_the_shared_map_when_channels_are_copies(tmp_path
         result[(48, "shipped")], abs=1e-4)
 
 
+def regression_batches(n_windows: int, outliers: bool = False):
+    """float64 (x, y) batches of n_windows windows [B x 8 x 2] -> [B x 3 x 2]: y is a fixed
+    linear map of x (plus, optionally, gross errors on every 10th window)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n_windows, 8, 2, dtype=torch.float64, generator=gen) + 5.0
+    y = torch.einsum("blc,lh->bhc", x - x.mean(1, keepdim=True),
+                     torch.randn(8, 3, dtype=torch.float64, generator=gen))
+    y = y + x.mean(1, keepdim=True)
+    if outliers:
+        y[::10] += 50.0 * torch.randn(len(y[::10]), 3, 2, dtype=torch.float64, generator=gen)
+
+    def each():
+        for start in range(0, n_windows, 64):  # several batches, so window indices carry over
+            yield x[start:start + 64], y[start:start + 64]
+    return each
+
+
+def test_unit_weights_reproduce_the_plain_fit() -> None:
+    script = load_script()
+    data = regression_batches(300)
+    plain = solve(*normal_equations(script.rows(data)))
+    ones = script.weighted_fit(data, lambda f, t, start, c: torch.ones(len(f), dtype=f.dtype))
+    assert torch.allclose(ones, plain, atol=1e-10)
+    # an infinite half-life and a threshold no residual reaches are unit weights
+    assert torch.allclose(script.recency_fit(data, 300, float("inf")), plain, atol=1e-10)
+    assert torch.allclose(script.robust_fit(data, 1e9), plain, atol=1e-10)
+
+
+def test_recency_weights_follow_the_half_life() -> None:
+    script = load_script()
+    seen = []
+
+    def record(features, target, start, channels):
+        w = script.recency_weights(len(features), start, channels, n_windows=130, half_life=10.0)
+        seen.append(w)
+        return w
+    script.weighted_fit(regression_batches(130), record)
+    weights = torch.cat(seen)
+    assert len(weights) == 130 * 2  # one row per window and channel
+    assert weights[-1] == 1.0 and weights[-2] == 1.0  # the last window, both channels
+    assert weights[-21] == pytest.approx(0.5)  # 10 windows earlier: half
+    assert weights[0] == pytest.approx(0.5 ** 12.9)  # the first of 130 windows
+
+
+def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
+    script = load_script()
+    dirty, clean = regression_batches(600, outliers=True), regression_batches(600)
+    truth = solve(*normal_equations(script.rows(clean)))
+    plain = solve(*normal_equations(script.rows(dirty)))
+    robust = script.robust_fit(dirty, 1.0)
+    assert (robust - truth).abs().max() < 0.2 * (plain - truth).abs().max()
+
+
 @pytest.mark.parametrize("args, named", [
     (["--check", "ridge", "--lookbacks", "800"], "--lookbacks"),
     (["--check", "ridge", "--train-rows", "1000"], "--train-rows"),
     (["--check", "band", "--lookbacks", "48", "--bands", "30"], "--bands"),
     (["--check", "ridge", "--ridges", "nan"], "--ridges"),
     (["--check", "ridge", "--ridges", "-1"], "--ridges"),
+    (["--check", "robust", "--deltas", "0"], "--deltas"),
+    (["--check", "recency", "--half-lives", "-5"], "--half-lives"),
 ])
 def test_bad_arguments_are_refused_by_name(data_dir: Path, args: list[str], named: str) -> None:
     proc = run(data_dir, *args)
