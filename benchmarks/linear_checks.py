@@ -18,9 +18,9 @@ by all channels, rows weighted by their own scale, full-rank lookback):
   equal-weight  the loss on RevIN-normalised values, so every window counts equally (--ridges)
   lookbacks     the average of the forecasts fitted at each of --lookbacks, every combination
                 (scored on the windows the longest lookback leaves)
-  robust        Huber-weighted rows by iteratively reweighted least squares: a row (one window
-                of one channel) weighs min(1, delta / its RMS residual), 3 reweightings
-                (--deltas, scaled units)
+  robust        Huber-weighted rows (model.skip_huber_delta): a row (one window of one channel)
+                weighs min(1, delta / its RMS residual), by iteratively reweighted least
+                squares (--deltas, scaled units)
   recency       rows weighted 0.5 ** (age / half-life), age in rows from the last training
                 window (--half-lives)
 Prints a table, then one JSON line: a list of {check, lookback, variant, val_mse}.
@@ -29,6 +29,7 @@ Prints a table, then one JSON line: a list of {check, lookback, variant, val_mse
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -45,15 +46,11 @@ from forecast.config import load_config  # noqa: E402
 from forecast.errors import ForecastError  # noqa: E402
 from forecast.model import RevIN  # noqa: E402
 from forecast.runner import load_data  # noqa: E402
-from forecast.skip_fit import RIDGE, normal_equations, solve, window_rows  # noqa: E402
+from forecast.skip_fit import RIDGE, huber_solve, normal_equations, solve, window_rows  # noqa: E402
 from forecast.windows import Prepared, WindowSet, prepare  # noqa: E402
 
 CHECKS = ("ridge", "band", "per-channel", "equal-weight", "lookbacks", "robust", "recency")
-IRLS_STEPS = 3
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
-# weight of each least-squares row, from (features, targets, index of the batch's first window,
-# channels)
-RowWeight = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 
 def prepared(dataset: str, horizon: int, lookback: int, train_rows: int,
@@ -95,37 +92,6 @@ def rows(data: Batches, equal_weight: bool = False) -> Iterator[tuple[torch.Tens
         yield batch_rows(x, y, equal_weight)[:2]
 
 
-def weighted_fit(data: Batches, weight: RowWeight) -> torch.Tensor:
-    """The ridge solution with each row's squared error multiplied by its weight (the ridge is
-    per unit of total weight, as the unweighted fit's is per row)."""
-    total = 0.0
-
-    def weighted() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        nonlocal total
-        start = 0
-        for x, y in data():
-            features, target = batch_rows(x, y)[:2]
-            w = weight(features, target, start, x.shape[2])
-            total += float(w.sum())
-            start += len(x)
-            yield features * w.sqrt()[:, None], target * w.sqrt()[:, None]
-
-    gram, cross, _ = normal_equations(weighted())
-    return solve(gram, cross, round(total))
-
-
-def robust_fit(data: Batches, delta: float) -> torch.Tensor:
-    """Huber regression over rows by iteratively reweighted least squares, from the plain fit."""
-    solution = solve(*normal_equations(rows(data)))
-    for _ in range(IRLS_STEPS):
-        def huber(features: torch.Tensor, target: torch.Tensor, _start: int, _channels: int,
-                  fitted: torch.Tensor = solution) -> torch.Tensor:
-            rms = ((features @ fitted - target) ** 2).mean(1).sqrt()
-            return (delta / rms.clamp_min(1e-12)).clamp(max=1.0)
-        solution = weighted_fit(data, huber)
-    return solution
-
-
 def recency_weights(n_rows: int, start: int, channels: int, n_windows: int,
                     half_life: float) -> torch.Tensor:
     """0.5 ** (age / half_life) for rows window-major from window `start`; windows come in time
@@ -134,9 +100,15 @@ def recency_weights(n_rows: int, start: int, channels: int, n_windows: int,
     return 0.5 ** ((n_windows - 1 - index) / half_life)
 
 
-def recency_fit(data: Batches, n_windows: int, half_life: float) -> torch.Tensor:
-    return weighted_fit(data, lambda features, _target, start, channels: recency_weights(
-        len(features), start, channels, n_windows, half_life))
+def recency_fit(data: Batches, n_windows: int, channels: int, half_life: float) -> torch.Tensor:
+    seen = 0  # windows already weighted: the rows come in time order
+
+    def recent(features: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+        nonlocal seen
+        w = recency_weights(len(features), seen, channels, n_windows, half_life)
+        seen += len(features) // channels
+        return w
+    return solve(*normal_equations(rows(data), recent))
 
 
 def forecasts(data: Batches, solution: torch.Tensor, equal_weight: bool = False) -> torch.Tensor:
@@ -224,13 +196,15 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
                 record(lookback, f"per channel, ridge {ridge:g}", mse(torch.cat(per, 2), target))
         elif check == "robust":
             for delta in args.deltas:
+                solution = huber_solve(functools.partial(rows, train), delta)
                 record(lookback, f"Huber rows, delta {delta:g}",
-                       mse(forecasts(val, robust_fit(train, delta)), target))
+                       mse(forecasts(val, solution), target))
         elif check == "recency":
             n_windows = len(data.windows("train"))
             for half_life in args.half_lives:
+                solution = recency_fit(train, n_windows, data.n_channels, half_life)
                 record(lookback, f"half-life {half_life:g} rows",
-                       mse(forecasts(val, recency_fit(train, n_windows, half_life)), target))
+                       mse(forecasts(val, solution), target))
     return results
 
 

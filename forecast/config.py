@@ -156,6 +156,13 @@ class ModelConfig(_Section):
         "frozen, with the head starting at zero, so the encoder learns what the linear forecast "
         "misses and validation can keep the linear forecast alone. Needs linear_skip.",
     )
+    skip_huber_delta: float | None = Field(
+        None,
+        gt=0,
+        description="With skip_fit least_squares: fit the skip robustly, a row (one window of "
+        "one channel) whose RMS residual exceeds this (scaled units) weighing delta / residual "
+        "(Huber weights, iteratively reweighted least squares). null: plain least squares.",
+    )
     min_history: int | None = Field(
         None,
         description="Shortest history (steps) accepted at prediction time; shorter histories "
@@ -168,6 +175,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 "model.skip_fit 'least_squares' fits the linear skip: set model.linear_skip to "
                 "true, or model.skip_fit to 'gradient'"
+            )
+        if self.skip_huber_delta is not None and self.skip_fit != "least_squares":
+            raise ValueError(
+                "model.skip_huber_delta weights the least-squares fit of the skip: set "
+                "model.skip_fit to 'least_squares', or model.skip_huber_delta to null"
             )
         if self.patch_stride > self.patch_len:
             # Steps between patches would belong to no token, and a short history could

@@ -15,7 +15,7 @@ import torch
 from forecast.config import load_config
 from forecast.model import build_model
 from forecast.runner import load_data
-from forecast.skip_fit import fit_linear_skip, normal_equations, solve
+from forecast.skip_fit import fit_linear_skip, huber_solve, normal_equations, solve
 from forecast.synthetic import synthetic_frame
 from forecast.train import validation_loss
 from forecast.windows import prepare
@@ -121,28 +121,39 @@ def regression_batches(n_windows: int, outliers: bool = False):
 def test_unit_weights_reproduce_the_plain_fit() -> None:
     script = load_script()
     data = regression_batches(300)
-    plain = solve(*normal_equations(script.rows(data)))
-    ones = script.weighted_fit(data, lambda f, t, start, c: torch.ones(len(f), dtype=f.dtype))
-    assert torch.allclose(ones, plain, atol=1e-10)
+    plain_gram, plain_cross, count = normal_equations(script.rows(data))
+    plain = solve(plain_gram, plain_cross, count)
+    ones = normal_equations(script.rows(data), lambda f, t: torch.ones(len(f), dtype=f.dtype))
+    assert ones[2] == count == 600  # 300 windows of 2 channels
+    assert torch.allclose(solve(*ones), plain, atol=1e-10)
     # an infinite half-life and a threshold no residual reaches are unit weights
-    assert torch.allclose(script.recency_fit(data, 300, float("inf")), plain, atol=1e-10)
-    assert torch.allclose(script.robust_fit(data, 1e9), plain, atol=1e-10)
+    assert torch.allclose(script.recency_fit(data, 300, 2, float("inf")), plain, atol=1e-10)
+    assert torch.allclose(huber_solve(lambda: script.rows(data), 1e9), plain, atol=1e-10)
+
+
+def test_weights_scale_each_rows_share_of_the_normal_equations() -> None:
+    features = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+    targets = torch.tensor([[3.0], [4.0], [5.0]], dtype=torch.float64)
+    w = torch.tensor([0.5, 2.0, 0.0], dtype=torch.float64)
+    gram, cross, total = normal_equations([(features, targets)], lambda f, t: w)
+    # sum over rows of w_i f_i f_i' and w_i f_i t_i, by hand
+    assert torch.allclose(gram, torch.tensor([[0.5, 0.0], [0.0, 8.0]], dtype=torch.float64))
+    assert torch.allclose(cross, torch.tensor([[1.5], [16.0]], dtype=torch.float64))
+    assert total == 2.5
 
 
 def test_recency_weights_follow_the_half_life() -> None:
     script = load_script()
-    seen = []
-
-    def record(features, target, start, channels):
-        w = script.recency_weights(len(features), start, channels, n_windows=130, half_life=10.0)
-        seen.append(w)
-        return w
-    script.weighted_fit(regression_batches(130), record)
-    weights = torch.cat(seen)
-    assert len(weights) == 130 * 2  # one row per window and channel
-    assert weights[-1] == 1.0 and weights[-2] == 1.0  # the last window, both channels
-    assert weights[-21] == pytest.approx(0.5)  # 10 windows earlier: half
-    assert weights[0] == pytest.approx(0.5 ** 12.9)  # the first of 130 windows
+    weights = script.recency_weights(8, start=126, channels=2, n_windows=130, half_life=10.0)
+    # rows window-major: windows 126, 126, 127, 127, ..., 129, 129 (the last)
+    assert weights[-1] == 1.0 and weights[-2] == 1.0
+    assert weights[0] == pytest.approx(0.5 ** 0.3)
+    assert script.recency_weights(2, 0, 2, 130, 10.0)[0] == pytest.approx(0.5 ** 12.9)
+    # across batches the fit counts windows on: a half-life of 10 windows weighs the last 10
+    # of 130 windows far more than the plain fit does, so the two solutions differ
+    data = regression_batches(130, outliers=True)
+    recent = script.recency_fit(data, 130, 2, 10.0)
+    assert not torch.allclose(recent, solve(*normal_equations(script.rows(data))), atol=1e-3)
 
 
 def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
@@ -150,7 +161,7 @@ def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
     dirty, clean = regression_batches(600, outliers=True), regression_batches(600)
     truth = solve(*normal_equations(script.rows(clean)))
     plain = solve(*normal_equations(script.rows(dirty)))
-    robust = script.robust_fit(dirty, 1.0)
+    robust = huber_solve(lambda: script.rows(dirty), 1.0)
     assert (robust - truth).abs().max() < 0.2 * (plain - truth).abs().max()
 
 
