@@ -211,6 +211,9 @@ class TrainConfig(_Section):
     patience: int = Field(5, ge=0, description="Early stop after this many epochs without "
                           "a better validation loss; 0 disables early stopping.")
     loss: Literal["mse", "mae", "huber"] = Field("mse", description="Training loss.")
+    huber_delta: float = Field(
+        1.0, gt=0, description="With loss huber: the error (scaled units) beyond which the "
+        "loss grows linearly instead of quadratically.")
     val_metric: Literal["loss", "mse", "mae"] = Field(
         "loss",
         description="What scores each epoch on validation, for early stopping, the best-weights "

@@ -4,6 +4,7 @@ best-weights restore, per-epoch checkpoints and resume."""
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import os
@@ -96,8 +97,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}[name]
+def loss_function(name: str, huber_delta: float = 1.0
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == "huber":
+        return functools.partial(F.huber_loss, delta=huber_delta)
+    return {"mse": F.mse_loss, "mae": F.l1_loss}[name]
 
 
 def make_scheduler(
@@ -231,8 +235,9 @@ def fit(
     steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch * cfg.epochs)
-    loss_fn = loss_function(cfg.loss)
-    val_fn = loss_function(cfg.loss if cfg.val_metric == "loss" else cfg.val_metric)
+    loss_fn = loss_function(cfg.loss, cfg.huber_delta)
+    val_fn = loss_function(cfg.loss if cfg.val_metric == "loss" else cfg.val_metric,
+                           cfg.huber_delta)
     gen = torch.Generator().manual_seed(cfg.seed)
     min_history = model.cfg.min_history or model.cfg.patch_len
     checkpoints = Checkpointer(checkpoint_dir, run_key)

@@ -269,3 +269,20 @@ def test_ctrl_c_and_sigterm_are_deferred_to_the_next_check_and_the_handler_resto
             os.kill(os.getpid(), sig)
             time.sleep(1)
     assert signal.getsignal(sig) is before
+
+
+def test_huber_delta_sets_where_the_loss_turns_linear():
+    pred, target = torch.tensor([0.2, 3.0]), torch.zeros(2)
+    # by hand: 0.5 e^2 below delta, delta (|e| - delta / 2) above it
+    assert float(loss_function("huber", 0.5)(pred, target)) == pytest.approx(
+        (0.5 * 0.2 ** 2 + 0.5 * (3.0 - 0.25)) / 2)
+    assert float(loss_function("huber")(pred, target)) == pytest.approx(
+        float(torch.nn.functional.smooth_l1_loss(pred, target)))  # the default, delta 1
+    assert float(loss_function("huber", 0.5)(pred, target, reduction="sum")) == pytest.approx(
+        0.5 * 0.2 ** 2 + 0.5 * (3.0 - 0.25))
+
+
+def test_huber_delta_must_be_positive(tiny_config):
+    with pytest.raises(ValueError) as err:
+        TrainConfig.model_validate({**tiny_config.train.model_dump(), "huber_delta": 0})
+    assert "huber_delta" in str(err.value) and "greater than 0" in str(err.value)
