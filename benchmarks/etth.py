@@ -52,7 +52,8 @@ PATCHTST64 = {
 # PatchTST's ETTh1 architecture, as NeuralForecast trains it: for like-for-like throughput.
 PEER = ["windows.lookback=336", "model.patch_len=16", "model.patch_stride=8",
         "model.n_layers=3", "model.n_heads=4", "model.d_model=16", "model.d_ff=128",
-        "train.batch_size=128", "model.linear_skip=false", "model.skip_fit=gradient"]
+        "train.batch_size=128", "model.linear_skip=false", "model.skip_fit=gradient",
+        "model.skip_huber_delta=null"]
 
 
 def config_for(dataset: str, horizon: int) -> Path:
