@@ -159,6 +159,7 @@ class ModelConfig(_Section):
     skip_huber_delta: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,  # infinity would be the plain fit at four times its cost
         description="With skip_fit least_squares: fit the skip robustly, a row (one window of "
         "one channel) whose RMS residual exceeds this (scaled units) weighing delta / residual "
         "(Huber weights, iteratively reweighted least squares). null: plain least squares.",
@@ -212,8 +213,8 @@ class TrainConfig(_Section):
                           "a better validation loss; 0 disables early stopping.")
     loss: Literal["mse", "mae", "huber"] = Field("mse", description="Training loss.")
     huber_delta: float = Field(
-        1.0, gt=0, description="With loss huber: the error (scaled units) beyond which the "
-        "loss grows linearly instead of quadratically.")
+        1.0, gt=0, allow_inf_nan=False, description="With loss huber: the error (scaled units) "
+        "beyond which the loss grows linearly instead of quadratically.")
     val_metric: Literal["loss", "mse", "mae"] = Field(
         "loss",
         description="What scores each epoch on validation, for early stopping, the best-weights "

@@ -233,6 +233,10 @@ def test_huber_threshold_needs_the_least_squares_fit():
     with pytest.raises(ConfigError, match="set model.skip_fit to 'least_squares', or "
                                           "model.skip_huber_delta to null"):
         load_config(None, ["model.linear_skip=true", "model.skip_huber_delta=0.5"])
-    with pytest.raises(ConfigError, match="model.skip_huber_delta"):
-        load_config(None, ["model.linear_skip=true", "model.skip_fit=least_squares",
-                           "model.skip_huber_delta=0"])
+    for value, message in (("0", "greater than 0"), ("-1", "greater than 0"),
+                           ("nan", "finite number"), ("inf", "finite number"),
+                           ("abc", "valid number")):
+        with pytest.raises(ConfigError, match=f"model.skip_huber_delta: Input should be a?.*"
+                                              f"{message}"):
+            load_config(None, ["model.linear_skip=true", "model.skip_fit=least_squares",
+                               f"model.skip_huber_delta={value}"])

@@ -282,7 +282,10 @@ def test_huber_delta_sets_where_the_loss_turns_linear():
         0.5 * 0.2 ** 2 + 0.5 * (3.0 - 0.25))
 
 
-def test_huber_delta_must_be_positive(tiny_config):
+@pytest.mark.parametrize("value, message", [(0, "greater than 0"), (-0.5, "greater than 0"),
+                                            (float("nan"), "finite number"),
+                                            (float("inf"), "finite number"), ("", "valid number")])
+def test_huber_delta_must_be_a_positive_finite_number(tiny_config, value, message):
     with pytest.raises(ValueError) as err:
-        TrainConfig.model_validate({**tiny_config.train.model_dump(), "huber_delta": 0})
-    assert "huber_delta" in str(err.value) and "greater than 0" in str(err.value)
+        TrainConfig.model_validate({**tiny_config.train.model_dump(), "huber_delta": value})
+    assert "huber_delta" in str(err.value) and message in str(err.value)
