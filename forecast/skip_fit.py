@@ -55,7 +55,8 @@ def normal_equations(
         else:
             w = weight(features, targets)
             count += float(w.sum())
-            features, targets = features * w.sqrt()[:, None], targets * w.sqrt()[:, None]
+            root = w.sqrt()[:, None]
+            features, targets = features * root, targets * root
         if gram is None:
             gram, cross = features.T @ features, features.T @ targets
         else:
