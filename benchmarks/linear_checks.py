@@ -172,7 +172,8 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
         val = batches(data.windows("val"), lookback)
         target = targets(val)
         gram, cross, count = normal_equations(rows(train))
-        record(lookback, "shipped", mse(forecasts(val, solve(gram, cross, count)), target))
+        plain = solve(gram, cross, count)
+        record(lookback, "shipped", mse(forecasts(val, plain), target))
         if check == "ridge":
             for ridge in (r for r in args.ridges if r != RIDGE):  # RIDGE is "shipped"
                 record(lookback, f"ridge {ridge:g}",
@@ -196,7 +197,7 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
                 record(lookback, f"per channel, ridge {ridge:g}", mse(torch.cat(per, 2), target))
         elif check == "robust":
             for delta in args.deltas:
-                solution = huber_solve(functools.partial(rows, train), delta)
+                solution = huber_solve(functools.partial(rows, train), delta, plain=plain)
                 record(lookback, f"Huber rows, delta {delta:g}",
                        mse(forecasts(val, solution), target))
         elif check == "recency":

@@ -76,10 +76,11 @@ def solve(gram: torch.Tensor, cross: torch.Tensor, count: float,
 
 
 def huber_solve(rows: Callable[[], Rows], delta: float, ridge: float = RIDGE,
-                steps: int = IRLS_STEPS) -> torch.Tensor:
+                steps: int = IRLS_STEPS, plain: torch.Tensor | None = None) -> torch.Tensor:
     """The ridge solution under Huber row weights min(1, delta / RMS residual), by iteratively
-    reweighted least squares from the plain fit; `rows` is read once per step."""
-    solution = solve(*normal_equations(rows()), ridge)
+    reweighted least squares from the plain fit (solved here unless given as `plain`); `rows`
+    is read once per step."""
+    solution = solve(*normal_equations(rows()), ridge) if plain is None else plain
     for _ in range(steps):
         def huber(features: torch.Tensor, targets: torch.Tensor,
                   fitted: torch.Tensor = solution) -> torch.Tensor:

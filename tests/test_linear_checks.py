@@ -163,6 +163,8 @@ def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
     plain = solve(*normal_equations(script.rows(dirty)))
     robust = huber_solve(lambda: script.rows(dirty), 1.0)
     assert (robust - truth).abs().max() < 0.2 * (plain - truth).abs().max()
+    # starting from a plain fit solved elsewhere gives the same answer
+    assert torch.equal(huber_solve(lambda: script.rows(dirty), 1.0, plain=plain), robust)
 
 
 @pytest.mark.parametrize("args, named", [
@@ -172,6 +174,9 @@ def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
     (["--check", "ridge", "--ridges", "nan"], "--ridges"),
     (["--check", "ridge", "--ridges", "-1"], "--ridges"),
     (["--check", "robust", "--deltas", "0"], "--deltas"),
+    (["--check", "robust", "--deltas", "nan"], "--deltas"),
+    (["--check", "robust", "--deltas"], "--deltas"),
+    (["--check", "recency", "--half-lives", "inf"], "--half-lives"),
     (["--check", "recency", "--half-lives", "-5"], "--half-lives"),
 ])
 def test_bad_arguments_are_refused_by_name(data_dir: Path, args: list[str], named: str) -> None:
