@@ -53,7 +53,7 @@ PATCHTST64 = {
 PEER = ["windows.lookback=336", "model.patch_len=16", "model.patch_stride=8",
         "model.n_layers=3", "model.n_heads=4", "model.d_model=16", "model.d_ff=128",
         "train.batch_size=128", "model.linear_skip=false", "model.skip_fit=gradient",
-        "model.skip_huber_delta=null"]
+        "model.skip_huber_delta=null", "model.skip_rank=null"]
 
 
 def config_for(dataset: str, horizon: int) -> Path:

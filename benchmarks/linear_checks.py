@@ -23,6 +23,9 @@ by all channels, rows weighted by their own scale, full-rank lookback):
                 squares (--deltas, scaled units)
   recency       rows weighted 0.5 ** (age / half-life), age in rows from the last training
                 window (--half-lives)
+  rank          reduced-rank regression: the solution projected onto the top-r principal
+                directions of its fitted training forecasts (--ranks; ranks >= H are skipped);
+                with --delta the base fit is the robust one (the "shipped" row stays plain)
 Prints a table, then one JSON line: a list of {check, lookback, variant, val_mse}.
 """
 
@@ -46,10 +49,18 @@ from forecast.config import load_config  # noqa: E402
 from forecast.errors import ForecastError  # noqa: E402
 from forecast.model import RevIN  # noqa: E402
 from forecast.runner import load_data  # noqa: E402
-from forecast.skip_fit import RIDGE, huber_solve, normal_equations, solve, window_rows  # noqa: E402
+from forecast.skip_fit import (  # noqa: E402
+    RIDGE,
+    huber_solve,
+    normal_equations,
+    reduce_rank,
+    solve,
+    window_rows,
+)
 from forecast.windows import Prepared, WindowSet, prepare  # noqa: E402
 
-CHECKS = ("ridge", "band", "per-channel", "equal-weight", "lookbacks", "robust", "recency")
+CHECKS = ("ridge", "band", "per-channel", "equal-weight", "lookbacks", "robust", "recency",
+          "rank")
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -200,6 +211,15 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
                 solution = huber_solve(functools.partial(rows, train), delta, plain=plain)
                 record(lookback, f"Huber rows, delta {delta:g}",
                        mse(forecasts(val, solution), target))
+        elif check == "rank":
+            base = plain if args.delta is None else huber_solve(
+                functools.partial(rows, train), args.delta, plain=plain)
+            if args.delta is not None:
+                record(lookback, f"Huber rows, delta {args.delta:g}",
+                       mse(forecasts(val, base), target))
+            for rank in (r for r in args.ranks if r < args.horizon):
+                record(lookback, f"rank {rank}",
+                       mse(forecasts(val, reduce_rank(base, gram, rank)), target))
         elif check == "recency":
             n_windows = len(data.windows("train"))
             for half_life in args.half_lives:
@@ -223,6 +243,10 @@ def main() -> None:
                         help="Huber thresholds on a row's RMS residual (robust check)")
     parser.add_argument("--half-lives", type=float, nargs="+", default=[1440, 2880, 5760],
                         help="rows after which a training window's weight halves (recency check)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32, 64, 128],
+                        help="ranks kept (rank check)")
+    parser.add_argument("--delta", type=float, default=None,
+                        help="rank check: reduce the robust fit at this Huber threshold")
     parser.add_argument("--train-rows", type=int, default=8640,
                         help="training rows; validation is the 2880 after them (5760: fold 2)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -237,6 +261,10 @@ def main() -> None:
         parser.error("--ridges: each must be a finite number >= 0 (the shipped fit uses 1e-3)")
     if any(not math.isfinite(d) or d <= 0 for d in args.deltas):
         parser.error("--deltas: each must be a finite number > 0")
+    if any(r < 1 for r in args.ranks):
+        parser.error("--ranks: each must be an integer >= 1")
+    if args.delta is not None and (not math.isfinite(args.delta) or args.delta <= 0):
+        parser.error("--delta: must be a finite number > 0")
     if any(not math.isfinite(h) or h <= 0 for h in args.half_lives):
         parser.error("--half-lives: each must be a finite number of rows > 0")
     require_data(args.data_dir, [args.dataset])

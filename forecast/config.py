@@ -164,6 +164,14 @@ class ModelConfig(_Section):
         "one channel) whose RMS residual exceeds this (scaled units) weighing delta / residual "
         "(Huber weights, iteratively reweighted least squares). null: plain least squares.",
     )
+    skip_rank: int | None = Field(
+        None,
+        gt=0,
+        description="With skip_fit least_squares: keep only this many principal directions of "
+        "the skip's fitted training forecasts over the horizon (reduced-rank regression), so "
+        "the horizon's steps share a few shapes instead of one free map each. Must be below "
+        "windows.horizon. null: full rank.",
+    )
     min_history: int | None = Field(
         None,
         description="Shortest history (steps) accepted at prediction time; shorter histories "
@@ -181,6 +189,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 "model.skip_huber_delta weights the least-squares fit of the skip: set "
                 "model.skip_fit to 'least_squares', or model.skip_huber_delta to null"
+            )
+        if self.skip_rank is not None and self.skip_fit != "least_squares":
+            raise ValueError(
+                "model.skip_rank reduces the least-squares fit of the skip: set "
+                "model.skip_fit to 'least_squares', or model.skip_rank to null"
             )
         if self.patch_stride > self.patch_len:
             # Steps between patches would belong to no token, and a short history could
@@ -423,6 +436,12 @@ class Config(_Section):
             raise ValueError(
                 f"model.patch_len ({patch}) is longer than windows.lookback ({lookback}); "
                 "shorten the patch or lengthen the lookback"
+            )
+        rank, horizon = self.model.skip_rank, self.windows.horizon
+        if rank is not None and rank >= horizon:
+            raise ValueError(
+                f"model.skip_rank ({rank}) must be below windows.horizon ({horizon}): at full "
+                "rank nothing is reduced; lower it or set it to null"
             )
         min_history = self.model.min_history
         if min_history is not None and not patch <= min_history <= lookback:

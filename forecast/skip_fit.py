@@ -9,6 +9,9 @@ With a Huber threshold the fit is robust instead: iteratively reweighted least s
 a row (one window of one channel) whose RMS residual exceeds the threshold weighs
 threshold / residual, so a few windows the map cannot forecast (a sensor excursion) stop
 dictating it.
+
+With a rank r the solution is then projected onto the r principal directions of its fitted
+training forecasts (reduced-rank regression): the H horizon steps share r shapes.
 """
 
 from __future__ import annotations
@@ -90,11 +93,19 @@ def huber_solve(rows: Callable[[], Rows], delta: float, ridge: float = RIDGE,
     return solution
 
 
+def reduce_rank(solution: torch.Tensor, gram: torch.Tensor, rank: int) -> torch.Tensor:
+    """The solution [P x H] projected onto the top-`rank` eigenvectors of B' G B, the horizon
+    cross-product of its fitted forecasts over the rows whose F'F is `gram`."""
+    fitted = solution.T @ gram @ solution
+    basis = torch.linalg.eigh((fitted + fitted.T) / 2).eigenvectors[:, -rank:]
+    return solution @ basis @ basis.T
+
+
 @torch.no_grad()
 def fit_linear_skip(model: PatchTransformer, train: WindowSet, batch_size: int = 1024) -> int:
-    """Solve the skip in closed form (robustly with model.skip_huber_delta) and zero the head;
-    returns windows used. (A model built with model.skip_fit 'least_squares' has its skip
-    frozen, so training leaves it as solved.)"""
+    """Solve the skip in closed form (robustly with model.skip_huber_delta, reduced to
+    model.skip_rank) and zero the head; returns windows used. (A model built with
+    model.skip_fit 'least_squares' has its skip frozen, so training leaves it as solved.)"""
     if model.skip is None:
         raise ValueError("the model has no linear skip (model.linear_skip is false)")
 
@@ -107,9 +118,12 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, batch_size: int =
                 mean, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
             yield window_rows(x, y, mean, std)
 
-    delta = model.cfg.skip_huber_delta
-    # [(L+1) x H]
-    solution = solve(*normal_equations(rows())) if delta is None else huber_solve(rows, delta)
+    gram, cross, count = normal_equations(rows())
+    solution = solve(gram, cross, count)  # [(L+1) x H]
+    if model.cfg.skip_huber_delta is not None:
+        solution = huber_solve(rows, model.cfg.skip_huber_delta, plain=solution)
+    if model.cfg.skip_rank is not None:
+        solution = reduce_rank(solution, gram, model.cfg.skip_rank)
     L = model.lookback
     model.skip.weight.copy_(solution[:L].T)
     model.skip.bias.copy_(solution[L])

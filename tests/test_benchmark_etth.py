@@ -131,4 +131,4 @@ def test_peer_config_applies_to_every_shipped_config(dataset: str, horizon: int)
     cfg = load_config(config_for(dataset, horizon), PEER)
     assert (cfg.windows.lookback, cfg.model.d_model, cfg.model.n_layers) == (336, 16, 3)
     assert not cfg.model.linear_skip and cfg.model.skip_fit == "gradient"
-    assert cfg.model.skip_huber_delta is None
+    assert cfg.model.skip_huber_delta is None and cfg.model.skip_rank is None

@@ -65,6 +65,22 @@ def test_shipped_row_is_the_models_least_squares_forecast(data_dir: Path) -> Non
     assert result[(48, "ridge 1")] != result[(48, "shipped")]
 
 
+def test_rank_rows_are_the_models_reduced_rank_skip(data_dir: Path) -> None:
+    result = rows_of(run(data_dir, "--check", "rank", "--lookbacks", "48", "--ranks", "8", "96"))
+    # rank 96 = H is full rank: skipped, not scored as a variant
+    assert set(result) == {(48, "shipped"), (48, "rank 8")}
+    cfg = load_config(ROOT / "pipelines" / "configs" / "etth1.yaml", [
+        f"data.path={data_dir / 'ETTh1.csv'}", "windows.lookback=48", "windows.horizon=96",
+        "model.skip_rank=8"])
+    prepared = prepare(load_data(cfg), cfg.split, cfg.windows)
+    model = build_model(cfg.model, 48, 96, prepared.n_channels)
+    fit_linear_skip(model, prepared.windows("train"))
+    mse = validation_loss(model, prepared.windows("val"), 512,
+                          torch.nn.functional.mse_loss, torch.device("cpu"))
+    assert result[(48, "rank 8")] == pytest.approx(mse, abs=2e-4)
+    assert result[(48, "rank 8")] != result[(48, "shipped")]
+
+
 def test_lookback_average_rows_and_single_lookbacks_agree(data_dir: Path) -> None:
     shipped = rows_of(run(data_dir, "--check", "ridge", "--lookbacks", "64", "--ridges", "1"))
     combos = rows_of(run(data_dir, "--check", "lookbacks", "--lookbacks", "32", "64"))
@@ -177,6 +193,10 @@ def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
     (["--check", "robust", "--deltas", "nan"], "--deltas"),
     (["--check", "robust", "--deltas"], "--deltas"),
     (["--check", "recency", "--half-lives", "inf"], "--half-lives"),
+    (["--check", "rank", "--ranks", "0"], "--ranks"),
+    (["--check", "rank", "--ranks", "x"], "--ranks"),
+    (["--check", "rank", "--delta", "nan"], "--delta"),
+    (["--check", "rank", "--delta", "-1"], "--delta"),
     (["--check", "recency", "--half-lives", "-5"], "--half-lives"),
 ])
 def test_bad_arguments_are_refused_by_name(data_dir: Path, args: list[str], named: str) -> None:

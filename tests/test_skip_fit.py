@@ -11,7 +11,7 @@ import torch
 from forecast.config import ConfigError, build_config, load_config
 from forecast.data import DataConfig, frame_to_series
 from forecast.model import build_model
-from forecast.skip_fit import RIDGE, fit_linear_skip
+from forecast.skip_fit import RIDGE, fit_linear_skip, reduce_rank
 from forecast.train import CHECKPOINT, fit
 from forecast.windows import prepare
 
@@ -240,3 +240,71 @@ def test_huber_threshold_needs_the_least_squares_fit():
                                               f"{message}"):
             load_config(None, ["model.linear_skip=true", "model.skip_fit=least_squares",
                                f"model.skip_huber_delta={value}"])
+
+
+def rank_config(rank: int | None, horizon: int = 12):
+    return build_config(tiny_raw(windows={"horizon": horizon},
+                                 model={"linear_skip": True, "skip_fit": "least_squares",
+                                        "skip_rank": rank}), "rank test config")
+
+
+def test_reduce_rank_under_an_identity_gram_is_the_truncated_svd():
+    solution = torch.randn(10, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(solution, full_matrices=False)
+    for rank in (1, 2, 4):
+        best = u[:, :rank] @ torch.diag(s[:rank]) @ vh[:rank]  # Eckart-Young
+        assert torch.allclose(reduce_rank(solution, torch.eye(10, dtype=torch.float64), rank),
+                              best, atol=1e-10)
+    assert torch.allclose(reduce_rank(solution, torch.eye(10, dtype=torch.float64), 6), solution,
+                          atol=1e-10)  # full rank changes nothing
+
+
+def test_reduce_rank_keeps_a_map_that_already_has_that_rank():
+    g = torch.Generator().manual_seed(1)
+    low = torch.randn(10, 2, generator=g, dtype=torch.float64) @ torch.randn(
+        2, 6, generator=g, dtype=torch.float64)
+    features = torch.randn(50, 10, generator=g, dtype=torch.float64)
+    # any positive-definite gram: its fitted forecasts span the map's own two directions
+    assert torch.allclose(reduce_rank(low, features.T @ features, 2), low, atol=1e-9)
+
+
+def skip_solution(model) -> torch.Tensor:
+    return torch.cat([model.skip.weight.T, model.skip.bias[None]]).double()  # [(L+1) x H]
+
+
+def test_skip_rank_fixes_the_solved_maps_rank(wide_frame):
+    ranks = {}
+    for rank in (None, 3):
+        config = rank_config(rank)
+        model, _ = fitted(config, prepared_for(config, wide_frame))
+        ranks[rank] = int(torch.linalg.matrix_rank(skip_solution(model), atol=1e-5))
+    assert ranks == {None: 12, 3: 3}  # noisy data: the plain fit uses every direction
+
+
+def test_rank_two_skip_still_forecasts_a_sine_which_rank_one_cannot():
+    scores = {}
+    for rank in (2, 1):
+        config = rank_config(rank)
+        prepared = prepared_for(config, sine_frame())
+        model, _ = fitted(config, prepared)
+        x, y = next(prepared.windows("test").batches(1000))
+        with torch.no_grad():
+            scores[rank] = float(((model(x) - y) ** 2).mean())
+    # after the window's mean is removed, a sine's future is a mix of one sine and one cosine
+    assert scores[2] < 1e-4
+    assert scores[1] > 0.05
+
+
+def test_skip_rank_is_checked_by_name():
+    with pytest.raises(ConfigError, match="set model.skip_fit to 'least_squares', or "
+                                          "model.skip_rank to null"):
+        load_config(None, ["model.linear_skip=true", "model.skip_rank=4"])
+    lsq = ["model.linear_skip=true", "model.skip_fit=least_squares", "windows.horizon=24"]
+    with pytest.raises(ConfigError, match=r"model.skip_rank \(24\) must be below "
+                                          r"windows.horizon \(24\)"):
+        load_config(None, [*lsq, "model.skip_rank=24"])
+    for value, message in (("0", "greater than 0"), ("-2", "greater than 0"),
+                           ("1.5", "valid integer"), ("abc", "valid integer")):
+        with pytest.raises(ConfigError, match=f"model.skip_rank: Input should be a?.*{message}"):
+            load_config(None, [*lsq, f"model.skip_rank={value}"])
+    assert load_config(None, [*lsq, "model.skip_rank=23"]).model.skip_rank == 23
