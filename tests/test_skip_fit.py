@@ -291,8 +291,8 @@ def test_rank_two_skip_still_forecasts_a_sine_which_rank_one_cannot():
         with torch.no_grad():
             scores[rank] = float(((model(x) - y) ** 2).mean())
     # after the window's mean is removed, a sine's future is a mix of one sine and one cosine
-    assert scores[2] < 1e-4
-    assert scores[1] > 0.05
+    assert scores[2] < 1e-4  # measured 7e-9
+    assert scores[1] > 0.2  # measured 0.50: one shape cannot hold both phases
 
 
 def test_skip_rank_is_checked_by_name():
