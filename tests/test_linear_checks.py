@@ -50,17 +50,23 @@ def rows_of(proc: subprocess.CompletedProcess) -> dict[tuple[int, str], float]:
             for r in json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def test_shipped_row_is_the_models_least_squares_forecast(data_dir: Path) -> None:
-    result = rows_of(run(data_dir, "--check", "ridge", "--lookbacks", "48", "--ridges", "1"))
+def model_val_mse(data_dir: Path, *sets: str) -> float:
+    """Validation MSE of etth1.yaml's model at L=48, H=96 (with `sets`), its skip solved by
+    fit_linear_skip and nothing trained: what the script's rows must reproduce."""
     cfg = load_config(ROOT / "pipelines" / "configs" / "etth1.yaml", [
-        f"data.path={data_dir / 'ETTh1.csv'}", "windows.lookback=48", "windows.horizon=96"])
+        f"data.path={data_dir / 'ETTh1.csv'}", "windows.lookback=48", "windows.horizon=96",
+        *sets])
     prepared = prepare(load_data(cfg), cfg.split, cfg.windows)
     torch.manual_seed(0)
     model = build_model(cfg.model, 48, 96, prepared.n_channels)
     fit_linear_skip(model, prepared.windows("train"))
-    mse = validation_loss(model, prepared.windows("val"), 512,
-                          torch.nn.functional.mse_loss, torch.device("cpu"))
-    assert result[(48, "shipped")] == pytest.approx(mse, abs=2e-4)
+    return validation_loss(model, prepared.windows("val"), 512,
+                           torch.nn.functional.mse_loss, torch.device("cpu"))
+
+
+def test_shipped_row_is_the_models_least_squares_forecast(data_dir: Path) -> None:
+    result = rows_of(run(data_dir, "--check", "ridge", "--lookbacks", "48", "--ridges", "1"))
+    assert result[(48, "shipped")] == pytest.approx(model_val_mse(data_dir), abs=2e-4)
     # --ridges reaches the solve
     assert result[(48, "ridge 1")] != result[(48, "shipped")]
 
@@ -69,14 +75,7 @@ def test_rank_rows_are_the_models_reduced_rank_skip(data_dir: Path) -> None:
     result = rows_of(run(data_dir, "--check", "rank", "--lookbacks", "48", "--ranks", "8", "96"))
     # rank 96 = H is full rank: skipped, not scored as a variant
     assert set(result) == {(48, "shipped"), (48, "rank 8")}
-    cfg = load_config(ROOT / "pipelines" / "configs" / "etth1.yaml", [
-        f"data.path={data_dir / 'ETTh1.csv'}", "windows.lookback=48", "windows.horizon=96",
-        "model.skip_rank=8"])
-    prepared = prepare(load_data(cfg), cfg.split, cfg.windows)
-    model = build_model(cfg.model, 48, 96, prepared.n_channels)
-    fit_linear_skip(model, prepared.windows("train"))
-    mse = validation_loss(model, prepared.windows("val"), 512,
-                          torch.nn.functional.mse_loss, torch.device("cpu"))
+    mse = model_val_mse(data_dir, "model.skip_rank=8")
     assert result[(48, "rank 8")] == pytest.approx(mse, abs=2e-4)
     assert result[(48, "rank 8")] != result[(48, "shipped")]
 
