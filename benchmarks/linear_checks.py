@@ -212,9 +212,9 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
                 record(lookback, f"Huber rows, delta {delta:g}",
                        mse(forecasts(val, solution), target))
         elif check == "rank":
-            base = plain if args.delta is None else huber_solve(
-                functools.partial(rows, train), args.delta, plain=plain)
+            base = plain
             if args.delta is not None:
+                base = huber_solve(functools.partial(rows, train), args.delta, plain=plain)
                 record(lookback, f"Huber rows, delta {args.delta:g}",
                        mse(forecasts(val, base), target))
             for rank in (r for r in args.ranks if r < args.horizon):

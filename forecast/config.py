@@ -185,16 +185,12 @@ class ModelConfig(_Section):
                 "model.skip_fit 'least_squares' fits the linear skip: set model.linear_skip to "
                 "true, or model.skip_fit to 'gradient'"
             )
-        if self.skip_huber_delta is not None and self.skip_fit != "least_squares":
-            raise ValueError(
-                "model.skip_huber_delta weights the least-squares fit of the skip: set "
-                "model.skip_fit to 'least_squares', or model.skip_huber_delta to null"
-            )
-        if self.skip_rank is not None and self.skip_fit != "least_squares":
-            raise ValueError(
-                "model.skip_rank reduces the least-squares fit of the skip: set "
-                "model.skip_fit to 'least_squares', or model.skip_rank to null"
-            )
+        for key, role in (("skip_huber_delta", "weights"), ("skip_rank", "reduces")):
+            if getattr(self, key) is not None and self.skip_fit != "least_squares":
+                raise ValueError(
+                    f"model.{key} {role} the least-squares fit of the skip: set "
+                    f"model.skip_fit to 'least_squares', or model.{key} to null"
+                )
         if self.patch_stride > self.patch_len:
             # Steps between patches would belong to no token, and a short history could
             # fall entirely into such a gap.

@@ -96,8 +96,8 @@ def huber_solve(rows: Callable[[], Rows], delta: float, ridge: float = RIDGE,
 def reduce_rank(solution: torch.Tensor, gram: torch.Tensor, rank: int) -> torch.Tensor:
     """The solution [P x H] projected onto the top-`rank` eigenvectors of B' G B, the horizon
     cross-product of its fitted forecasts over the rows whose F'F is `gram`."""
-    fitted = solution.T @ gram @ solution
-    basis = torch.linalg.eigh((fitted + fitted.T) / 2).eigenvectors[:, -rank:]
+    # eigh reads one triangle only, so rounding asymmetry in the product does not matter
+    basis = torch.linalg.eigh(solution.T @ gram @ solution).eigenvectors[:, -rank:]
     return solution @ basis @ basis.T
 
 
