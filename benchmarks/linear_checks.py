@@ -265,6 +265,11 @@ def main() -> None:
         parser.error("--ranks: each must be an integer >= 1")
     if args.delta is not None and (not math.isfinite(args.delta) or args.delta <= 0):
         parser.error("--delta: must be a finite number > 0")
+    if args.delta is not None and args.check != "rank":
+        parser.error("--delta: only the rank check takes it (the robust check takes --deltas)")
+    if args.check == "rank" and all(r >= args.horizon for r in args.ranks):
+        parser.error(f"--ranks: none is below the horizon ({args.horizon}); at full rank the "
+                     "fit is the \"shipped\" row")
     if any(not math.isfinite(h) or h <= 0 for h in args.half_lives):
         parser.error("--half-lives: each must be a finite number of rows > 0")
     require_data(args.data_dir, [args.dataset])

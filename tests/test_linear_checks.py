@@ -196,6 +196,8 @@ def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
     (["--check", "rank", "--ranks", "x"], "--ranks"),
     (["--check", "rank", "--delta", "nan"], "--delta"),
     (["--check", "rank", "--delta", "-1"], "--delta"),
+    (["--check", "robust", "--delta", "0.5"], "--delta: only the rank check"),
+    (["--check", "rank", "--ranks", "96", "1000000"], "--ranks: none is below the horizon (96)"),
     (["--check", "recency", "--half-lives", "-5"], "--half-lives"),
 ])
 def test_bad_arguments_are_refused_by_name(data_dir: Path, args: list[str], named: str) -> None:
