@@ -26,6 +26,10 @@ by all channels, rows weighted by their own scale, full-rank lookback):
   rank          reduced-rank regression: the solution projected onto the top-r principal
                 directions of its fitted training forecasts (--ranks; ranks >= H are skipped);
                 with --delta the base fit is the robust one (the "shipped" row stays plain)
+  period        a period-structured map (SparseTSF's cross-period sharing): each block of
+                --period output steps is one convolution of the lookback, the same for every
+                phase, over lags within --offsets of a multiple of the period; with --delta
+                both it and a full-rank comparison row are fitted robustly
 Prints a table, then one JSON line: a list of {check, lookback, variant, val_mse}.
 """
 
@@ -60,7 +64,7 @@ from forecast.skip_fit import (  # noqa: E402
 from forecast.windows import Prepared, WindowSet, prepare  # noqa: E402
 
 CHECKS = ("ridge", "band", "per-channel", "equal-weight", "lookbacks", "robust", "recency",
-          "rank")
+          "rank", "period")
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -158,6 +162,54 @@ def band_limited(gram: torch.Tensor, cross: torch.Tensor, count: int, k: int) ->
     return embed @ solve(embed.T @ gram @ embed, embed.T @ cross, count)
 
 
+def period_lags(lookback: int, period: int, offset: int) -> torch.Tensor:
+    """The lags u (from the lookback's end, shifted by the output's phase) a period-structured
+    map may weigh: u = L + j - s for input step s and output phase j, within `offset` steps of
+    a multiple of the period."""
+    lags = torch.arange(1, lookback + period)
+    phase = (lags + period // 2) % period - period // 2
+    return lags[phase.abs() <= offset]
+
+
+def period_solve(gram: torch.Tensor, cross: torch.Tensor, count: float, period: int,
+                 offset: int, ridge: float = RIDGE) -> torch.Tensor:
+    """The ridge solution [(L+1) x H] restricted to a period-structured map: output step
+    t = period * k + j forecasts sum_u U[k, u] (x - mean)[L + j - u] over `period_lags`, the same
+    weights for every phase j of block k (SparseTSF's cross-period map at offset 0; every lag,
+    block-Toeplitz, at offset period // 2); the bias stays free per step. Solved from the full
+    fit's normal equations: the map's columns are linear in U, so no data pass is needed. The
+    ridge penalises each U[k, u] once per entry of the full map it stands for, as `solve`
+    penalises those entries."""
+    lookback, horizon = len(gram) - 1, cross.shape[1]
+    blocks = horizon // period
+    lags = period_lags(lookback, period, offset)
+    n = len(lags)
+    system = torch.zeros(n + period, n + period, dtype=gram.dtype)
+    rhs = torch.zeros(n + period, blocks, dtype=gram.dtype)
+    entries = torch.zeros(n, dtype=gram.dtype)
+    by_phase = cross.reshape(lookback + 1, blocks, period)  # [s, k, j]
+    placed = []
+    for j in range(period):
+        steps = lookback + j - lags
+        inside = (steps >= 0) & (steps < lookback)
+        which, steps = torch.nonzero(inside).squeeze(1), steps[inside]
+        placed.append((which, steps))
+        system[which[:, None], which[None, :]] += gram[steps[:, None], steps[None, :]]
+        system[which, n + j] = gram[steps, lookback]
+        system[n + j, which] = gram[lookback, steps]
+        system[n + j, n + j] = gram[lookback, lookback]
+        rhs[which] += by_phase[steps, :, j]
+        rhs[n + j] = by_phase[lookback, :, j]
+        entries[which] += 1
+    system[:n, :n] += torch.diag(ridge * count * entries)
+    weights = torch.linalg.solve(system, rhs)  # [(n + period) x blocks]
+    full = torch.zeros(lookback + 1, blocks, period, dtype=gram.dtype)
+    for j, (which, steps) in enumerate(placed):
+        full[steps, :, j] = weights[which]
+        full[lookback, :, j] = weights[n + j]
+    return full.reshape(lookback + 1, horizon)
+
+
 def run_check(check: str, args: argparse.Namespace) -> list[dict]:
     results = []
 
@@ -220,6 +272,20 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
             for rank in (r for r in args.ranks if r < args.horizon):
                 record(lookback, f"rank {rank}",
                        mse(forecasts(val, reduce_rank(base, gram, rank)), target))
+        elif check == "period":
+            base = "plain" if args.delta is None else f"Huber rows, delta {args.delta:g}"
+            if args.delta is not None:
+                robust = huber_solve(functools.partial(rows, train), args.delta, plain=plain)
+                record(lookback, base, mse(forecasts(val, robust), target))
+            for offset in args.offsets:
+                def fit(gram: torch.Tensor, cross: torch.Tensor, count: float,
+                        offset: int = offset) -> torch.Tensor:
+                    return period_solve(gram, cross, count, args.period, offset)
+                solution = (fit(gram, cross, count) if args.delta is None else
+                            huber_solve(functools.partial(rows, train), args.delta,
+                                        plain=fit(gram, cross, count), solver=fit))
+                record(lookback, f"period {args.period}, offset {offset}, {base}",
+                       mse(forecasts(val, solution), target))
         elif check == "recency":
             n_windows = len(data.windows("train"))
             for half_life in args.half_lives:
@@ -246,7 +312,13 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32, 64, 128],
                         help="ranks kept (rank check)")
     parser.add_argument("--delta", type=float, default=None,
-                        help="rank check: reduce the robust fit at this Huber threshold")
+                        help="rank and period checks: start from (rank) or fit (period) the "
+                             "robust fit at this Huber threshold")
+    parser.add_argument("--period", type=int, default=24,
+                        help="steps per period (period check; ETTh is hourly, so 24 is a day)")
+    parser.add_argument("--offsets", type=int, nargs="+", default=[0, 1, 2, 4, 12],
+                        help="lags kept within this many steps of a multiple of the period "
+                             "(period check; period // 2 keeps every lag)")
     parser.add_argument("--train-rows", type=int, default=8640,
                         help="training rows; validation is the 2880 after them (5760: fold 2)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -265,8 +337,15 @@ def main() -> None:
         parser.error("--ranks: each must be an integer >= 1")
     if args.delta is not None and (not math.isfinite(args.delta) or args.delta <= 0):
         parser.error("--delta: must be a finite number > 0")
-    if args.delta is not None and args.check != "rank":
-        parser.error("--delta: only the rank check takes it (the robust check takes --deltas)")
+    if args.delta is not None and args.check not in ("rank", "period"):
+        parser.error("--delta: only the rank and period checks take it (the robust check "
+                     "takes --deltas)")
+    if args.check == "period":
+        if args.period < 1 or args.horizon % args.period:
+            parser.error(f"--period: must be at least 1 and divide the horizon ({args.horizon})")
+        if any(d < 0 or d > args.period // 2 for d in args.offsets):
+            parser.error(f"--offsets: each must be between 0 and period // 2 "
+                         f"({args.period // 2})")
     if args.check == "rank" and all(r >= args.horizon for r in args.ranks):
         parser.error(f"--ranks: none is below the horizon ({args.horizon}); at full rank the "
                      "fit is the \"shipped\" row")

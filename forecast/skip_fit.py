@@ -16,6 +16,7 @@ training forecasts (reduced-rank regression): the H horizon steps share r shapes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -78,18 +79,25 @@ def solve(gram: torch.Tensor, cross: torch.Tensor, count: float,
     return torch.linalg.solve(gram + torch.diag(penalty), cross)
 
 
+Solver = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
 def huber_solve(rows: Callable[[], Rows], delta: float, ridge: float = RIDGE,
-                steps: int = IRLS_STEPS, plain: torch.Tensor | None = None) -> torch.Tensor:
+                steps: int = IRLS_STEPS, plain: torch.Tensor | None = None,
+                solver: Solver | None = None) -> torch.Tensor:
     """The ridge solution under Huber row weights min(1, delta / RMS residual), by iteratively
     reweighted least squares from the plain fit (solved here unless given as `plain`); `rows`
-    is read once per step."""
-    solution = solve(*normal_equations(rows()), ridge) if plain is None else plain
+    is read once per step. `solver(gram, cross, count)`, if given, solves each step instead of
+    the plain ridge solution."""
+    if solver is None:
+        solver = functools.partial(solve, ridge=ridge)
+    solution = solver(*normal_equations(rows())) if plain is None else plain
     for _ in range(steps):
         def huber(features: torch.Tensor, targets: torch.Tensor,
                   fitted: torch.Tensor = solution) -> torch.Tensor:
             rms = ((features @ fitted - targets) ** 2).mean(1).sqrt()
             return (delta / rms.clamp_min(1e-12)).clamp(max=1.0)
-        solution = solve(*normal_equations(rows(), huber), ridge)
+        solution = solver(*normal_equations(rows(), huber))
     return solution
 
 

@@ -182,6 +182,71 @@ def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
     assert torch.equal(huber_solve(lambda: script.rows(dirty), 1.0, plain=plain), robust)
 
 
+def test_period_map_of_period_one_is_the_full_fit() -> None:
+    script = load_script()
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(300, 13, dtype=torch.float64, generator=gen)  # L = 12, plus std
+    targets = torch.randn(300, 8, dtype=torch.float64, generator=gen)
+    gram, cross, count = normal_equations([(features, targets)])
+    full = solve(gram, cross, count)
+    # with one-step periods every output step is its own block over every lag: no sharing
+    assert torch.allclose(script.period_solve(gram, cross, count, 1, 0), full, atol=1e-10)
+    # the robust fit takes the same solver through `solver`
+    rows = [(features, targets)]
+    robust = huber_solve(lambda: rows, 0.5)
+    period_one = huber_solve(lambda: rows, 0.5,
+                             solver=lambda g, c, n: script.period_solve(g, c, n, 1, 0))
+    assert torch.allclose(period_one, robust, atol=1e-10)
+
+
+def test_period_map_shares_weights_across_phases_and_solves_the_restricted_problem() -> None:
+    script = load_script()
+    lookback, horizon, period = 12, 8, 4
+    gen = torch.Generator().manual_seed(2)
+    features = torch.randn(500, lookback + 1, dtype=torch.float64, generator=gen)
+    targets = torch.randn(500, horizon, dtype=torch.float64, generator=gen)
+    gram, cross, count = normal_equations([(features, targets)])
+    sparse = script.period_solve(gram, cross, count, period, 0)
+    # offset 0 (SparseTSF): output step t reads only inputs a whole number of periods back
+    lag = lookback + torch.arange(horizon)[None, :] - torch.arange(lookback)[:, None]
+    assert torch.all(sparse[:lookback][lag % period != 0] == 0)
+    assert torch.all(sparse[:lookback][lag % period == 0] != 0)
+    banded = script.period_solve(gram, cross, count, period, 1)
+    weights = banded[:lookback]
+    # one convolution per block: moving the output one phase on moves the weights one step on
+    for t in range(horizon):
+        if t % period != period - 1:
+            assert torch.allclose(weights[1:, t + 1], weights[:-1, t], atol=1e-12)
+    # the restricted least squares, by brute force over the map's free entries: each weight
+    # and each free bias is one column of a design matrix acting on every row's features
+    lags = script.period_lags(lookback, period, 1)
+    slot = {(k, int(u)): i for i, (k, u) in enumerate(
+        (k, u) for k in range(horizon // period) for u in lags)}
+    n_free = len(slot) + horizon
+    embed = torch.zeros((lookback + 1) * horizon, n_free, dtype=torch.float64)
+    shares = torch.zeros(n_free, dtype=torch.float64)
+    for t in range(horizon):
+        k, j = divmod(t, period)
+        for s in range(lookback):
+            if (k, lookback + j - s) in slot:
+                embed[s * horizon + t, slot[k, lookback + j - s]] = 1
+                shares[slot[k, lookback + j - s]] += 1
+        embed[lookback * horizon + t, len(slot) + t] = 1
+    design = torch.kron(features, torch.eye(horizon, dtype=torch.float64)) @ embed
+    penalty = torch.diag(1e-3 * count * shares)
+    free = torch.linalg.solve(design.T @ design + penalty, design.T @ targets.reshape(-1))
+    assert torch.allclose((embed @ free).reshape(lookback + 1, horizon), banded, atol=1e-9)
+
+
+def test_period_rows_score_the_structured_fits(data_dir: Path) -> None:
+    result = rows_of(run(data_dir, "--check", "period", "--lookbacks", "48", "--offsets", "0",
+                         "12", "--delta", "0.5"))
+    assert set(result) == {(48, "shipped"), (48, "Huber rows, delta 0.5"),
+                           (48, "period 24, offset 0, Huber rows, delta 0.5"),
+                           (48, "period 24, offset 12, Huber rows, delta 0.5")}
+    assert len(set(result.values())) == 4
+
+
 @pytest.mark.parametrize("args, named", [
     (["--check", "ridge", "--lookbacks", "800"], "--lookbacks"),
     (["--check", "ridge", "--train-rows", "1000"], "--train-rows"),
@@ -196,7 +261,11 @@ def test_robust_fit_resists_gross_errors_the_plain_fit_follows() -> None:
     (["--check", "rank", "--ranks", "x"], "--ranks"),
     (["--check", "rank", "--delta", "nan"], "--delta"),
     (["--check", "rank", "--delta", "-1"], "--delta"),
-    (["--check", "robust", "--delta", "0.5"], "--delta: only the rank check"),
+    (["--check", "robust", "--delta", "0.5"], "--delta: only the rank and period checks"),
+    (["--check", "period", "--period", "7"], "--period: must be at least 1 and divide the horizon"),
+    (["--check", "period", "--period", "0"], "--period"),
+    (["--check", "period", "--offsets", "13"], "--offsets: each must be between 0 and period"),
+    (["--check", "period", "--offsets", "-1"], "--offsets"),
     (["--check", "rank", "--ranks", "96", "1000000"], "--ranks: none is below the horizon (96)"),
     (["--check", "recency", "--half-lives", "-5"], "--half-lives"),
 ])
