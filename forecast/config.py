@@ -221,9 +221,9 @@ class TrainConfig(_Section):
     patience: int = Field(5, ge=0, description="Early stop after this many epochs without "
                           "a better validation loss; 0 disables early stopping.")
     loss: Literal["mse", "mae", "huber"] = Field("mse", description="Training loss.")
-    huber_delta: float = Field(
-        1.0, gt=0, allow_inf_nan=False, description="With loss huber: the error (scaled units) "
-        "beyond which the loss grows linearly instead of quadratically.")
+    huber_delta: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="With loss huber: the error (scaled units) "
+        "beyond which the loss grows linearly instead of quadratically. null: 1.0 (smooth L1).")
     val_metric: Literal["loss", "mse", "mae"] = Field(
         "loss",
         description="What scores each epoch on validation, for early stopping, the best-weights "
@@ -252,6 +252,17 @@ class TrainConfig(_Section):
     progress: bool | None = Field(
         None, description="tqdm progress bar; null: shown only when stderr is a terminal."
     )
+
+    @model_validator(mode="after")
+    def _check_loss(self) -> TrainConfig:
+        # a threshold for a loss that has none would be silently ignored
+        if self.huber_delta is not None and self.loss != "huber":
+            raise ValueError(
+                f"train.huber_delta ({self.huber_delta:g}) is the Huber loss's threshold, but "
+                f"train.loss is '{self.loss}': set train.loss to 'huber', or train.huber_delta "
+                "to null"
+            )
+        return self
 
 
 class EvalConfig(_Section):

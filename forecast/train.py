@@ -97,10 +97,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def loss_function(name: str, huber_delta: float = 1.0
+def loss_function(name: str, huber_delta: float | None = None
                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss `name`; huber's threshold is `huber_delta`, 1.0 (smooth L1) if None."""
     if name == "huber":
-        return functools.partial(F.huber_loss, delta=huber_delta)
+        return functools.partial(F.huber_loss, delta=1.0 if huber_delta is None else huber_delta)
     return {"mse": F.mse_loss, "mae": F.l1_loss}[name]
 
 

@@ -127,6 +127,18 @@ def test_train_bad_set_key(tmp_path, capsys, wide_csv, sets):
     assert "train.epochz: unknown key" in line
 
 
+def test_train_huber_delta_with_another_loss_exits_2_before_any_run(tmp_path, capsys, wide_csv,
+                                                                    sets):
+    (tmp_path / "c.yaml").write_text("name: x\n")
+    rc = main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(wide_csv),
+               "--output-dir", str(tmp_path / "runs"),
+               *sets("train.loss=mae", "train.huber_delta=0.5")])
+    assert rc == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "train.huber_delta (0.5) is the Huber loss's threshold, but train.loss is 'mae'" in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_missing_config_file(tmp_path, capsys, wide_csv):
     rc = main(["train", "--config", str(tmp_path / "none.yaml"), "--data", str(wide_csv)])
     assert rc == 2

@@ -282,6 +282,20 @@ def test_huber_delta_sets_where_the_loss_turns_linear():
         0.5 * 0.2 ** 2 + 0.5 * (3.0 - 0.25))
 
 
+def test_huber_delta_without_the_huber_loss_is_refused_by_name():
+    # it used to be ignored silently: a sweep over it with loss mse would have trained one
+    # model several times
+    for loss in ("mse", "mae"):
+        message = (rf"train.huber_delta \(0.5\) is the Huber loss's threshold, but train.loss "
+                   rf"is '{loss}': set train.loss to 'huber', or train.huber_delta to null")
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"train.loss={loss}", "train.huber_delta=0.5"])
+    assert load_config(None, ["train.loss=huber", "train.huber_delta=0.5"]).train.huber_delta == 0.5
+    # unset (or null) means the smooth L1's 1.0, whatever the loss
+    assert load_config(None, ["train.loss=mse", "train.huber_delta="]).train.huber_delta is None
+    assert load_config(None, ["train.loss=huber"]).train.huber_delta is None
+
+
 @pytest.mark.parametrize("value, message", [(0, "greater than 0"), (-0.5, "greater than 0"),
                                             (float("nan"), "finite number"),
                                             (float("inf"), "finite number"), ("", "valid number")])
