@@ -231,7 +231,8 @@ class TrainConfig(_Section):
         "on Huber but judged on MSE is then also chosen on MSE).",
     )
     max_windows_per_epoch: int | None = Field(
-        None, gt=0, description="Sample at most this many training windows per epoch."
+        None, gt=0, description="Sample at most this many training windows per epoch (the "
+        "least-squares skip is still solved on every training window: one pass, no epochs)."
     )
     pad_augment: float = Field(
         0.0, ge=0, le=1,
