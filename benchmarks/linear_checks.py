@@ -237,6 +237,11 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
         gram, cross, count = normal_equations(rows(train))
         plain = solve(gram, cross, count)
         record(lookback, "shipped", mse(forecasts(val, plain), target))
+        robust = None  # --delta (rank and period checks only): their full-rank robust base
+        if args.delta is not None:
+            robust = huber_solve(functools.partial(rows, train), args.delta, plain=plain)
+            record(lookback, f"Huber rows, delta {args.delta:g}",
+                   mse(forecasts(val, robust), target))
         if check == "ridge":
             for ridge in (r for r in args.ridges if r != RIDGE):  # RIDGE is "shipped"
                 record(lookback, f"ridge {ridge:g}",
@@ -264,27 +269,19 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
                 record(lookback, f"Huber rows, delta {delta:g}",
                        mse(forecasts(val, solution), target))
         elif check == "rank":
-            base = plain
-            if args.delta is not None:
-                base = huber_solve(functools.partial(rows, train), args.delta, plain=plain)
-                record(lookback, f"Huber rows, delta {args.delta:g}",
-                       mse(forecasts(val, base), target))
+            base = plain if robust is None else robust
             for rank in (r for r in args.ranks if r < args.horizon):
                 record(lookback, f"rank {rank}",
                        mse(forecasts(val, reduce_rank(base, gram, rank)), target))
         elif check == "period":
-            base = "plain" if args.delta is None else f"Huber rows, delta {args.delta:g}"
-            if args.delta is not None:
-                robust = huber_solve(functools.partial(rows, train), args.delta, plain=plain)
-                record(lookback, base, mse(forecasts(val, robust), target))
+            fitted = "plain" if args.delta is None else f"Huber rows, delta {args.delta:g}"
             for offset in args.offsets:
-                def fit(gram: torch.Tensor, cross: torch.Tensor, count: float,
-                        offset: int = offset) -> torch.Tensor:
-                    return period_solve(gram, cross, count, args.period, offset)
-                solution = (fit(gram, cross, count) if args.delta is None else
-                            huber_solve(functools.partial(rows, train), args.delta,
-                                        plain=fit(gram, cross, count), solver=fit))
-                record(lookback, f"period {args.period}, offset {offset}, {base}",
+                fit = functools.partial(period_solve, period=args.period, offset=offset)
+                solution = fit(gram, cross, count)
+                if args.delta is not None:
+                    solution = huber_solve(functools.partial(rows, train), args.delta,
+                                           plain=solution, solver=fit)
+                record(lookback, f"period {args.period}, offset {offset}, {fitted}",
                        mse(forecasts(val, solution), target))
         elif check == "recency":
             n_windows = len(data.windows("train"))

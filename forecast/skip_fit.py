@@ -16,7 +16,6 @@ training forecasts (reduced-rank regression): the H horizon steps share r shapes
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -82,15 +81,11 @@ def solve(gram: torch.Tensor, cross: torch.Tensor, count: float,
 Solver = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
-def huber_solve(rows: Callable[[], Rows], delta: float, ridge: float = RIDGE,
-                steps: int = IRLS_STEPS, plain: torch.Tensor | None = None,
-                solver: Solver | None = None) -> torch.Tensor:
-    """The ridge solution under Huber row weights min(1, delta / RMS residual), by iteratively
-    reweighted least squares from the plain fit (solved here unless given as `plain`); `rows`
-    is read once per step. `solver(gram, cross, count)`, if given, solves each step instead of
-    the plain ridge solution."""
-    if solver is None:
-        solver = functools.partial(solve, ridge=ridge)
+def huber_solve(rows: Callable[[], Rows], delta: float, steps: int = IRLS_STEPS,
+                plain: torch.Tensor | None = None, solver: Solver = solve) -> torch.Tensor:
+    """The `solver` solution (the ridge one by default) under Huber row weights
+    min(1, delta / RMS residual), by iteratively reweighted least squares from the unweighted
+    one (solved here unless given as `plain`); `rows` is read once per step."""
     solution = solver(*normal_equations(rows())) if plain is None else plain
     for _ in range(steps):
         def huber(features: torch.Tensor, targets: torch.Tensor,
