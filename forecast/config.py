@@ -237,7 +237,8 @@ class TrainConfig(_Section):
     pad_augment: float = Field(
         0.0, ge=0, le=1,
         description="Share of training windows whose history is randomly shortened (left-padded "
-        "and masked), so that short histories forecast well at serving time.",
+        "and masked), so that short histories forecast well at serving time. The least-squares "
+        "skip (model.skip_fit) is solved on the same share of padded windows.",
     )
     seed: int = Field(0, description="Seed for weights, shuffling and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field(

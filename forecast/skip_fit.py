@@ -10,6 +10,12 @@ a row (one window of one channel) whose RMS residual exceeds the threshold weigh
 threshold / residual, so a few windows the map cannot forecast (a sensor excursion) stop
 dictating it.
 
+With pad augmentation (train.pad_augment) the fit draws the same left padding the encoder
+trains on: a seeded share of windows keeps only a random tail of its lookback, with RevIN
+statistics over the real steps and the padded steps zeroed as the forward pass zeroes them. Fitted
+on full windows only, the skip would forecast short histories from a lookback that is mostly
+zeros.
+
 With a rank r the solution is then projected onto the r principal directions of its fitted
 training forecasts (reduced-rank regression): the H horizon steps share r shapes.
 """
@@ -21,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from forecast.model import PatchTransformer
-from forecast.windows import WindowSet
+from forecast.windows import WindowSet, random_pad_mask
 
 # Ridge strength per window, relative to the scaled data's unit variance: enough to keep the
 # L x L system well conditioned when lookback steps are nearly collinear, too small to bias it.
@@ -105,20 +111,28 @@ def reduce_rank(solution: torch.Tensor, gram: torch.Tensor, rank: int) -> torch.
 
 
 @torch.no_grad()
-def fit_linear_skip(model: PatchTransformer, train: WindowSet, batch_size: int = 1024) -> int:
+def fit_linear_skip(model: PatchTransformer, train: WindowSet, pad_augment: float = 0.0,
+                    seed: int = 0, batch_size: int = 1024) -> int:
     """Solve the skip in closed form (robustly with model.skip_huber_delta, reduced to
-    model.skip_rank) and zero the head; returns windows used. (A model built with
-    model.skip_fit 'least_squares' has its skip frozen, so training leaves it as solved.)"""
+    model.skip_rank) and zero the head; returns windows used. `pad_augment` is the share of
+    windows left-padded as in training, drawn from `seed`. (A model built with model.skip_fit
+    'least_squares' has its skip frozen, so training leaves it as solved.)"""
     if model.skip is None:
         raise ValueError("the model has no linear skip (model.linear_skip is false)")
+    min_history = model.cfg.min_history or model.cfg.patch_len
 
     def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(seed)  # the same padding on every pass
         for x, y in train.batches(batch_size):
             x, y = x.double(), y.double()  # [B x L x C], [B x H x C]
+            pad = random_pad_mask(len(x), x.shape[1], min_history, pad_augment, generator)
+            valid = torch.ones_like(x[:, :, :1]) if pad is None else (~pad)[..., None].double()
             if model.revin is not None:  # the statistics the forward pass normalises with
-                mean, std = model.revin.statistics(x, torch.ones_like(x[:, :, :1]))
+                mean, std = model.revin.statistics(x, valid)
             else:
                 mean, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
+            if pad is not None:  # x - mean is then 0 there, as the forward pass's zeroed steps
+                x = torch.where(pad[..., None], mean, x)
             yield window_rows(x, y, mean, std)
 
     gram, cross, count = normal_equations(rows())

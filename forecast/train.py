@@ -28,7 +28,7 @@ from forecast.config import TrainConfig
 from forecast.errors import TrainingError
 from forecast.model import PatchTransformer
 from forecast.skip_fit import fit_linear_skip
-from forecast.windows import Prepared, WindowSet
+from forecast.windows import Prepared, WindowSet, random_pad_mask
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +124,6 @@ def make_scheduler(
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def random_pad_mask(batch: int, lookback: int, min_history: int, share: float,
-                    generator: torch.Generator) -> torch.Tensor | None:
-    """Left-pad a random share of windows to a random history length in [min_history, L]."""
-    if share <= 0 or min_history >= lookback:
-        return None
-    chosen = torch.rand(batch, generator=generator) < share
-    if not chosen.any():
-        return None
-    keep = torch.randint(min_history, lookback + 1, (batch,), generator=generator)
-    keep = torch.where(chosen, keep, torch.full_like(keep, lookback))
-    return torch.arange(lookback).unsqueeze(0) < (lookback - keep).unsqueeze(1)  # [B x L]
 
 
 @torch.inference_mode()
@@ -264,7 +251,7 @@ def fit(
     elif model.cfg.skip_fit == "least_squares":
         # solved here, not on resume (the checkpoint holds it); the closed-form linear forecast
         # is a candidate too: validation may prefer it to every trained epoch (best_epoch 0)
-        fit_linear_skip(model, train)
+        fit_linear_skip(model, train, cfg.pad_augment, cfg.seed)
         best_state = copy.deepcopy(model.state_dict())
         result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device)
         result.linear_val_loss = result.best_val_loss

@@ -214,3 +214,16 @@ def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig,
                 f"windows; give split.{block} more rows or shorten the horizon"
             )
     return Prepared(torch.from_numpy(scaled), offsets, kept, bounds, scaler, L, H, index)
+
+
+def random_pad_mask(batch: int, lookback: int, min_history: int, share: float,
+                    generator: torch.Generator) -> torch.Tensor | None:
+    """Left-pad a random share of windows to a random history length in [min_history, L]."""
+    if share <= 0 or min_history >= lookback:
+        return None
+    chosen = torch.rand(batch, generator=generator) < share
+    if not chosen.any():
+        return None
+    keep = torch.randint(min_history, lookback + 1, (batch,), generator=generator)
+    keep = torch.where(chosen, keep, torch.full_like(keep, lookback))
+    return torch.arange(lookback).unsqueeze(0) < (lookback - keep).unsqueeze(1)  # [B x L]

@@ -13,7 +13,7 @@ from forecast.data import DataConfig, frame_to_series
 from forecast.model import build_model
 from forecast.skip_fit import RIDGE, fit_linear_skip, reduce_rank
 from forecast.train import CHECKPOINT, fit
-from forecast.windows import prepare
+from forecast.windows import prepare, random_pad_mask
 
 from .conftest import tiny_raw
 
@@ -58,27 +58,95 @@ def test_forecasts_a_pure_sine_almost_exactly_before_any_training(revin):
     assert float((y ** 2).mean()) > 0.5  # the series is not trivially zero after scaling
 
 
+def gradient_ratio(model, x: torch.Tensor, y: torch.Tensor,
+                   pad: torch.Tensor | None = None) -> float:
+    """|gradient| of the closed form's objective (squared error through the model's own forward
+    pass plus the ridge) at the solved skip, relative to that at a perturbed skip: near zero
+    only at the optimum."""
+    model.double().skip.requires_grad_(True)
+    rows = x.shape[0] * x.shape[2]
+
+    def gradient() -> torch.Tensor:
+        model.skip.weight.grad = model.skip.bias.grad = None
+        sse = ((model(x.double(), pad) - y.double()) ** 2).sum()
+        (sse + RIDGE * rows * (model.skip.weight ** 2).sum()).backward()
+        return torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad])
+
+    at_optimum = gradient()
+    with torch.no_grad():
+        model.skip.weight.add_(0.01)
+    return float(at_optimum.norm() / gradient().norm())
+
+
 def test_solution_minimises_the_models_denormalised_squared_error(wide_frame):
     config = lsq_config()
     prepared = prepared_for(config, wide_frame)
     model, _ = fitted(config, prepared)
     x, y = next(prepared.windows("train").batches(10_000))
-    model.skip.requires_grad_(True)
-    rows = x.shape[0] * x.shape[2]
-    # the objective the closed form solves, evaluated through the model's own forward pass
-    sse = ((model.double()(x.double()) - y.double()) ** 2).sum()
-    objective = sse + RIDGE * rows * (model.skip.weight ** 2).sum()
-    objective.backward()
-    # at the optimum the gradient vanishes, relative to the gradient at a perturbed solution
-    at_optimum = torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad])
-    with torch.no_grad():
-        model.skip.weight.add_(0.01)
-    model.skip.weight.grad = model.skip.bias.grad = None
-    sse = ((model(x.double()) - y.double()) ** 2).sum()
-    (sse + RIDGE * rows * (model.skip.weight ** 2).sum()).backward()
-    perturbed = torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad])
     # (float32 storage of the float64 solution leaves a residual of about 5e-4 of it)
-    assert float(at_optimum.norm()) < 2e-3 * float(perturbed.norm())
+    assert gradient_ratio(model, x, y) < 2e-3
+
+
+@pytest.mark.parametrize("revin", [True, False])
+def test_pad_augmented_fit_minimises_the_error_on_the_padded_windows_it_drew(wide_frame, revin):
+    config = lsq_config(revin)
+    prepared = prepared_for(config, wide_frame)
+    train = prepared.windows("train")
+    assert len(train) <= 1024  # one batch of the fit, so its padding can be redrawn below
+    torch.manual_seed(0)
+    model = build_model(config.model, config.windows.lookback, config.windows.horizon,
+                        prepared.n_channels)
+    fit_linear_skip(model, train, pad_augment=1.0, seed=3)
+    x, y = next(train.batches(1024))
+    pad = random_pad_mask(len(x), x.shape[1], config.model.patch_len, 1.0,
+                          torch.Generator().manual_seed(3))
+    assert pad is not None and pad.any(1).float().mean() > 0.8
+    # optimal for the forward pass on the windows as padded (padded steps zeroed after RevIN
+    # statistics over the real ones), and not for the same windows unpadded
+    assert gradient_ratio(model, x, y, pad) < 2e-3
+    assert gradient_ratio(model, x, y) > 0.1
+
+
+def test_pad_augmented_fit_trades_full_windows_for_short_histories(wide_frame):
+    config = lsq_config()
+    prepared = prepared_for(config, wide_frame)
+    train, val = prepared.windows("train"), prepared.windows("val")
+
+    def solved(pad_augment: float, seed: int):
+        torch.manual_seed(0)
+        model = build_model(config.model, config.windows.lookback, config.windows.horizon,
+                            prepared.n_channels)
+        fit_linear_skip(model, train, pad_augment, seed)
+        return model.eval()
+
+    plain, padded = solved(0.0, 0), solved(0.5, 0)
+    assert torch.equal(plain.skip.weight, solved(0.0, 7).skip.weight)  # no padding: no draws
+
+    def mse(model, windows, keep: int) -> float:
+        x, y = next(windows.batches(10_000))
+        pad = (torch.arange(x.shape[1]) < x.shape[1] - keep).expand(len(x), -1)
+        with torch.no_grad():
+            return float(((model(x, pad if keep < x.shape[1] else None) - y) ** 2).mean())
+
+    # with 8 of 24 steps of history the fit that drew padding forecasts far better...
+    assert mse(padded, val, 8) < 0.8 * mse(plain, val, 8)
+    # ...at a price on full windows, where the plain fit is the least-squares optimum
+    assert mse(plain, train, 24) < mse(padded, train, 24)
+
+
+def test_training_solves_the_skip_with_its_pad_augmentation(tmp_path, wide_frame):
+    config = lsq_config()
+    prepared = prepared_for(config, wide_frame)
+    cfg = config.train.model_copy(update={"epochs": 1, "pad_augment": 0.5, "seed": 4})
+    torch.manual_seed(0)
+    model = build_model(config.model, config.windows.lookback, config.windows.horizon,
+                        prepared.n_channels)
+    fit(model, prepared, cfg, tmp_path, "k")
+    torch.manual_seed(0)
+    direct = build_model(config.model, config.windows.lookback, config.windows.horizon,
+                         prepared.n_channels)
+    fit_linear_skip(direct, prepared.windows("train"), 0.5, 4)
+    assert torch.equal(model.skip.weight, direct.skip.weight)  # frozen, so training kept it
 
 
 def test_skip_is_frozen_and_head_starts_at_zero(wide_frame):

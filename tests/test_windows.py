@@ -16,6 +16,7 @@ from forecast.windows import (
     Bounds,
     WindowIndex,
     prepare,
+    random_pad_mask,
     split_bounds,
     window_count,
 )
@@ -216,3 +217,22 @@ def test_given_scaler_is_used_as_is():
     assert prepared.scaler is scaler
     expected = (series.values[0] - np.array([1.0, 2.0])) / np.array([2.0, 4.0])
     np.testing.assert_allclose(prepared.data.numpy(), expected, rtol=1e-6)
+
+
+def test_random_pad_mask():
+    gen = torch.Generator().manual_seed(0)
+    assert random_pad_mask(8, 16, 4, 0.0, gen) is None
+    assert random_pad_mask(8, 16, 16, 1.0, gen) is None
+    mask = random_pad_mask(64, 16, 4, 1.0, gen)
+    assert mask is not None and mask.shape == (64, 16) and mask.dtype == torch.bool
+    padded = mask.sum(1)
+    assert padded.min() >= 0 and padded.max() <= 16 - 4
+    assert padded.max() > 0
+    # Left padding: each row is True for a prefix, then False to the end.
+    for row, n in zip(mask, padded.tolist(), strict=True):
+        assert row[:n].all() and not row[n:].any()
+    assert not mask[:, -4:].any()  # the last min_history steps are always real
+    half = random_pad_mask(2000, 16, 4, 0.25, torch.Generator().manual_seed(1))
+    share = (half.any(1)).float().mean().item()
+    # chosen with p = 0.25, then 1 in 13 draws keep = L (no padding): 0.25 * 12 / 13 = 0.23
+    assert 0.19 < share < 0.27
