@@ -44,8 +44,7 @@ class BundleMeta:
 
     @property
     def min_history(self) -> int:
-        cfg = self.model_config
-        return cfg.min_history or cfg.patch_len
+        return self.model_config.shortest_history
 
 
 @dataclass

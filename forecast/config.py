@@ -178,6 +178,11 @@ class ModelConfig(_Section):
         "are left-padded and masked. Default: patch_len.",
     )
 
+    @property
+    def shortest_history(self) -> int:
+        """min_history, or one patch when it is not set."""
+        return self.min_history or self.patch_len
+
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:
         if self.skip_fit == "least_squares" and not self.linear_skip:

@@ -111,15 +111,22 @@ def reduce_rank(solution: torch.Tensor, gram: torch.Tensor, rank: int) -> torch.
 
 
 @torch.no_grad()
-def fit_linear_skip(model: PatchTransformer, train: WindowSet, pad_augment: float = 0.0,
+def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: float = 0.0,
                     seed: int = 0, batch_size: int = 1024) -> int:
     """Solve the skip in closed form (robustly with model.skip_huber_delta, reduced to
     model.skip_rank) and zero the head; returns windows used. `pad_augment` is the share of
-    windows left-padded as in training, drawn from `seed`. (A model built with model.skip_fit
+    windows left-padded as in training, drawn from `seed`. Called before training: the fit
+    assumes RevIN's affine is still the identity. (A model built with model.skip_fit
     'least_squares' has its skip frozen, so training leaves it as solved.)"""
     if model.skip is None:
         raise ValueError("the model has no linear skip (model.linear_skip is false)")
-    min_history = model.cfg.min_history or model.cfg.patch_len
+    if not 0.0 <= pad_augment <= 1.0:
+        raise ValueError(f"pad_augment is a share of windows, between 0 and 1; got {pad_augment}")
+    revin = model.revin
+    if revin is not None and not (bool((revin.weight == 1).all()) and not revin.bias.any()):
+        raise ValueError("RevIN's affine has moved from the identity: solve the skip before "
+                         "training, on a newly built model")
+    min_history = model.cfg.shortest_history
 
     def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)  # the same padding on every pass

@@ -227,7 +227,7 @@ def fit(
     val_fn = loss_function(cfg.loss if cfg.val_metric == "loss" else cfg.val_metric,
                            cfg.huber_delta)
     gen = torch.Generator().manual_seed(cfg.seed)
-    min_history = model.cfg.min_history or model.cfg.patch_len
+    min_history = model.cfg.shortest_history
     checkpoints = Checkpointer(checkpoint_dir, run_key)
 
     result = FitResult()
@@ -251,7 +251,7 @@ def fit(
     elif model.cfg.skip_fit == "least_squares":
         # solved here, not on resume (the checkpoint holds it); the closed-form linear forecast
         # is a candidate too: validation may prefer it to every trained epoch (best_epoch 0)
-        fit_linear_skip(model, train, cfg.pad_augment, cfg.seed)
+        fit_linear_skip(model, train, pad_augment=cfg.pad_augment, seed=cfg.seed)
         best_state = copy.deepcopy(model.state_dict())
         result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device)
         result.linear_val_loss = result.best_val_loss
