@@ -240,7 +240,7 @@ class TrainConfig(_Section):
         "least-squares skip is still solved on every training window: one pass, no epochs)."
     )
     pad_augment: float = Field(
-        0.0, ge=0, le=1,
+        0.0, ge=0, le=1, allow_inf_nan=False,
         description="Share of training windows whose history is randomly shortened (left-padded "
         "and masked), so that short histories forecast well at serving time. The least-squares "
         "skip (model.skip_fit) is solved on the same share of padded windows.",

@@ -123,7 +123,7 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
     if not 0.0 <= pad_augment <= 1.0:
         raise ValueError(f"pad_augment is a share of windows, between 0 and 1; got {pad_augment}")
     revin = model.revin
-    if revin is not None and not (bool((revin.weight == 1).all()) and not revin.bias.any()):
+    if revin is not None and (revin.weight.ne(1).any() or revin.bias.any()):
         raise ValueError("RevIN's affine has moved from the identity: solve the skip before "
                          "training, on a newly built model")
     min_history = model.cfg.shortest_history

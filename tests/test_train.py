@@ -283,3 +283,12 @@ def test_huber_delta_must_be_a_positive_finite_number(tiny_config, value, messag
     with pytest.raises(ValueError) as err:
         TrainConfig.model_validate({**tiny_config.train.model_dump(), "huber_delta": value})
     assert "huber_delta" in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("value, message", [(-0.1, "greater than or equal to 0"),
+                                            (2, "less than or equal to 1"),
+                                            (float("nan"), "finite number"), ("", "valid number")])
+def test_pad_augment_must_be_a_share_between_0_and_1(value, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"train.pad_augment={value}"])
+    assert "train.pad_augment" in str(err.value) and message in str(err.value)
