@@ -305,17 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-format", choices=["plain", "json"], default=argparse.SUPPRESS,
                        help="json: one JSON object per log line, with the MLflow run id")
 
-    def tracking_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri, "
-                       "$MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)")
+    def tracking_flag(p: argparse.ArgumentParser,
+                      default: str = "$MLFLOW_TRACKING_URI, then sqlite:///mlflow.db") -> None:
+        p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: {default})")
 
-    def with_config(p: argparse.ArgumentParser, required: bool) -> None:
-        tracking_flag(p)
+    def config_flags(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument("--config", required=required, help="YAML config file")
         p.add_argument("--data", help="data file (overrides data.path)")
-        p.add_argument("--output-dir", help="where runs write their files (overrides output_dir)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+
+    def with_config(p: argparse.ArgumentParser, required: bool) -> None:
+        tracking_flag(p, "tracking.uri, $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
+        config_flags(p, required)
+        p.add_argument("--output-dir", help="where runs write their files (overrides output_dir)")
 
     p = sub.add_parser("train", help="train, evaluate against baselines, save the model")
     with_config(p, required=True)
@@ -330,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a saved model and the baselines on a data split")
     p.add_argument("--model", required=True, help="model directory written by `forecast train`")
     p.add_argument("--block", choices=["val", "test"], default="test")
-    with_config(p, required=False)
+    # No tracking or output flags: evaluating reads the model and data and writes nothing.
+    config_flags(p, required=False)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="forecast from a history file (CSV/Parquet)")
@@ -393,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=tcp_port, default=8000)
     p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--reload-interval", type=positive_float, help="seconds between alias checks")
-    tracking_flag(p)
+    tracking_flag(p, "$FORECAST_TRACKING_URI, $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("config", help="print the resolved config with every default")

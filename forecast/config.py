@@ -253,7 +253,7 @@ class TrainConfig(_Section):
         None, gt=0, description="torch intra-op threads; default: the cores available."
     )
     checkpoint_dir: str | None = Field(
-        None, description="Where epoch checkpoints go; default <output_dir>/checkpoints."
+        None, description="Where epoch checkpoints go; default <output_dir>/<name>/checkpoints."
     )
     resume: bool = Field(True, description="Continue from a checkpoint found in checkpoint_dir.")
     progress: bool | None = Field(

@@ -320,3 +320,26 @@ def test_counts_on_the_command_line_must_be_positive(
         main(argv)
     assert exit_info.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--tracking-uri", "--output-dir"])
+def test_evaluate_refuses_flags_it_would_ignore(
+        flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # evaluate reads a model and data and writes nothing: accepting these would mislead.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model", "m", flag, "x"])
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {flag} x" in capsys.readouterr().err
+
+
+def test_tracking_uri_help_names_the_defaults_that_apply(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    serve_help = " ".join(capsys.readouterr().out.split())
+    assert "$FORECAST_TRACKING_URI, $MLFLOW_TRACKING_URI" in serve_help
+    with pytest.raises(SystemExit):
+        main(["models", "list", "--help"])
+    list_help = " ".join(capsys.readouterr().out.split())
+    assert "default: $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db" in list_help
+    assert "tracking.uri" not in list_help
