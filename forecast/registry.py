@@ -103,9 +103,13 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
 
 def load_version_forecaster(uri: str, name: str, version: str) -> Forecaster:
     """Download a registered version and load its bundle (safetensors + JSON, no pickle)."""
+    # Resolve the version in `uri`'s registry here: MLflow resolves a "models:/" URI in the
+    # process-wide registry, which is not `uri` in a server started with --tracking-uri.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    source = client.get_model_version_download_uri(name, version)
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=uri)
+            artifact_uri=source, dst_path=tmp, tracking_uri=uri)
         return Forecaster(load_bundle(bundle_path(local)))
 
 

@@ -10,6 +10,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -322,6 +323,24 @@ def test_registered_champion_fills_model_name_and_version(registry, tmp_path):
         assert_matches(got, expected, ["a", "b"])
     with pytest.raises(TrackingError, match=rf"models:/{NAME}@nobody cannot be resolved"):
         run(f"models:/{NAME}@nobody", inp, tmp_path / "x.parquet", tracking_uri=registry)
+
+
+def test_tracking_uri_alone_names_the_store(registry, tmp_path):
+    # MLflow resolves "models:/" URIs in its process-wide registry: point that elsewhere, as in
+    # a fresh process whose only hint is --tracking-uri, and the version must still load.
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(other)
+    mlflow.set_registry_uri(other)
+    try:
+        frame = long_frame([60])
+        summary, got = run(f"models:/{NAME}@champion", write(frame, tmp_path / "in.csv"),
+                           tmp_path / "out.parquet", tracking_uri=registry)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    assert (summary.model_name, summary.model_version) == (NAME, "1")
+    assert len(got) == 12
 
 
 def _cli_has_batch_forecast() -> bool:

@@ -23,13 +23,17 @@ pytestmark = pytest.mark.slow
 
 
 def start_server(registry: Registry, port: int, **env_extra: str) -> subprocess.Popen:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=registry.uri, **env_extra)
+    # The store is named by --tracking-uri alone, from a folder that does not hold it, so that
+    # nothing may fall back to $MLFLOW_TRACKING_URI or ./mlflow.db.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | env_extra
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    elsewhere = registry.root / "server-cwd"
+    elsewhere.mkdir(exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "forecast.cli", "-q", "serve", "--model",
-         f"models:/{MODEL_NAME}@{CHAMPION}", "--host", "127.0.0.1", "--port", str(port),
-         "--reload-interval", "0.3"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+         f"models:/{MODEL_NAME}@{CHAMPION}", "--tracking-uri", registry.uri,
+         "--host", "127.0.0.1", "--port", str(port), "--reload-interval", "0.3"],
+        env=env, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -68,6 +72,7 @@ def test_real_request_equals_in_process_prediction(server: str, registry: Regist
     expected = local.predict_arrays([FRAME[CHANNELS].to_numpy(np.float32)[352:400]])[0]
     got = np.array([out["forecasts"][0]["values"][c] for c in CHANNELS]).T
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert list((registry.root / "server-cwd").iterdir()) == []  # no stray ./mlflow.db
 
 
 def _stream(base: str, stop: threading.Event, versions: list[str], failures: list[str]) -> None:
