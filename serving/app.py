@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import middleware
 from serving.deps import AppState
@@ -41,11 +43,39 @@ async def watch_model(state: AppState) -> None:
         await asyncio.sleep(state.settings.reload_interval_s)
 
 
+JSON_ONLY = "send the body as JSON with the header Content-Type: application/json"
+
+
+def _is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _problem(e: dict[str, Any]) -> dict[str, Any]:
+    if e.get("type") == "json_invalid":  # FastAPI's loc is then a character offset, not a field
+        at = e.get("loc", ())[-1]
+        reason = e.get("ctx", {}).get("error", "")
+        return {"loc": ["body"], "type": "json_invalid",
+                "msg": f"the body is not valid JSON: {reason} at character {at}"}
+    return {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with each problem's field path and message; the input is not echoed back."""
-    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-              for e in exc.errors()]
-    return JSONResponse({"detail": detail}, status_code=422)
+    """422 with each problem's field path and message (the input is not echoed back), or 415
+    when the body was not sent as JSON at all."""
+    if request.method == "POST" and not _is_json(request):
+        return JSONResponse({"detail": f"unsupported media type: {JSON_ONLY}"}, status_code=415)
+    return JSONResponse({"detail": [_problem(e) for e in exc.errors()]}, status_code=422)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own reply, but with a fix named where it reports only 'error parsing the body'
+    (nesting or number sizes the JSON parser refuses, a body it cannot decode)."""
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        return JSONResponse({"detail": "the body could not be parsed: " + JSON_ONLY + " (UTF-8, "
+                             "not compressed, numbers under 4300 digits, nested less than a "
+                             "few hundred levels deep)"}, status_code=400)
+    return await http_exception_handler(request, exc)
 
 
 def example_request(state: AppState) -> dict[str, Any]:
@@ -82,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Forecasts from the registered model. POST /v1/forecast.")
     app.state.forecast = state
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     for router in (health.router, forecast.router, model.router, metrics.router):
         app.include_router(router)
     middleware.install(app, state.metrics, settings.max_body_bytes, settings.request_timeout_s)

@@ -10,6 +10,18 @@ from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_va
 Finite = Annotated[float, Strict(), AllowInfNan(False)]
 
 
+def cut(text: str, width: int = 64) -> str:
+    """`text`, shortened to `width` characters: error messages never echo unbounded input."""
+    return text if len(text) <= width else text[:width] + "..."
+
+
+def few(items: list[str], shown: int = 5) -> str:
+    """At most `shown` items, each cut: a body of a million made-up channel names must not
+    come back as a 10 MB error."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return f"{[cut(n) for n in items[:shown]]}{more}"
+
+
 class SeriesIn(BaseModel):
     """One series: its recent history per channel, oldest first."""
 
@@ -32,9 +44,11 @@ class SeriesIn(BaseModel):
             raise ValueError("history is empty: give one list of values per channel")
         if min(lengths.values()) == 0:
             empty = [n for n, v in lengths.items() if v == 0]
-            raise ValueError(f"history of channel(s) {empty} is empty")
+            raise ValueError(f"history of channel(s) {few(empty)} is empty")
         if len(set(lengths.values())) > 1:
-            raise ValueError(f"ragged history: channels have different lengths {lengths}")
+            sizes = [f"{n}: {v}" for n, v in lengths.items()]
+            raise ValueError(f"ragged history: channels have different lengths {few(sizes)}; "
+                             "give every channel the same number of values")
         if self.timestamps is not None and len(self.timestamps) != next(iter(lengths.values())):
             raise ValueError(f"timestamps has {len(self.timestamps)} entries but the history "
                              f"has {next(iter(lengths.values()))} rows")
@@ -45,7 +59,7 @@ class ForecastRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     series: list[SeriesIn] = Field(..., min_length=1, description="One or more series.")
-    horizon: int | None = Field(
+    horizon: Annotated[int, Strict()] | None = Field(
         None, ge=1, description="Steps to forecast, at most the model's horizon (its default)."
     )
 

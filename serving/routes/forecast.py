@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timezone
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from forecast.errors import DataError
 from serving.deps import Model, State, require_token
 from serving.model_store import LoadedModel
-from serving.schemas import ForecastRequest, ForecastResponse, SeriesIn
+from serving.schemas import ForecastRequest, ForecastResponse, SeriesIn, cut, few
 
 router = APIRouter(prefix="/v1", tags=["forecast"], dependencies=[Depends(require_token)])
 
@@ -23,12 +24,8 @@ def _error(loc: tuple[Any, ...], msg: str) -> dict[str, Any]:
     return {"loc": ("body", *loc), "msg": msg, "type": "value_error"}
 
 
-def _few(names: list[str], shown: int = 5, width: int = 64) -> str:
-    """At most `shown` names, each cut to `width` characters: a body of a million made-up
-    channel names must not come back as a 10 MB error."""
-    cut = [n if len(n) <= width else n[:width] + "..." for n in names[:shown]]
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return f"{cut}{more}"
+# a UTC offset (Z, +05:00, -0800) after a clock time, at the end of an ISO-8601 string
+_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp | None,
@@ -42,7 +39,14 @@ def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp
     bad = stamps.isna().to_numpy()
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
-        return None, _error((*loc, j), f"{series.timestamps[j]!r} is not an ISO-8601 timestamp")
+        return None, _error((*loc, j), f"{cut(series.timestamps[j])!r} is not an ISO-8601 "
+                            "timestamp")
+    aware = pd.Series(series.timestamps).str.contains(_OFFSET, regex=True).to_numpy()
+    if aware.any() and not aware.all():
+        j = int(np.flatnonzero(aware != aware[0])[0])
+        return None, _error((*loc, j), f"timestamps mix local times and times with a UTC offset "
+                            f"(at position {j}): give every timestamp an offset (+01:00 or Z) "
+                            "or none")
     index = pd.DatetimeIndex(stamps).tz_localize(None)
     expected = pd.date_range(index[0], periods=len(index), freq=freq)
     if not index.equals(expected):
@@ -50,7 +54,12 @@ def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp
         what = "not increasing" if j and index[j] <= index[j - 1] else "irregular"
         return None, _error((*loc, j), f"timestamps are {what} at position {j}: expected "
                             f"{expected[j].isoformat()} (one step of {freq!r} after the previous)")
-    return index[-1], None
+    if not aware[0]:
+        return index[-1], None
+    # Forecast times carry the last history time's offset: a client reading them must not
+    # take UTC for local time. Offsets alone say nothing of daylight-saving rules ahead.
+    offset = pd.Timestamp(series.timestamps[-1]).utcoffset()
+    return stamps.iloc[-1].tz_convert(timezone(offset)), None
 
 
 def _histories(body: ForecastRequest, model: LoadedModel) -> tuple[list[np.ndarray],
@@ -66,7 +75,7 @@ def _histories(body: ForecastRequest, model: LoadedModel) -> tuple[list[np.ndarr
         if missing or unknown:
             errors.append(_error(("series", i, "history"),
                                  f"expected exactly the channels {channels}; missing {missing}, "
-                                 f"unknown {_few(unknown)}"))
+                                 f"unknown {few(unknown)}"))
             continue
         n = len(s.history[channels[0]])
         if n < minimum:
@@ -92,6 +101,7 @@ def _histories(body: ForecastRequest, model: LoadedModel) -> tuple[list[np.ndarr
     "/forecast", response_model=ForecastResponse, summary="Forecast one or many series",
     responses={401: {"description": "Missing or wrong bearer token"},
                413: {"description": "Body too large or too many series"},
+               415: {"description": "Body not sent as application/json"},
                503: {"description": "No model loaded yet"}},
 )
 async def forecast(body: ForecastRequest, model: Model, state: State) -> Response:

@@ -62,9 +62,33 @@ def test_timestamps_across_a_daylight_saving_switch(client: TestClient) -> None:
     item["timestamps"] = [t.isoformat() for t in local]
     reply = post(client, {"series": [item], "horizon": 2})
     assert reply.status_code == 200, reply.text
-    last_utc = local[-1].tz_convert("UTC").tz_localize(None)
+    # in the last history time's offset, as the client sent it, not bare UTC
+    assert local[-1].isoformat() == "2024-04-01T04:00:00+02:00"
     assert reply.json()["forecasts"][0]["timestamps"] == [
-        (last_utc + pd.Timedelta(hours=k)).isoformat() for k in (1, 2)]
+        "2024-04-01T05:00:00+02:00", "2024-04-01T06:00:00+02:00"]
+
+
+@pytest.mark.parametrize(("suffix", "expected"), [
+    ("+05:00", "+05:00"), ("-0800", "-08:00"), ("Z", "+00:00"), ("", "")])
+def test_forecast_times_keep_the_history_offset(client: TestClient, suffix: str,
+                                                expected: str) -> None:
+    item = series(48, stamps=True)
+    item["timestamps"] = [t + suffix for t in item["timestamps"]]
+    reply = post(client, {"series": [item], "horizon": 2})
+    assert reply.status_code == 200, reply.text
+    last = FRAME["date"].iloc[399]
+    assert reply.json()["forecasts"][0]["timestamps"] == [
+        (last + pd.Timedelta(hours=k)).isoformat() + expected for k in (1, 2)]
+
+
+def test_timestamps_with_and_without_offsets_are_refused(client: TestClient) -> None:
+    item = series(48, stamps=True)
+    item["timestamps"][7] += "+01:00"
+    reply = post(client, {"series": [item]})
+    assert reply.status_code == 422
+    loc, msg = detail(reply)
+    assert loc == ["body", "series", 0, "timestamps", 7]
+    assert "give every timestamp an offset (+01:00 or Z) or none" in msg
 
 
 def test_long_history_uses_its_last_lookback_rows(client: TestClient) -> None:
@@ -163,6 +187,9 @@ def test_non_finite_numbers_get_422(client: TestClient, literal: bytes) -> None:
     (13, 422, "horizon 13 is above the model's 12"),
     (0, 422, "greater than or equal to 1"),
     ("six", 422, "valid integer"),
+    ("6", 422, "valid integer"),  # no silent coercion: numbers as strings are refused
+    (True, 422, "valid integer"),
+    (2.0, 422, "valid integer"),
 ])
 def test_horizon_is_checked(client: TestClient, horizon: Any, status: int,
                             fragment: str) -> None:
@@ -196,3 +223,49 @@ def test_limits_give_413(make_client: Any) -> None:
     assert reply.request.headers.get("transfer-encoding") == "chunked"
     assert reply.status_code == 413
     assert reply.json()["detail"] == "request body exceeds 20000 bytes (FORECAST_MAX_BODY_BYTES)"
+
+
+def test_errors_never_echo_unbounded_input(client: TestClient) -> None:
+    ragged = series(48)
+    ragged["history"].update({f"x{k}": [1.0] * (1 + k % 7) for k in range(3000)})
+    long_stamp = series(48, stamps=True)
+    long_stamp["timestamps"][3] = "9" * 100_000
+    for item in (ragged, long_stamp):
+        reply = post(client, {"series": [item]})
+        assert reply.status_code == 422
+        assert len(reply.content) < 2_000, reply.content[:300]
+    assert "give every channel the same number of values" in detail(post(client, {
+        "series": [ragged]}))[1]
+    assert "9" * 64 + "...' is not an ISO-8601 timestamp" in detail(post(client, {
+        "series": [long_stamp]}))[1]
+
+
+def test_json_syntax_errors_say_what_is_wrong(client: TestClient) -> None:
+    reply = client.post("/v1/forecast", content=b'{"series": [',
+                        headers={"content-type": "application/json"})
+    assert reply.status_code == 422
+    assert detail(reply) == (["body"], "the body is not valid JSON: Expecting value at "
+                                       "character 12")
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "text/plain"},
+                                     {"content-type": "application/x-www-form-urlencoded"}, {}])
+def test_a_body_not_sent_as_json_gets_415(client: TestClient, headers: dict) -> None:
+    reply = client.post("/v1/forecast", content=orjson.dumps({"series": [series()]}),
+                        headers=headers)
+    assert reply.status_code == 415
+    assert reply.json()["detail"] == ("unsupported media type: send the body as JSON with the "
+                                      "header Content-Type: application/json")
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"series": [], "horizon": ' + b"1" * 5000 + b"}"])
+def test_bodies_the_parser_refuses_get_400_naming_the_limits(client: TestClient,
+                                                             body: bytes) -> None:
+    reply = client.post("/v1/forecast", content=body,
+                        headers={"content-type": "application/json"})
+    assert reply.status_code == 400
+    assert reply.json()["detail"].startswith("the body could not be parsed: send the body as "
+                                             "JSON with the header Content-Type: "
+                                             "application/json (UTF-8, not compressed, numbers "
+                                             "under 4300 digits")
