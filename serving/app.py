@@ -115,14 +115,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     for router in (health.router, forecast.router, model.router, metrics.router):
         app.include_router(router)
-    middleware.install(app, state.metrics, settings.max_body_bytes, settings.request_timeout_s)
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    middleware.install(app, state.metrics, settings.max_body_bytes, settings.request_timeout_s,
+                       token)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = get_openapi(title=app.title, version=app.version,
                                              description=app.description, routes=app.routes)
-        body = app.openapi_schema["paths"]["/v1/forecast"]["post"]["requestBody"]
+        paths = app.openapi_schema["paths"]
+        body = paths["/v1/forecast"]["post"]["requestBody"]
         body["content"]["application/json"]["example"] = example_request(state)
+        if token is not None:  # so that /docs offers "Authorize" for the /v1/ routes
+            app.openapi_schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}}
+            for path, operations in paths.items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,9 +1,13 @@
-"""Pure ASGI middleware (no per-request task overhead): body-size limit (413), request timeout
-(504), and request counts and latency for /metrics."""
+"""Pure ASGI middleware (no per-request task overhead): the bearer token on /v1/ (401), body-size
+limit (413), request timeout (504), and request counts and latency for /metrics.
+
+The token is checked here, not in a route dependency, because FastAPI reads and parses a body
+before it runs a route's dependencies: a client without the token must not get that far."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from typing import Any
@@ -17,18 +21,20 @@ KNOWN_PATHS = ("/v1/forecast", "/v1/model", "/healthz", "/readyz", "/metrics", "
                "/openapi.json")
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
+async def _reply(send: Send, status: int, detail: str,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
 class LimitsAndMetrics:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int,
-                 timeout_s: float) -> None:
+                 timeout_s: float, api_token: str | None) -> None:
         self.app = app
+        self.expected = None if api_token is None else f"bearer {api_token}".encode()
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.timeout = timeout_s
@@ -47,12 +53,19 @@ class LimitsAndMetrics:
                 status["code"], status["sent"] = message["status"], True
             await send(message)
 
-        header = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        header = headers.get(b"content-length")
         try:
             length = int(header) if header is not None else 0
         except ValueError:
             length = -1
         try:
+            if self.expected is not None and scope["path"].startswith("/v1/") \
+                    and not self._authorized(headers.get(b"authorization", b"")):
+                status["code"] = 401
+                await _reply(send, 401, "missing or invalid bearer token",
+                             ((b"www-authenticate", b"Bearer"),))
+                return
             if length < 0:
                 status["code"] = 400
                 await _reply(send, 400, "invalid Content-Length header")
@@ -84,6 +97,15 @@ class LimitsAndMetrics:
             self.metrics.latency.labels(path=path).observe(time.perf_counter() - started)
 
 
-def install(app: Any, metrics: ServiceMetrics, max_body_bytes: int, timeout_s: float) -> None:
+    def _authorized(self, given: bytes) -> bool:
+        assert self.expected is not None
+        scheme, _, token = given.partition(b" ")
+        # the scheme is case-insensitive (RFC 7235); the comparison takes constant time, so
+        # response timing does not reveal the token
+        return hmac.compare_digest(scheme.lower() + b" " + token.strip(), self.expected)
+
+
+def install(app: Any, metrics: ServiceMetrics, max_body_bytes: int, timeout_s: float,
+            api_token: str | None) -> None:
     app.add_middleware(LimitsAndMetrics, metrics=metrics, max_body_bytes=max_body_bytes,
-                       timeout_s=timeout_s)
+                       timeout_s=timeout_s, api_token=api_token)

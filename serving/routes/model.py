@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from serving.deps import Model, require_token
+from serving.deps import Model
 from serving.schemas import ModelInfo
 
-router = APIRouter(prefix="/v1", tags=["model"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/v1", tags=["model"])
 
 
 @router.get("/model", response_model=ModelInfo, summary="The model being served")

@@ -54,6 +54,24 @@ def test_bearer_token_guards_v1_but_not_probes(make_client: Any) -> None:
     assert ok.status_code == 200
     assert secured.get("/healthz").status_code == 200
     assert secured.get("/readyz").status_code == 200
+    lower = secured.post("/v1/forecast", json=body, headers={"Authorization": "bearer s3cret"})
+    assert lower.status_code == 200  # the scheme is case-insensitive (RFC 7235)
+    for scheme in ("Basic s3cret", "Bearer s3cret2", "Bearer", "s3cret"):
+        assert secured.get("/v1/model", headers={"Authorization": scheme}).status_code == 401
+
+
+def test_no_token_is_refused_before_the_body_is_read(make_client: Any) -> None:
+    secured = make_client(api_token="s3cret")
+    for body, media in ((b"{not json", "application/json"), (b"x" * 10_000, "text/plain")):
+        reply = secured.post("/v1/forecast", content=body, headers={"content-type": media})
+        assert reply.status_code == 401, reply.text
+        assert reply.json() == {"detail": "missing or invalid bearer token"}
+        assert reply.headers["www-authenticate"] == "Bearer"
+    schema = secured.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"] == {"bearer": {"type": "http",
+                                                                  "scheme": "bearer"}}
+    assert schema["paths"]["/v1/forecast"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
 def test_metrics_count_requests_by_status(client: TestClient) -> None:
