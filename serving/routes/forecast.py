@@ -89,8 +89,11 @@ def _histories(body: ForecastRequest, model: LoadedModel) -> tuple[list[np.ndarr
             if err is not None:
                 errors.append(err)
                 continue
-        # only the last L rows reach the model: [T x C]
-        histories.append(np.array([s.history[c][-L:] for c in channels], dtype=np.float32).T)
+        # only the last L rows reach the model: [T x C]; values beyond float32 become inf
+        # here and are refused, naming the series, by predict_arrays
+        with np.errstate(over="ignore"):
+            histories.append(np.array([s.history[c][-L:] for c in channels],
+                                      dtype=np.float32).T)
         lasts.append(last)
     if errors:
         raise RequestValidationError(errors)

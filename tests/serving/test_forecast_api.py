@@ -155,6 +155,7 @@ def test_bad_series_get_422_naming_the_field(client: TestClient, mutate: Any, lo
     assert fragment in msg
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the cast's overflow is expected, not logged
 @pytest.mark.parametrize("value, fragment", [
     (1e39, "beyond float32's range"),  # finite JSON, infinite once cast to float32
     (3e38, "the forecast overflowed float32"),  # fits float32; the window's variance does not
