@@ -34,14 +34,15 @@ def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp
     assert series.timestamps is not None
     loc = ("series", i, "timestamps")
     # utc=True: offsets that change within a series (daylight saving) must parse, not raise
-    stamps = pd.to_datetime(pd.Series(series.timestamps), errors="coerce", format="ISO8601",
-                            utc=True)
-    bad = stamps.isna().to_numpy()
+    texts = pd.Series(series.timestamps)
+    stamps = pd.to_datetime(texts, errors="coerce", format="ISO8601", utc=True)
+    # pandas also reads "now" and "today"; an ISO-8601 time starts with the year's digits
+    bad = (stamps.isna() | ~texts.str.match(r"\d{4}")).to_numpy()
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
         return None, _error((*loc, j), f"{cut(series.timestamps[j])!r} is not an ISO-8601 "
                             "timestamp")
-    aware = pd.Series(series.timestamps).str.contains(_OFFSET, regex=True).to_numpy()
+    aware = texts.str.contains(_OFFSET, regex=True).to_numpy()
     if aware.any() and not aware.all():
         j = int(np.flatnonzero(aware != aware[0])[0])
         return None, _error((*loc, j), f"timestamps mix local times and times with a UTC offset "

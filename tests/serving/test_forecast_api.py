@@ -143,6 +143,8 @@ def _with(mutate: Any) -> dict:
      ["body", "series", 0, "timestamps", 10], "irregular"),
     (lambda s: s["timestamps"].__setitem__(3, "yesterday"),
      ["body", "series", 0, "timestamps", 3], "not an ISO-8601 timestamp"),
+    (lambda s: s["timestamps"].__setitem__(47, "now"),  # pandas alone would read it
+     ["body", "series", 0, "timestamps", 47], "'now' is not an ISO-8601 timestamp"),
     (lambda s: s.update(id=""), ["body", "series", 0, "id"], "at least 1 character"),
     (lambda s: s.update(colour="red"), ["body", "series", 0, "colour"], "Extra inputs"),
 ])
