@@ -30,6 +30,14 @@ async def _reply(send: Send, status: int, detail: str,
     await send({"type": "http.response.body", "body": body})
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app's routes match: uvicorn --root-path and mounts put a prefix in front of
+    it that Starlette's router removes, so a check on the raw path would miss /api/v1/..."""
+    root = scope.get("root_path", "")
+    path = scope["path"]
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 class LimitsAndMetrics:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int,
                  timeout_s: float, api_token: str | None) -> None:
@@ -44,7 +52,8 @@ class LimitsAndMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        route = route_path(scope)
+        path = route if route in KNOWN_PATHS else "other"
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
 
@@ -53,14 +62,16 @@ class LimitsAndMetrics:
                 status["code"], status["sent"] = message["status"], True
             await send(message)
 
-        headers = dict(scope["headers"])
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)  # the first of repeated headers, as Starlette reads
         header = headers.get(b"content-length")
         try:
             length = int(header) if header is not None else 0
         except ValueError:
             length = -1
         try:
-            if self.expected is not None and scope["path"].startswith("/v1/") \
+            if self.expected is not None and route.startswith("/v1/") \
                     and not self._authorized(headers.get(b"authorization", b"")):
                 status["code"] = 401
                 await _reply(send, 401, "missing or invalid bearer token",

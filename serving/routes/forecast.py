@@ -24,8 +24,9 @@ def _error(loc: tuple[Any, ...], msg: str) -> dict[str, Any]:
     return {"loc": ("body", *loc), "msg": msg, "type": "value_error"}
 
 
-# a UTC offset (Z, +05:00, -0800) after a clock time, at the end of an ISO-8601 string
-_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+# a UTC offset (Z, +05:00, -0800, +05) after a clock time (15, 15:00, 1500, 15:00:00.5), at
+# the end of an ISO-8601 string: the forms pandas parses as time-zone aware
+_OFFSET = r"[T ]\d{2}(?::?\d{2}){0,2}(?:\.\d+)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp | None,
@@ -37,7 +38,7 @@ def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp
     texts = pd.Series(series.timestamps)
     stamps = pd.to_datetime(texts, errors="coerce", format="ISO8601", utc=True)
     # pandas also reads "now" and "today"; an ISO-8601 time starts with the year's digits
-    bad = (stamps.isna() | ~texts.str.match(r"\d{4}")).to_numpy()
+    bad = (stamps.isna() | ~texts.str.match(r"\s*\d{4}")).to_numpy()
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
         return None, _error((*loc, j), f"{cut(series.timestamps[j])!r} is not an ISO-8601 "

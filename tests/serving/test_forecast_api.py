@@ -68,12 +68,16 @@ def test_timestamps_across_a_daylight_saving_switch(client: TestClient) -> None:
         "2024-04-01T05:00:00+02:00", "2024-04-01T06:00:00+02:00"]
 
 
-@pytest.mark.parametrize(("suffix", "expected"), [
-    ("+05:00", "+05:00"), ("-0800", "-08:00"), ("Z", "+00:00"), ("", "")])
-def test_forecast_times_keep_the_history_offset(client: TestClient, suffix: str,
+@pytest.mark.parametrize(("write", "expected"), [
+    (lambda t: t + "+05:00", "+05:00"), (lambda t: t + "-0800", "-08:00"),
+    (lambda t: t + "Z", "+00:00"), (lambda t: t, ""), (lambda t: " " + t, ""),
+    (lambda t: t[:13] + "+01:00", "+01:00"),  # hour only: 2025-01-01T05+01:00
+    (lambda t: t.replace("-", "").replace(":", "") + "+0100", "+01:00"),  # basic format
+])
+def test_forecast_times_keep_the_history_offset(client: TestClient, write: Any,
                                                 expected: str) -> None:
     item = series(48, stamps=True)
-    item["timestamps"] = [t + suffix for t in item["timestamps"]]
+    item["timestamps"] = [write(t) for t in item["timestamps"]]
     reply = post(client, {"series": [item], "horizon": 2})
     assert reply.status_code == 200, reply.text
     last = FRAME["date"].iloc[399]
@@ -81,9 +85,11 @@ def test_forecast_times_keep_the_history_offset(client: TestClient, suffix: str,
         (last + pd.Timedelta(hours=k)).isoformat() + expected for k in (1, 2)]
 
 
-def test_timestamps_with_and_without_offsets_are_refused(client: TestClient) -> None:
+@pytest.mark.parametrize("offset", ["+01:00", "+0100"])
+def test_timestamps_with_and_without_offsets_are_refused(client: TestClient,
+                                                         offset: str) -> None:
     item = series(48, stamps=True)
-    item["timestamps"][7] += "+01:00"
+    item["timestamps"][7] = item["timestamps"][7].replace("-", "").replace(":", "") + offset
     reply = post(client, {"series": [item]})
     assert reply.status_code == 422
     loc, msg = detail(reply)

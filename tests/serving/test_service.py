@@ -67,6 +67,16 @@ def test_no_token_is_refused_before_the_body_is_read(make_client: Any) -> None:
         assert reply.status_code == 401, reply.text
         assert reply.json() == {"detail": "missing or invalid bearer token"}
         assert reply.headers["www-authenticate"] == "Bearer"
+    # behind uvicorn --root-path or a mount the raw path carries a prefix the router removes
+    behind = TestClient(secured.app, root_path="/api")
+    assert behind.get("/api/v1/model").status_code == 401
+    assert behind.get("/api/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code \
+        == 200
+    # of repeated Authorization headers the first counts, as Starlette reads headers
+    for first, second, code in (("s3cret", "bad", 200), ("bad", "s3cret", 401)):
+        reply = secured.get("/v1/model", headers=[("Authorization", f"Bearer {first}"),
+                                                  ("Authorization", f"Bearer {second}")])
+        assert reply.status_code == code
     schema = secured.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"] == {"bearer": {"type": "http",
                                                                   "scheme": "bearer"}}
