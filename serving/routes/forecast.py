@@ -91,11 +91,17 @@ def _histories(body: ForecastRequest, model: LoadedModel) -> tuple[list[np.ndarr
             if err is not None:
                 errors.append(err)
                 continue
-        # only the last L rows reach the model: [T x C]; values beyond float32 become inf
-        # here and are refused, naming the series, by predict_arrays
+        # only the last L rows reach the model: [T x C]; JSON admits finite values beyond
+        # float32's range, which the cast turns into inf
         with np.errstate(over="ignore"):
-            histories.append(np.array([s.history[c][-L:] for c in channels],
-                                      dtype=np.float32).T)
+            rows = np.array([s.history[c][-L:] for c in channels], dtype=np.float32).T
+        if not np.isfinite(rows).all():
+            t, k = (int(v) for v in np.argwhere(~np.isfinite(rows))[0])
+            errors.append(_error(("series", i, "history", channels[k], n - len(rows) + t),
+                                 "value beyond float32's range (about ±3.4e38): send it in a "
+                                 "larger unit"))
+            continue
+        histories.append(rows)
         lasts.append(last)
     if errors:
         raise RequestValidationError(errors)
@@ -123,7 +129,7 @@ async def forecast(body: ForecastRequest, model: Model, state: State) -> Respons
     try:
         with torch.inference_mode():  # [N x h x C], original units
             pred = forecaster.predict_arrays(histories, horizon, [s.id for s in body.series])
-    except DataError as err:  # values the JSON schema accepts but float32 cannot carry
+    except DataError as err:  # a forecast float32 cannot carry (the inputs were checked)
         raise RequestValidationError([_error(("series",), str(err))]) from None
     out = []
     for i, s in enumerate(body.series):

@@ -164,19 +164,24 @@ def test_bad_series_get_422_naming_the_field(client: TestClient, mutate: Any, lo
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # the cast's overflow is expected, not logged
-@pytest.mark.parametrize("value, fragment", [
-    (1e39, "beyond float32's range"),  # finite JSON, infinite once cast to float32
-    (3e38, "the forecast overflowed float32"),  # fits float32; the window's variance does not
-])
-def test_values_float32_cannot_carry_get_422_not_500(client: TestClient, value: float,
-                                                      fragment: str) -> None:
+def test_values_beyond_float32_get_422_at_their_place(client: TestClient) -> None:
+    item = series(60, sid="big")  # lookback 48: row 59 is the last the model reads
+    item["history"]["load_3"][59] = -1e39
+    reply = post(client, {"series": [series(48), item]})
+    assert reply.status_code == 422, reply.text
+    assert detail(reply) == (["body", "series", 1, "history", "load_3", 59],
+                             "value beyond float32's range (about ±3.4e38): send it in a "
+                             "larger unit")
+
+
+def test_forecasts_float32_cannot_carry_get_422_not_500(client: TestClient) -> None:
     item = series(48, sid="big")
-    item["history"]["load_0"][-1] = value
+    item["history"]["load_0"][-1] = 3e38  # fits float32; the window's variance does not
     reply = post(client, {"series": [series(48), item]})
     assert reply.status_code == 422, reply.text
     loc, msg = detail(reply)
     assert loc == ["body", "series"]
-    assert "series 'big'" in msg and fragment in msg
+    assert "series 'big'" in msg and "the forecast overflowed float32" in msg
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
