@@ -281,6 +281,14 @@ def tcp_port(text: str) -> int:
     return value
 
 
+def tracking_uri(text: str) -> str:
+    """argparse type: an MLflow URI; an empty one would silently mean ./mlflow.db."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a URI (e.g. sqlite:///mlflow.db or "
+                                         "http://host:5000) or leave the flag out")
+    return text.strip()
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number above 0, with a message naming what was given."""
     try:
@@ -307,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def tracking_flag(p: argparse.ArgumentParser,
                       default: str = "$MLFLOW_TRACKING_URI, then sqlite:///mlflow.db") -> None:
-        p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: {default})")
+        p.add_argument("--tracking-uri", type=tracking_uri,
+                       help=f"MLflow tracking URI (default: {default})")
 
     def config_flags(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument("--config", required=required, help="YAML config file")

@@ -322,6 +322,20 @@ def test_counts_on_the_command_line_must_be_positive(
     assert fragment in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    # (serve shares the flag; on a regression it would start serving instead of failing)
+    ["models", "list", "m", "--tracking-uri", " "],
+    ["train", "--config", "c.yaml", "--tracking-uri", ""],
+    ["pipeline", "batch-forecast", "--model", "m", "--input", "i", "--output", "o",
+     "--tracking-uri", ""]])
+def test_an_empty_tracking_uri_is_refused_not_read_as_mlflow_db(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "argument --tracking-uri: is empty: give a URI" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--tracking-uri", "--output-dir"])
 def test_evaluate_refuses_flags_it_would_ignore(
         flag: str, capsys: pytest.CaptureFixture[str]) -> None:
