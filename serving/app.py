@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.openapi_schema.setdefault("components", {})["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer"}}
             for path, operations in paths.items():
-                if path.startswith("/v1/"):
+                if path.startswith(middleware.PROTECTED):
                     for operation in operations.values():
                         operation["security"] = [{"bearer": []}]
         return app.openapi_schema

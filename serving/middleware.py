@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.metrics import ServiceMetrics
 
+PROTECTED = "/v1/"  # routes under it need the bearer token when one is set
 KNOWN_PATHS = ("/v1/forecast", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs",
                "/openapi.json")
 
@@ -71,7 +72,7 @@ class LimitsAndMetrics:
         except ValueError:
             length = -1
         try:
-            if self.expected is not None and route.startswith("/v1/") \
+            if self.expected is not None and route.startswith(PROTECTED) \
                     and not self._authorized(headers.get(b"authorization", b"")):
                 status["code"] = 401
                 await _reply(send, 401, "missing or invalid bearer token",
