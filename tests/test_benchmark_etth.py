@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from forecast.synthetic import synthetic_frame
 
@@ -43,6 +45,8 @@ def test_two_seeds_in_two_jobs_summarise_to_mean_and_std(data_dir: Path, tmp_pat
     cell = json.loads(lines[-1])
     assert cell["seeds"] == [0, 1]
     assert cell["windows"] == 2880 - 96 + 1  # every stride-1 test window is scored
+    assert cell["windows_drop_last"] == (2880 - 96 + 1) // 128 * 128  # PatchTST's loader's
+    assert cell["mse_drop_last"] > 0
     assert cell["lookback"] == 96
     seed_mses = [float(line.split("mse ")[1].split()[0]) for line in lines
                  if line.startswith("ETTh1 H=96 seed=")]
@@ -132,3 +136,28 @@ def test_peer_config_applies_to_every_shipped_config(dataset: str, horizon: int)
     assert (cfg.windows.lookback, cfg.model.d_model, cfg.model.n_layers) == (336, 16, 3)
     assert not cfg.model.linear_skip and cfg.model.skip_fit == "gradient"
     assert cfg.model.skip_huber_delta is None and cfg.model.skip_rank is None
+
+
+def test_drop_last_scores_only_whole_batches_of_128() -> None:
+    # PatchTST's test loader drops the last `windows % 128`; the rows only those windows reach
+    # are huge here, so scoring them would blow the figure up
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from etth import drop_last_scores
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from forecast.windows import WindowIndex, WindowSet
+
+    L, H, n_windows = 4, 2, 300
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(n_windows + L + H - 1, 3)).astype(np.float32)
+    data[256 + L + H - 1:] = 100.0  # reached by windows 256.. only
+    index = WindowIndex(np.array([0]), np.array([n_windows]), 1, np.array([0]))
+    windows = WindowSet(torch.from_numpy(data), index, L, H)
+
+    scores = drop_last_scores(lambda x: torch.zeros(len(x), H, 3), windows)
+
+    targets = np.stack([data[k + L: k + L + H] for k in range(256)]).astype(np.float64)
+    assert scores["windows_drop_last"] == 256
+    assert scores["mse_drop_last"] == pytest.approx(np.mean(targets**2), rel=1e-9)
+    assert scores["mae_drop_last"] == pytest.approx(np.mean(np.abs(targets)), rel=1e-9)
