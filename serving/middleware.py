@@ -108,7 +108,6 @@ class LimitsAndMetrics:
             self.metrics.requests.labels(path=path, status=str(status["code"])).inc()
             self.metrics.latency.labels(path=path).observe(time.perf_counter() - started)
 
-
     def _authorized(self, given: bytes) -> bool:
         assert self.expected is not None
         scheme, _, token = given.partition(b" ")

@@ -70,7 +70,13 @@ def _histories(body: ForecastRequest, model: LoadedModel) -> tuple[list[np.ndarr
     channels, L = forecaster.channels, forecaster.lookback
     minimum = forecaster.meta.min_history
     errors, histories, lasts = [], [], []
+    first: dict[str, int] = {}
     for i, s in enumerate(body.series):
+        j = first.setdefault(s.id, i)
+        if j != i:  # the answers are matched to their series by id
+            errors.append(_error(("series", i, "id"), f"id {cut(s.id)!r} is also series {j}'s: "
+                                 "give every series of a request its own id"))
+            continue
         given = set(s.history)
         missing = [c for c in channels if c not in given]
         unknown = sorted(given - set(channels))

@@ -11,13 +11,15 @@ from serving.schemas import ModelRef, Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is alive")
+# HEAD too: some probes send it (HAProxy's `option httpchk HEAD /healthz`, uptime monitors)
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="The process is alive")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, summary="A model is loaded",
-            responses={503: {"model": Readiness, "description": "No model loaded yet"}})
+@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Readiness,
+                  summary="A model is loaded",
+                  responses={503: {"model": Readiness, "description": "No model loaded yet"}})
 async def readyz(state: State) -> JSONResponse:
     store = state.store
     loaded = store.current

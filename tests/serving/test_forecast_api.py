@@ -163,6 +163,15 @@ def test_bad_series_get_422_naming_the_field(client: TestClient, mutate: Any, lo
     assert fragment in msg
 
 
+def test_a_repeated_series_id_gets_422_at_the_repeat(client: TestClient) -> None:
+    body = {"series": [series(48, "a"), series(48, "b"), series(60, "a")]}
+    reply = post(client, body)
+    assert reply.status_code == 422, reply.text
+    assert detail(reply) == (["body", "series", 2, "id"],
+                             "id 'a' is also series 0's: give every series of a request its "
+                             "own id")
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # the cast's overflow is expected, not logged
 def test_values_beyond_float32_get_422_at_their_place(client: TestClient) -> None:
     item = series(60, sid="big")  # lookback 48: row 59 is the last the model reads

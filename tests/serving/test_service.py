@@ -15,12 +15,16 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
+    for path in ("/healthz", "/readyz"):  # probes that send HEAD
+        head = client.head(path)
+        assert (head.status_code, head.content) == (200, b"")
     assert ready.json()["detail"] == "serving model vlocal"
 
 
 def test_not_ready_until_a_model_loads(make_client: Any, tmp_path: Any) -> None:
     broken = make_client(wait=False, model_uri=str(tmp_path / "nowhere"))
     assert broken.get("/healthz").status_code == 200
+    assert broken.head("/readyz").status_code == 503
     deadline = time.time() + 20
     while time.time() < deadline:
         ready = broken.get("/readyz")
