@@ -7,7 +7,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -420,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(json_format=args.log_format == "json", quiet=args.quiet)
+    # SIGTERM (Kubernetes, Airflow, systemd stopping a job) ends a command as Ctrl-C does, in
+    # every phase: an MLflow run is closed KILLED, not left RUNNING by a process that just died
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
         return int(args.func(args))
     except ForecastError as err:
@@ -435,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

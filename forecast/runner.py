@@ -101,6 +101,8 @@ def train_and_evaluate(
     trained = train_model(cfg, series, on_epoch)
     model, prepared, result = trained.model, trained.prepared, trained.fit
     season = cfg.eval.season or season_for(series.freq)
+    log.info("kept epoch %d (val_loss %.4f); scoring the test block", result.best_epoch,
+             result.best_val_loss)
     evaluation = evaluate(model, prepared, cfg.eval, season, "test", resolve_device(cfg.train))
     model.cpu()
     out = run_dir(cfg)

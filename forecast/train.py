@@ -175,12 +175,14 @@ class DeferredInterrupt:
     the middle of a write (a tracking-database transaction, a checkpoint): an interrupt raised
     inside a SQLite transaction leaves the database locked, and the run could not then be
     marked KILLED. Schedulers stop jobs with SIGTERM (Kubernetes eviction, Airflow timeouts).
-    A second signal stops at once."""
+    A second signal stops at once; one that comes after the last check stops at the block's
+    end."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
+        self.raised = False  # the KeyboardInterrupt a request asked for has been raised
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> DeferredInterrupt:
@@ -191,6 +193,7 @@ class DeferredInterrupt:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
+            self.raised = True
             raise KeyboardInterrupt
         self.requested = True
         log.warning("%s received: stopping at the next batch (again: at once)",
@@ -198,11 +201,14 @@ class DeferredInterrupt:
 
     def check(self) -> None:
         if self.requested:
+            self.raised = True
             raise KeyboardInterrupt
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+        if self.requested and not self.raised and exc_type is None:
+            raise KeyboardInterrupt  # the signal came after the last check
 
 
 def fit(

@@ -125,6 +125,31 @@ def test_freshness_gate_refuses_old_data_before_training(
     assert versions(client) == 1
 
 
+@pytest.mark.slow
+def test_sigterm_after_the_epochs_ends_the_run_killed_and_registers_nothing(
+        job: tuple[str, Path, MlflowClient]) -> None:
+    uri, cfg_path, client = job
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forecast.cli", "pipeline", "train", "--config", str(cfg_path),
+         "--tracking-uri", uri], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        # scoring, model logging and registration come after the epoch loop, where SIGTERM
+        # used to kill the process and leave its run RUNNING
+        for line in proc.stderr:
+            if "scoring the test block" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        tail = proc.stderr.read()
+        assert proc.wait(timeout=120) == 130, tail[-3000:]
+    finally:
+        proc.kill()
+    [run] = runs(client)
+    assert run.info.status == "KILLED"
+    assert "interrupted" in run.data.tags["error"]
+    assert versions(client) == 0
+
+
 def test_invalid_max_age_and_as_of_name_the_field(job: tuple[str, Path, MlflowClient],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     uri, cfg_path, _ = job

@@ -251,6 +251,19 @@ def test_ctrl_c_and_sigterm_are_deferred_to_the_next_check_and_the_handler_resto
     assert signal.getsignal(sig) is before
 
 
+def test_a_signal_after_the_last_check_stops_at_the_end_of_the_block() -> None:
+    import os
+    import signal
+
+    from forecast.train import DeferredInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with DeferredInterrupt():
+            os.kill(os.getpid(), signal.SIGTERM)  # deferred, and no check follows
+    with DeferredInterrupt():  # no signal: the block ends normally
+        pass
+
+
 def test_huber_delta_sets_where_the_loss_turns_linear():
     pred, target = torch.tensor([0.2, 3.0]), torch.zeros(2)
     # by hand: 0.5 e^2 below delta, delta (|e| - delta / 2) above it
