@@ -201,6 +201,8 @@ def _as_of(text: str | None) -> pd.Timestamp | None:
         return None
     try:
         stamp = pd.Timestamp(text)
+        if pd.isna(stamp):  # '' and 'NaT' parse as NaT, which every age comparison passes
+            raise ValueError
     except ValueError:
         raise ConfigError(f"--as-of {text!r} is not a time; use ISO 8601, e.g. "
                           "2026-11-21T06:00:00Z") from None

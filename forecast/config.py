@@ -329,10 +329,12 @@ class PipelineConfig(_Section):
     def _check_age(self) -> PipelineConfig:
         if self.max_data_age is not None:
             try:
+                if not re.search(r"[A-Za-z]", self.max_data_age):  # '6' would be 6 nanoseconds
+                    raise ValueError
                 age = pd.Timedelta(self.max_data_age)
             except ValueError:
                 raise ValueError(f"pipeline.max_data_age = {self.max_data_age!r} is not a "
-                                 "duration; use e.g. '6h' or '2D'") from None
+                                 "duration with a unit; use e.g. '6h' or '2D'") from None
             if age <= pd.Timedelta(0):
                 raise ValueError("pipeline.max_data_age must be a positive duration")
         return self

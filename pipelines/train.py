@@ -67,6 +67,18 @@ def freshness_gate(max_age: pd.Timedelta, now: pd.Timestamp) -> Callable[[Series
     return check
 
 
+def _stale(cfg: Config, check: Callable[[SeriesSet], None] | None) -> bool:
+    """Whether the freshness gate would refuse the data. Unchanged data still ages: a job must
+    not skip it as done when the upstream export has stopped, but go on to fail the gate."""
+    if check is None:
+        return False
+    try:
+        check(load_data(cfg))
+    except StaleData:
+        return True
+    return False
+
+
 def _runs(client: MlflowClient, experiment: str, query: str) -> list[Run]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -104,10 +116,14 @@ def run_job(cfg: Config, uri: str, force: bool = False,
         preflight(uri, cfg.tracking.timeout_seconds)
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         digest, settings = data_digest(cfg), config_digest(cfg)
+        now = as_of if as_of is not None else pd.Timestamp.now(tz="UTC")
+        max_age = cfg.pipeline.max_age
+        check = freshness_gate(max_age, now) if max_age is not None else None
         previous = last_success(client, cfg)
         if previous is not None and not force:
             tags = previous.data.tags
-            if tags.get("data.sha256") == digest and tags.get("config.sha256") == settings:
+            if tags.get("data.sha256") == digest and tags.get("config.sha256") == settings \
+                    and not _stale(cfg, check):
                 log.info("skipped: data (sha256 %s…) and config equal those of the last "
                          "successful run; pass --force to train anyway", digest[:12],
                          extra={"run_id": previous.info.run_id, "status": "skipped"})
@@ -124,9 +140,6 @@ def run_job(cfg: Config, uri: str, force: bool = False,
                                "the job ended without closing this run (killed); a later job "
                                "continued from its checkpoint")
                 client.set_terminated(earlier.info.run_id, "KILLED")
-        now = as_of if as_of is not None else pd.Timestamp.now(tz="UTC")
-        max_age = cfg.pipeline.max_age
-        check = freshness_gate(max_age, now) if max_age is not None else None
         tracked = train_tracked(cfg, uri, tags, check)
     decision = tracked.decision
     version = str(tracked.version.version) if tracked.version else None

@@ -123,6 +123,11 @@ def test_freshness_gate_refuses_old_data_before_training(
     assert pipeline(uri, cfg_path, "--set", "pipeline.max_data_age=1D",
                     "--as-of", "2024-02-03T20:00:00") == 0
     assert versions(client) == 1
+    # the same data a week later is stale, not "unchanged, skipped"
+    assert pipeline(uri, cfg_path, "--set", "pipeline.max_data_age=1D",
+                    "--as-of", "2024-02-10T00:00:00Z") == StaleData.exit_code
+    assert [r.info.status for r in runs(client)] == ["FAILED", "FINISHED", "FAILED"]
+    assert versions(client) == 1
 
 
 @pytest.mark.slow
@@ -157,6 +162,12 @@ def test_invalid_max_age_and_as_of_name_the_field(job: tuple[str, Path, MlflowCl
     assert "pipeline.max_data_age = 'soon' is not a duration" in capsys.readouterr().err
     assert pipeline(uri, cfg_path, "--as-of", "yesterday-ish") == 2
     assert "--as-of 'yesterday-ish' is not a time" in capsys.readouterr().err
+    for blank in ("", "NaT"):  # pandas reads both as NaT, which no age comparison refuses
+        assert pipeline(uri, cfg_path, "--set", "pipeline.max_data_age=1h", "--as-of",
+                        blank) == 2
+        assert f"--as-of {blank!r} is not a time" in capsys.readouterr().err
+    assert pipeline(uri, cfg_path, "--set", "pipeline.max_data_age='6'") == 2  # 6 ns
+    assert "'6' is not a duration with a unit" in capsys.readouterr().err
 
 
 def test_a_held_lock_makes_the_second_run_exit_at_once(
