@@ -43,7 +43,7 @@ class DataConfig(_Section):
     timestamp_column: str = Field("date", description="Name of the timestamp column.")
     id_column: str = Field("series_id", description="Series id column (long layout only).")
     columns: list[str] | None = Field(
-        None,
+        None, min_length=1,
         description="Channels to model. wide: default all columns except the timestamp. "
         "long: default ['value'].",
     )
@@ -55,6 +55,16 @@ class DataConfig(_Section):
         description="What to do with missing values and gaps in the time index: stop with an "
         "error naming the first one (default), linearly interpolate, or carry forward.",
     )
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct_columns(cls, columns: list[str] | None) -> list[str] | None:
+        if columns is not None:
+            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            if repeated:
+                raise ValueError(f"names {repeated} more than once; list each "
+                                 "channel once")
+        return columns
 
 
 class SplitConfig(_Section):
@@ -245,7 +255,7 @@ class TrainConfig(_Section):
         "and masked), so that short histories forecast well at serving time. The least-squares "
         "skip (model.skip_fit) is solved on the same share of padded windows.",
     )
-    seed: int = Field(0, description="Seed for weights, shuffling and dropout.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed for weights, shuffling and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when present (with bf16 autocast), else CPU."
     )
@@ -294,6 +304,15 @@ class TrackingConfig(_Section):
         "3's default). A PostgreSQL-backed `mlflow server` is the scale-out option.",
     )
     experiment: str = Field("forecast", description="MLflow experiment name.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_not_blank(cls, uri: str | None) -> str | None:
+        # a blank URI would silently mean the default ./mlflow.db, as --tracking-uri '' did
+        if uri is not None and not uri.strip():
+            raise ValueError("is empty: give a URI (e.g. sqlite:///mlflow.db or "
+                             "http://host:5000) or null for the default")
+        return uri
     registered_model: str | None = Field(
         None, description="Registered model name; default: the config's name."
     )
@@ -306,7 +325,8 @@ class TrackingConfig(_Section):
         description="Relative improvement the challenger needs over the champion: 0.01 = 1%.",
     )
     timeout_seconds: float = Field(
-        10.0, gt=0, description="How long the pre-flight check waits for a tracking server."
+        10.0, gt=0, allow_inf_nan=False,
+        description="How long the pre-flight check waits for a tracking server."
     )
 
 
@@ -384,7 +404,7 @@ class TuneConfig(_Section):
         "tpe", description="Optuna sampler; grid needs every entry of `space` to be a list."
     )
     metric: Literal["mse", "mae"] = Field("mse", description="Validation metric to minimise.")
-    seed: int = Field(0, description="Sampler seed.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Sampler seed.")
     prune: bool = Field(True, description="Stop trials whose validation loss falls behind the "
                         "median of earlier trials at the same epoch.")
     space: dict[str, list[Any] | Range] = Field(

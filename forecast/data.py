@@ -132,6 +132,14 @@ def _numeric_columns(frame: pd.DataFrame, columns: list[str], source: str) -> pd
                 f"{source}: column {c!r} {_row_label(pos)} is infinite; "
                 "replace it with a finite value or leave it empty"
             )
+        big = np.abs(num.to_numpy()) > np.finfo(np.float32).max
+        if big.any():  # the model computes in float32: such a value would become inf there
+            pos = int(np.flatnonzero(big)[0])
+            raise DataError(
+                f"{source}: column {c!r} {_row_label(pos)} is {num.iloc[pos]:g}, beyond float32's "
+                "range (about ±3.4e38) that the model computes in; express the column in a "
+                "larger unit"
+            )
         out[c] = num
     return pd.DataFrame(out, index=frame.index)
 

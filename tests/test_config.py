@@ -205,6 +205,13 @@ def test_dump_config_round_trips(tmp_path):
     ("tune.sampler=grid", "tune.sampler 'grid' needs a list of choices for every key"),
     ("tune.trials=0", "tune.trials: Input should be greater than 0"),
     ("pipeline.max_data_age=-2h", "pipeline.max_data_age must be a positive duration"),
+    # each of these used to validate and then fail (or misbehave) deep inside a run
+    ("data.columns=[a, b, a]", "data.columns: names ['a'] more than once; list each channel once"),
+    ("data.columns=[]", "data.columns: List should have at least 1 item"),
+    ("train.seed=-1", "train.seed: Input should be greater than or equal to 0"),
+    ("tune.seed=4294967296", "tune.seed: Input should be less than 4294967296"),
+    ("tracking.timeout_seconds=.inf", "tracking.timeout_seconds: Input should be a finite number"),
+    ("tracking.uri=''", "tracking.uri: is empty: give a URI"),
 ])
 def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -164,6 +164,16 @@ def test_infinite_value_names_column_and_row():
     assert "column 'a' row 2 is infinite" in msg and "finite value" in msg
 
 
+def test_value_beyond_float32_names_column_and_row():
+    # finite in float64, infinite in the float32 the model computes in: it used to train and
+    # fail with "loss became nan ... lower train.lr"
+    frame = small_frame()
+    frame.loc[3, "a"] = -1e39
+    with pytest.raises(DataError) as err:
+        load(frame)
+    assert "column 'a' row 4 is -1e+39, beyond float32's range" in str(err.value)
+
+
 def test_unsorted_rows_are_sorted_with_a_note():
     frame = small_frame().iloc[[3, 0, 5, 1, 2, 4]].reset_index(drop=True)
     series = load(frame)
