@@ -485,6 +485,17 @@ class Config(_Section):
                 f"model.min_history ({min_history}) must lie between model.patch_len ({patch}) "
                 f"and windows.lookback ({lookback})"
             )
+        if self.tracking.enabled and self.tracking.auto_register:
+            # checked here, not by the registry after a whole training run
+            name, key = ((self.tracking.registered_model, "tracking.registered_model")
+                         if self.tracking.registered_model is not None
+                         else (self.name, "name (the registered model's name by default)"))
+            bad = sorted({c for c in name if c in "/:'\""})
+            if bad or not name.strip() or name.strip() in (".", ".."):
+                raise ValueError(
+                    f"{key} {name!r} cannot name an MLflow registered model: give a non-blank "
+                    f"name without / : ' or \"" + (f" (it has {''.join(bad)})" if bad else "")
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

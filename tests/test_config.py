@@ -212,6 +212,9 @@ def test_dump_config_round_trips(tmp_path):
     ("tune.seed=4294967296", "tune.seed: Input should be less than 4294967296"),
     ("tracking.timeout_seconds=.inf", "tracking.timeout_seconds: Input should be a finite number"),
     ("tracking.uri=''", "tracking.uri: is empty: give a URI"),
+    ("tracking.registered_model=team/load", "tracking.registered_model 'team/load' cannot name an "
+     "MLflow registered model: give a non-blank name without / : ' or \" (it has /)"),
+    ("name=a:b", "name (the registered model's name by default) 'a:b' cannot name an MLflow"),
 ])
 def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
