@@ -159,8 +159,14 @@ class Checkpointer:
     def load(self) -> dict[str, Any] | None:
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("run_key") != self.run_key:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, overwritten, or not a plain-tensor checkpoint
+            log.warning("ignoring checkpoint %s: it cannot be read (%s: %s); training starts "
+                        "afresh and replaces it", self.path, type(err).__name__,
+                        str(err).splitlines()[0][:200] if str(err) else "")
+            return None
+        if not isinstance(state, dict) or state.get("run_key") != self.run_key:
             log.warning("ignoring checkpoint %s: it belongs to another config or dataset",
                         self.path)
             return None

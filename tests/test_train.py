@@ -176,6 +176,20 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path, tiny_config, tiny_prepar
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("content", [b"garbage", b""])
+def test_unreadable_checkpoint_is_ignored_with_a_warning(tmp_path, tiny_config, tiny_prepared,
+                                                        caplog, content):
+    # it used to end every later run of the job in an UnpicklingError traceback
+    cfg = train_cfg(tiny_config, epochs=2)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / CHECKPOINT).write_bytes(content)
+    result = fit(new_model(tiny_config, tiny_prepared), tiny_prepared, cfg, tmp_path / "ckpt",
+                 "key")
+    assert result.resumed_from_epoch == 0 and len(result.history) == 2
+    assert any("cannot be read" in r.getMessage() and "training starts afresh" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_resume_false_ignores_checkpoint(tmp_path, tiny_config, tiny_prepared):
     cfg = train_cfg(tiny_config, epochs=3)
     ckpt = tmp_path / "ckpt"
