@@ -124,8 +124,8 @@ def _client(args: argparse.Namespace) -> tuple[str, MlflowClient]:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    _, client = _client(args)
-    rows = list_versions(client, args.name)
+    uri, client = _client(args)
+    rows = list_versions(client, args.name, uri)
     print(pd.DataFrame(rows).to_string(index=False))
     return 0
 

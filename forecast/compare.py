@@ -6,7 +6,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
-from forecast.errors import TrackingError
+from forecast.errors import ForecastError
 from forecast.registry import champion_version
 
 KEY_PARAMS = ("windows.lookback", "windows.horizon", "model.d_model", "model.n_layers",
@@ -21,7 +21,7 @@ def compare_runs(uri: str, experiment: str, last: int) -> pd.DataFrame:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
-        raise TrackingError(f"no experiment named {experiment!r} in {uri}; experiments: {names}")
+        raise ForecastError(f"no experiment named {experiment!r} in {uri}; experiments: {names}")
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=last,
                               order_by=["attributes.start_time DESC"])

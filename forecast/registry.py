@@ -241,8 +241,10 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     """Manual override: make `version` champion; record it as manual. Returns the previous."""
     try:
         client.get_model_version(name, version)
-    except MlflowException:
-        raise TrackingError(f"model {name!r} has no version {version!r}; see "
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise  # the store failed (exit 5), not the user's name or number
+        raise ForecastError(f"model {name!r} has no version {version!r}; see "
                             f"`forecast models list {name}`") from None
     previous = champion_version(client, name)
     client.set_registered_model_alias(name, CHAMPION, version)
@@ -254,10 +256,11 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     return str(previous.version) if previous else None
 
 
-def list_versions(client: MlflowClient, name: str) -> list[dict[str, str]]:
+def list_versions(client: MlflowClient, name: str, uri: str) -> list[dict[str, str]]:
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
-        raise TrackingError(f"no registered model named {name!r} in this tracking store")
+        raise ForecastError(f"no registered model named {name!r} in the tracking store {uri}; "
+                            "check the name, or --tracking-uri")
     # search results do not carry aliases on every store; the registered model does
     aliases: dict[str, list[str]] = {}
     for alias, number in client.get_registered_model(name).aliases.items():

@@ -124,8 +124,14 @@ def test_manual_promotion_is_recorded_and_listed(history: History,
     out = capsys.readouterr().out
     line_v1 = next(line for line in out.splitlines() if line.strip().startswith("1 "))
     assert "champion" in line_v1 and "manual" in line_v1
-    assert main(["models", "promote", NAME, "9", "--tracking-uri", history.uri]) == 5
+    # a mistyped name or number is the user's error (1), not an unusable store (5)
+    assert main(["models", "promote", NAME, "9", "--tracking-uri", history.uri]) == 1
     assert "has no version '9'" in capsys.readouterr().err
+    assert main(["models", "list", "nope", "--tracking-uri", history.uri]) == 1
+    assert f"no registered model named 'nope' in the tracking store {history.uri}" in \
+        capsys.readouterr().err
+    assert main(["runs", "compare", "--experiment", "nope", "--tracking-uri", history.uri]) == 1
+    assert "no experiment named 'nope'" in capsys.readouterr().err
     promote(history.client, NAME, "2")  # put things back for the tests that follow
 
 
