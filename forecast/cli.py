@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from pydantic import ValidationError
 
 from forecast.bundle import load_bundle
 from forecast.compare import compare_runs
@@ -256,8 +257,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         Settings()
-    except ValueError as err:
-        raise ForecastError(f"invalid service settings: {err}") from None
+    except ValidationError as err:  # one line, naming each variable, like every other error
+        problems = "; ".join(f"FORECAST_{'_'.join(map(str, e['loc'])).upper()}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())
+        raise ConfigError(f"invalid service settings: {problems}") from None
     print(f"serving {env['FORECAST_MODEL_URI']} on http://{args.host}:{args.port} "
           f"(docs at /docs)", flush=True)
     uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port,
@@ -443,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `forecast models list NAME | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -357,3 +357,30 @@ def test_tracking_uri_help_names_the_defaults_that_apply(
     list_help = " ".join(capsys.readouterr().out.split())
     assert "default: $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db" in list_help
     assert "tracking.uri" not in list_help
+
+
+def test_bad_service_settings_are_one_line_exit_2_naming_each_variable(monkeypatch, capsys):
+    monkeypatch.setenv("FORECAST_API_TOKEN", "")
+    monkeypatch.setenv("FORECAST_MAX_SERIES", "0")
+    assert main(["serve", "--port", "8999"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1  # it used to be pydantic's several-line dump, exit 1
+    assert "FORECAST_API_TOKEN: FORECAST_API_TOKEN is set but empty" in err
+    assert "; FORECAST_MAX_SERIES: Input should be greater than 0" in err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    # as `forecast models list NAME | head -1` once head has its line: `true` exits before
+    # Python has started, so every write meets a pipe without a reader
+    proc = subprocess.run(f"{sys.executable} -m forecast.cli config | true", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert "BrokenPipeError" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_learning_rate_above_1_is_refused_by_name(capsys):
+    # 1e38 used to pass and end in a torch overflow traceback in the first step
+    assert main(["config", "--set", "train.lr=1e38"]) == 2
+    assert "train.lr: Input should be less than or equal to 1" in capsys.readouterr().err
