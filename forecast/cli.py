@@ -169,6 +169,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundle = load_bundle(model_dir)
     args.config = _model_dir_config(model_dir, args.config)
     cfg = _resolve(args)
+    meta = bundle.meta
+    for key, given, fixed in (("windows.lookback", cfg.windows.lookback, meta.lookback),
+                              ("windows.horizon", cfg.windows.horizon, meta.horizon)):
+        if given != fixed:  # the weights fix both: a model cannot be scored at another
+            raise ConfigError(f"{key} is {given} but the model was trained with {fixed}; "
+                              f"leave {key} out (the model's own config sets it)")
     series = load_data(cfg)
     if series.channels != bundle.meta.channels:
         raise DataError(f"data channels {series.channels} differ from the model's "
@@ -185,13 +191,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     history = read_table(args.history)
     forecast = forecaster.predict_frame(history, args.horizon)
     out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv"):  # before any folder is made for it
+        raise ForecastError(f"--out {str(out)!r}: use a .csv or .parquet file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".parquet", ".pq"):
-        forecast.to_parquet(out, index=False)
-    elif out.suffix.lower() == ".csv":
+    if suffix == ".csv":
         forecast.to_csv(out, index=False)
     else:
-        raise ForecastError(f"--out {str(out)!r}: use a .csv or .parquet file name")
+        forecast.to_parquet(out, index=False)
     n = forecast["series_id"].nunique()
     print(f"wrote {len(forecast)} rows ({n} series x {len(forecast) // max(n, 1)} steps) to {out}")
     return 0

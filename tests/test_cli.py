@@ -187,9 +187,10 @@ def test_predict_bad_output_suffix(trained, tmp_path, capsys, make_frame):
     history = tmp_path / "history.csv"
     make_frame().tail(30).to_csv(history, index=False)
     rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
-               "--out", str(tmp_path / "forecast.txt")])
+               "--out", str(tmp_path / "new" / "forecast.txt")])
     assert rc == 1
     assert "use a .csv or .parquet file name" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()  # refused before a folder is made for it
 
 
 def test_predict_history_too_short(trained, tmp_path, capsys, make_frame):
@@ -230,6 +231,16 @@ def test_evaluate_prints_the_table(trained, capsys):
 def test_evaluate_val_block(trained, capsys):
     assert main(["evaluate", "--model", str(trained.run_dir / "model"), "--block", "val"]) == 0
     assert "val windows scored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override", ["windows.lookback=12", "windows.horizon=3"])
+def test_evaluate_at_another_lookback_or_horizon_names_the_key(trained, capsys, override):
+    # it used to end in a tensor-size RuntimeError traceback
+    rc = main(["evaluate", "--model", str(trained.run_dir / "model"), "--set", override])
+    assert rc == 2
+    key, value = override.split("=")
+    err = one_error_line(capsys.readouterr().err)
+    assert f"{key} is {value} but the model was trained with" in err
 
 
 def test_evaluate_without_config(trained, tmp_path, capsys):
