@@ -233,6 +233,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from forecast.tune import tune  # optuna is only needed here
 
     cfg = _resolve(args)
+    if not cfg.tracking.enabled:  # it was ignored, and the sweep logged to ./mlflow.db anyway
+        raise ConfigError("tracking.enabled is false: a sweep records its trials as MLflow runs "
+                          "(that is how they are compared); set it to true or leave it out")
     uri = resolve_uri(cfg.tracking, args.tracking_uri)
     result = tune(cfg, uri, args.trials, args.timeout_minutes)
     print(result.table())

@@ -61,6 +61,10 @@ def test_a_space_key_that_is_no_setting_is_rejected_by_name(
                  "--tracking-uri", uri])
     assert code == 2
     assert "tune.sampler 'grid' needs a list of choices" in capsys.readouterr().err
+    code = main(["tune", "--config", str(demo_config_path()), "--trials", "1", "--tracking-uri",
+                 uri, "--set", "tracking.enabled=false"])
+    assert code == 2  # it was ignored: the sweep logged its trials all the same
+    assert "tracking.enabled is false: a sweep records its trials" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # rejected before any run was started
 
 
