@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,11 @@ def score(dirs: list[Path], data_path: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def saved_cells(description: str) -> Iterator[tuple[str, int, list[Path], Path]]:
+    """Parse the scripts' shared flags; yield (dataset, horizon, the seeds' run folders, data
+    file) for each horizon whose seed models are all in --output-dir."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=("ETTh1", "ETTh2"), required=True)
     p.add_argument("--output-dir", type=Path, required=True,
                    help="the --output-dir the benchmark saved its cells to")
@@ -61,21 +65,24 @@ def main() -> None:
     if len(set(args.seeds)) < len(args.seeds):
         p.error("--seeds: each seed once (a repeated seed would weigh one model twice)")
     torch.set_num_threads(1)
-    data_path = args.data_dir / f"{args.dataset}.csv"
     found = 0
     for horizon in (96, 192, 336, 720):
         dirs = [args.output_dir / f"{args.dataset.lower()}_h{horizon}_s{s}" for s in args.seeds]
-        if not all((d / "model").is_dir() for d in dirs):
-            continue
-        found += 1
-        scores = score(dirs, data_path)
-        val, test = scores["val"], scores["test"]
-        print(f"{args.dataset} H={horizon}: val MSE single {val[0]:.4f} averaged {val[1]:.4f} "
-              f"({(val[1] / val[0] - 1) * 100:+.1f}%); test MSE single {test[0]:.4f} "
-              f"averaged {test[1]:.4f}", flush=True)
+        if all((d / "model").is_dir() for d in dirs):
+            found += 1
+            yield args.dataset, horizon, dirs, args.data_dir / f"{args.dataset}.csv"
     if not found:
         raise SystemExit(f"no horizon of {args.dataset} has a saved model for every seed "
                          f"{args.seeds} under {args.output_dir}")
+
+
+def main() -> None:
+    for dataset, horizon, dirs, data_path in saved_cells(__doc__):
+        scores = score(dirs, data_path)
+        val, test = scores["val"], scores["test"]
+        print(f"{dataset} H={horizon}: val MSE single {val[0]:.4f} averaged {val[1]:.4f} "
+              f"({(val[1] / val[0] - 1) * 100:+.1f}%); test MSE single {test[0]:.4f} "
+              f"averaged {test[1]:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,20 @@ def test_two_seeds_in_two_jobs_summarise_to_mean_and_std(data_dir: Path, tmp_pat
     assert test_single == pytest.approx(cell["mse"], abs=1e-4)  # same models, same windows
     assert test_averaged <= test_single + 1e-6  # squared error is convex in the forecast
 
+    # benchmarks/head_scale.py on the same models: at a = 1 it scores what seed_average does
+    scaled = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "head_scale.py"),
+                             "--dataset", "ETTh1", "--output-dir", str(tmp_path), "--seeds", "0",
+                             "1", "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=600)
+    assert scaled.returncode == 0, scaled.stderr
+    line = scaled.stdout.strip()
+    val_single = float(avg.stdout.split("val MSE single ")[1].split()[0])
+    at_one = float(line.split("val MSE a=1 ")[1].split(",")[0])
+    at_zero = float(line.split("a=0 ")[1].split(",")[0])
+    hindsight = float(line.split("hindsight ")[1].split(";")[0])
+    assert at_one == pytest.approx(val_single, abs=1e-4)
+    assert hindsight <= min(at_one, at_zero) + 1e-4  # the best a in [0, 2] beats 0 and 1
+
 
 def test_wrong_split_is_refused(data_dir: Path, tmp_path: Path) -> None:
     proc = run_benchmark(data_dir, tmp_path, "--set", "split.train=8000")
@@ -136,6 +150,21 @@ def test_peer_config_applies_to_every_shipped_config(dataset: str, horizon: int)
     assert (cfg.windows.lookback, cfg.model.d_model, cfg.model.n_layers) == (336, 16, 3)
     assert not cfg.model.linear_skip and cfg.model.skip_fit == "gradient"
     assert cfg.model.skip_huber_delta is None and cfg.model.skip_rank is None
+
+
+def test_head_scale_quadratic_by_hand() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from head_scale import Quadratic
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    # errors e = [1, -1] with head off, head contributions d = [1, 1]: sse(a) = (1 + a)^2 +
+    # (a - 1)^2 = 2 + 2 a^2, least at a = 0
+    q = Quadratic(sq=2.0, cross=0.0, head_sq=2.0, values=2)
+    assert q.sse(0.5) == pytest.approx(2.5) and q.best_scale() == 0.0
+    # e = [-3], d = [1]: sse(a) = (a - 3)^2, least at 3, clipped to the range's 2
+    assert Quadratic(sq=9.0, cross=-6.0, head_sq=1.0, values=1).best_scale() == 2.0
+    assert Quadratic(sq=1.0).best_scale() == 1.0  # a zero head: nothing to scale
 
 
 def test_drop_last_scores_only_whole_batches_of_128() -> None:
