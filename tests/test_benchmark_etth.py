@@ -27,6 +27,16 @@ def run_benchmark(data_dir: Path, out_dir: Path, *extra: str) -> subprocess.Comp
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
+def on_saved_models(script: str, out_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    """A script that scores the models the benchmark saved (seeds 0 and 1), run to success."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--dataset",
+                           "ETTh1", "--output-dir", str(out_dir), "--seeds", "0", "1",
+                           "--data-dir", str(data_dir)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 14400 rows: the protocol's train + val + test blocks, 7 channels like ETTh1
@@ -58,11 +68,7 @@ def test_two_seeds_in_two_jobs_summarise_to_mean_and_std(data_dir: Path, tmp_pat
     assert f"{'ETTh1':<6}{96:>5}{96:>5}" in proc.stdout  # table row: data, H, L
 
     # benchmarks/seed_average.py on the models this run saved
-    avg = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seed_average.py"),
-                          "--dataset", "ETTh1", "--output-dir", str(tmp_path), "--seeds", "0",
-                          "1", "--data-dir", str(data_dir)],
-                         capture_output=True, text=True, timeout=600)
-    assert avg.returncode == 0, avg.stderr
+    avg = on_saved_models("seed_average.py", tmp_path, data_dir)
     line = avg.stdout.strip()
     assert line.startswith("ETTh1 H=96: val MSE single ")
     test_single, test_averaged = (float(v) for v in line.split("test MSE single ")[1]
@@ -71,11 +77,7 @@ def test_two_seeds_in_two_jobs_summarise_to_mean_and_std(data_dir: Path, tmp_pat
     assert test_averaged <= test_single + 1e-6  # squared error is convex in the forecast
 
     # benchmarks/head_scale.py on the same models: at a = 1 it scores what seed_average does
-    scaled = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "head_scale.py"),
-                             "--dataset", "ETTh1", "--output-dir", str(tmp_path), "--seeds", "0",
-                             "1", "--data-dir", str(data_dir)],
-                            capture_output=True, text=True, timeout=600)
-    assert scaled.returncode == 0, scaled.stderr
+    scaled = on_saved_models("head_scale.py", tmp_path, data_dir)
     line = scaled.stdout.strip()
     val_single = float(avg.stdout.split("val MSE single ")[1].split()[0])
     at_one = float(line.split("val MSE a=1 ")[1].split(",")[0])
