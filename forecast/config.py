@@ -536,7 +536,19 @@ def _format_errors(err: ValidationError, source: str) -> str:
 class _YamlLoader(yaml.SafeLoader):
     """SafeLoader with the scalars a config needs: `1e-3` is a float (PyYAML's YAML 1.1 rules
     read it as text, so `split.val=5e-2` was rejected), and a date stays text (split dates are
-    strings; a `datetime.date` fitted no field)."""
+    strings; a `datetime.date` fitted no field). A key given twice in one mapping is an error:
+    YAML would keep the last silently, dropping what the first one set."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping; keep one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.yaml_implicit_resolvers = {
@@ -610,7 +622,8 @@ def _read_with_bases(p: Path, chain: list[Path]) -> dict[str, Any]:
     try:
         loaded = _yaml_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        one_line = " ".join(str(err).split())  # errors are one line on stderr
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {one_line}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({err.reason} at byte "
                           f"{err.start}); save it as UTF-8") from None

@@ -33,12 +33,12 @@ class Evaluation:
     def table(self) -> str:
         rows = [("transformer", self.model), *self.baselines.items()]
         head = f"{'model':<16}{'MSE':>9}{'MAE':>9}{'MAE(orig)':>11}{'RMSE(orig)':>12}" \
-               f"{'MASE':>8}{'sMAPE%':>8}{'skill':>8}"
+               f"{'MASE':>8}{'sMAPE%':>8}{'skill':>10}"
         lines = [head, "-" * len(head)]
         for name, s in rows:
             sk = "" if name == "transformer" else f"{100 * skill(self.model.mse, s.mse):+7.1f}%"
             lines.append(f"{name:<16}{s.mse:>9.4f}{s.mae:>9.4f}{s.mae_orig:>11.4f}"
-                         f"{s.rmse_orig:>12.4f}{s.mase:>8.3f}{s.smape:>8.2f}{sk:>8}")
+                         f"{s.rmse_orig:>12.4f}{s.mase:>8.3f}{s.smape:>8.2f}{sk:>10}")
         lines.append(f"{self.model.windows} {self.block} windows scored; skill = share of the "
                      "baseline's MSE the transformer removes")
         return "\n".join(lines)

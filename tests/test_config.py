@@ -168,6 +168,17 @@ def test_invalid_yaml_file(tmp_path):
         load_config(path)
 
 
+def test_a_key_given_twice_is_refused_naming_it_and_the_line(tmp_path):
+    # YAML keeps the last one silently: train.epochs would have gone back to its default
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  epochs: 1\nmodel:\n  d_model: 32\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "key 'train' appears twice in one mapping; keep one" in message
+    assert "line 5" in message and "\n" not in message
+
+
 def test_flat_uses_dotted_names():
     flat = build_config({"model": {"d_model": 32}, "name": "x"}).flat()
     assert flat["model.d_model"] == 32

@@ -115,3 +115,18 @@ def test_skill():
     assert skill(2.0, 1.0) == pytest.approx(-1.0)
     assert skill(1.0, 1.0) == 0.0
     assert math.isnan(skill(1.0, 0.0))
+
+
+def test_evaluation_table_keeps_columns_apart_for_large_values():
+    from forecast.evaluate import Evaluation
+    from forecast.metrics import Scores
+
+    def scores(mse: float) -> Scores:
+        return Scores(mse=mse, mae=0.5, mae_orig=1234.5678, rmse_orig=98765.4321, mase=12.345,
+                      smape=26.28, windows=10, mse_per_step=[mse], mae_per_step=[0.5])
+
+    # a baseline 50x better than the model: skill -4900.0%, which ran into sMAPE before
+    table = Evaluation("test", 24, scores(1.0), {"naive": scores(0.02)}).table()
+    naive = next(line for line in table.splitlines() if line.startswith("naive"))
+    assert naive.split() == ["naive", "0.0200", "0.5000", "1234.5678", "98765.4321", "12.345",
+                             "26.28", "-4900.0%"]
