@@ -187,6 +187,10 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         if check is not None:
             check(series)
         outcome = train_and_evaluate(cfg, series, log_epoch)
+        if outcome.fit.linear_val_loss is not None:
+            # the least-squares forecast alone is "epoch 0", which the best epoch can be: the
+            # val_loss curve starts there, so that it shows the weights that were kept
+            mlflow.log_metric("val_loss", outcome.fit.linear_val_loss, step=0)
         resumed = outcome.fit.resumed_from_epoch
         if resumed:
             # Epochs trained before the restart come from the checkpoint: the curves stay whole.

@@ -64,6 +64,15 @@ def test_run_records_params_epoch_metrics_tags_dataset_and_artifacts(history: Hi
     for key in ("train_loss", "val_loss", "lr", "epoch_seconds"):
         steps = [m.step for m in history.client.get_metric_history(tracked.run_id, key)]
         assert steps == [1, 2], key
+    # the least-squares skip's "epoch 0" starts the validation curve, where best_epoch may be
+    solved = train_tracked(config(history.root / "ls", history.csv, model={
+        "linear_skip": True, "skip_fit": "least_squares"}, tracking={"auto_register": False}),
+        history.uri)
+    curve = history.client.get_metric_history(solved.run_id, "val_loss")
+    assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [0, 1, 2]
+    assert min(curve, key=lambda m: m.value).step == solved.outcome.fit.best_epoch
+    assert [m for m in curve if m.step == 0][0].value == pytest.approx(
+        solved.outcome.fit.linear_val_loss)
     metrics = run.data.metrics
     for key in ("test_mse", "test_mae", "test_mase", "test_smape", "baseline_naive_mse",
                 "baseline_seasonal_naive_mse", "baseline_linear_mse", "skill_naive"):
