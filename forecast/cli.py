@@ -224,7 +224,7 @@ def cmd_pipeline_train(args: argparse.Namespace) -> int:
                           "and registers its model in MLflow; use `forecast train` instead")
     uri = resolve_uri(cfg.tracking, args.tracking_uri)
     result = train_pipeline.run_job(cfg, uri, force=args.force, as_of=_as_of(args.as_of))
-    if result.tracked is not None:
+    if result.tracked is not None and args.log_format != "json":  # JSON: the log lines only
         _report(result.tracked.outcome)
     return 0
 

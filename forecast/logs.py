@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -54,3 +55,11 @@ def setup_logging(json_format: bool = False, quiet: bool = False) -> None:
     # Replace our own handler from an earlier call (tests call main() many times); keep others.
     root.handlers[:] = [h for h in root.handlers if h.get_name() != "forecast"] + [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
+    # One stream in one format: Python warnings and MLflow's own logger (which writes through
+    # its own handler) go through ours, so --log-format json leaves no plain line behind.
+    logging.captureWarnings(True)
+    mlflow_logger = logging.getLogger("mlflow")
+    mlflow_logger.handlers.clear()
+    mlflow_logger.propagate = True
+    if json_format:  # MLflow draws artifact download bars on stderr; read when it downloads
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"

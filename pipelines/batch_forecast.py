@@ -628,10 +628,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     s = batch_forecast(options_from_args(args))
     skipped = f"{s.series_skipped:,} skipped (see {s.errors_file})" if s.series_skipped \
         else "none skipped"
-    print(f"forecast {s.series_forecast:,} series with {s.model_name} (version "
-          f"{s.model_version}), "
-          f"{skipped}: {s.rows:,} rows in {s.output}, {s.seconds:.1f}s "
-          f"({s.series_per_second:,.0f} series/s, peak RSS {s.peak_rss_mb:.0f} MB)")
+    if args.log_format != "json":  # JSON: every line is one object
+        print(f"forecast {s.series_forecast:,} series with {s.model_name} (version "
+              f"{s.model_version}), "
+              f"{skipped}: {s.rows:,} rows in {s.output}, {s.seconds:.1f}s "
+              f"({s.series_per_second:,.0f} series/s, peak RSS {s.peak_rss_mb:.0f} MB)")
     print(json.dumps(asdict(s)))
     return 0
 
