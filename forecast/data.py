@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from forecast.config import DataConfig
 from forecast.errors import DataError
@@ -83,6 +84,31 @@ def _row_label(pos: int) -> str:
     return f"row {pos + 1}"
 
 
+def _to_datetime(raw: pd.Series, source: str, column: str) -> pd.Series:
+    """ISO 8601 first; otherwise one format for the whole column, guessed from its first
+    value. Parsing each value on its own (pandas' "mixed") read 02/01/2024 as 1 February and
+    13/01/2024 as 13 January in one column. Unparsable values come back as NaT."""
+    # utc=True: without it a column whose UTC offset changes (daylight saving) raises
+    # "Mixed timezones" instead of parsing; naive values are taken as they are
+    iso = pd.to_datetime(raw, errors="coerce", format="ISO8601", utc=True)
+    if not (iso.isna() & raw.notna()).any():
+        return iso
+    first = str(raw.dropna().iloc[0]) if raw.notna().any() else ""
+    candidates = dict.fromkeys(f for f in (guess_datetime_format(first),
+                                          guess_datetime_format(first, dayfirst=True)) if f)
+    if not candidates:
+        return iso
+    parses = {f: pd.to_datetime(raw, errors="coerce", format=f, utc=True) for f in candidates}
+    complete = [f for f, v in parses.items() if not (v.isna() & raw.notna()).any()]
+    if len(complete) > 1:
+        raise DataError(
+            f"{source}: column {column!r} reads as {complete[0]!r} and as {complete[1]!r} "
+            f"(e.g. {first!r}): day and month cannot be told apart; write the timestamps as "
+            "ISO 8601 (2024-01-31 13:00)"
+        )
+    return parses[complete[0] if complete else next(iter(parses))]
+
+
 def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
     if column not in frame.columns:
         raise DataError(
@@ -90,9 +116,14 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Serie
             "set data.timestamp_column"
         )
     raw = frame[column]
-    # utc=True: without it a column whose UTC offset changes (daylight saving) raises
-    # "Mixed timezones" instead of parsing; naive values are taken as they are
-    parsed = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        # pandas would read 20240101 or 1704067200 as nanoseconds after 1970
+        raise DataError(
+            f"{source}: timestamp column {column!r} holds numbers ({raw.iloc[0]!r}, ...), not "
+            "times; write them as ISO 8601 (2024-01-31 13:00), or set data.timestamp_column "
+            "to the column that holds the times"
+        )
+    parsed = _to_datetime(raw, source, column)
     bad = parsed.isna()
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])

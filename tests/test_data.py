@@ -126,6 +126,31 @@ def test_boolean_column_rejected():
         load(frame)
 
 
+def test_day_first_dates_are_read_with_one_format_for_the_column():
+    # pandas' per-value parsing read 02/01/2024 as 1 February and 13/01/2024 as 13 January
+    stamps = pd.date_range("2024-01-10", periods=6, freq="D")
+    frame = small_frame().assign(date=[t.strftime("%d/%m/%Y %H:%M") for t in stamps])
+    series = load(frame, freq="D")
+    assert list(series.timestamps[0]) == list(stamps)
+
+
+def test_dates_whose_day_and_month_cannot_be_told_apart_are_refused():
+    frame = small_frame().assign(date=[f"0{d}/01/2024" for d in range(1, 7)])  # all days <= 12
+    with pytest.raises(DataError) as err:
+        load(frame)
+    assert "column 'date' reads as '%m/%d/%Y' and as '%d/%m/%Y'" in str(err.value)
+    assert "ISO 8601" in str(err.value)
+
+
+@pytest.mark.parametrize("values", [[20240101 + d for d in range(6)],
+                                    [1704067200.0 + 3600 * h for h in range(6)]])
+def test_a_numeric_timestamp_column_is_refused(values):
+    # read as nanoseconds after 1970, it trained at frequency 'ns'
+    with pytest.raises(DataError) as err:
+        load(small_frame().assign(date=values))
+    assert "timestamp column 'date' holds numbers" in str(err.value)
+
+
 def test_duplicate_timestamp_names_the_first_duplicate():
     frame = small_frame()
     frame.loc[2, "date"] = frame.loc[1, "date"]
