@@ -27,6 +27,7 @@ from forecast.evaluate import evaluate
 from forecast.runner import load_data, train_model
 from forecast.tracking import close_run, ensure_experiment, log_epoch, params, preflight
 from forecast.train import EpochStats, resolve_device
+from forecast.windows import prepare
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,13 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
         probe = choice if isinstance(choice, list) else [choice.low, choice.high]
         for value in probe:
             trial_config(cfg, {key: value}, "scratch")
+    series = load_data(cfg)
+    if not any(key.startswith("windows.") for key in cfg.tune.space):
+        # windows that do not fit the data fail every trial alike: say so once, before any
+        prepare(series, cfg.split, cfg.windows)
     preflight(uri, cfg.tracking.timeout_seconds)
     mlflow.set_tracking_uri(uri)
     ensure_experiment(uri, cfg.tracking.experiment)
-    series = load_data(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=_sampler(cfg),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2))

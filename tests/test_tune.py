@@ -65,6 +65,10 @@ def test_a_space_key_that_is_no_setting_is_rejected_by_name(
                  uri, "--set", "tracking.enabled=false"])
     assert code == 2  # it was ignored: the sweep logged its trials all the same
     assert "tracking.enabled is false: a sweep records its trials" in capsys.readouterr().err
+    code = main(["tune", "--config", str(demo_config_path()), "--trials", "3", "--tracking-uri",
+                 uri, "--set", "windows.lookback=9000"])
+    assert code == 2  # it used to run (and fail) every trial, then exit 4
+    assert "windows.lookback (9000) + windows.horizon" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # rejected before any run was started
 
 
