@@ -16,6 +16,7 @@ from forecast.config import Config, dump_config
 from forecast.data import SeriesSet, frame_to_series, load_series, season_for
 from forecast.evaluate import Evaluation, evaluate
 from forecast.model import PatchTransformer, build_model
+from forecast.paths import writable_dir
 from forecast.synthetic import synthetic_frame
 from forecast.train import EpochStats, FitResult, fit, resolve_device, seed_everything
 from forecast.windows import Prepared, prepare
@@ -98,6 +99,9 @@ def train_and_evaluate(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainOutcome:
     series = series if series is not None else load_data(cfg)
+    writable_dir(run_dir(cfg), "output_dir")  # before training, not after it
+    writable_dir(checkpoint_dir(cfg), "train.checkpoint_dir" if cfg.train.checkpoint_dir
+                 else "output_dir")
     trained = train_model(cfg, series, on_epoch)
     model, prepared, result = trained.model, trained.prepared, trained.fit
     season = cfg.eval.season or season_for(series.freq)

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from forecast.data import SUFFIXES
 from forecast.errors import ConfigError, DataError, ForecastError
+from forecast.paths import writable_dir
 from forecast.predictor import Forecaster
 from forecast.registry import ModelSource, load_model
 from forecast.tracking import default_uri
@@ -517,6 +518,7 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
     started = time.perf_counter()
     out_kind = _check(options)
     output = Path(options.output)
+    writable_dir(output.parent, "--output's folder")  # before the model and data are read
     reader = _Reader(Path(options.input))
     model = load_model(ModelSource.parse(options.model), default_uri(options.tracking_uri))
     forecaster = model.forecaster
@@ -536,7 +538,6 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
         reader, forecaster, options, ts_column)
 
     errors_path = output.with_name(f"{output.stem}.errors.csv")
-    output.parent.mkdir(parents=True, exist_ok=True)
     writer = _AtomicWriter(output, out_kind)
     skipped: list[tuple[str, str]] = []
     done = chunks = 0

@@ -24,6 +24,7 @@ from mlflow.entities import Run
 from forecast.config import Config
 from forecast.data import SeriesSet, file_sha256
 from forecast.errors import DataError, StaleData
+from forecast.paths import writable_dir
 from forecast.runner import checkpoint_dir, config_digest, load_data, run_key
 from forecast.tracking import TrackedOutcome, preflight, train_tracked
 from forecast.train import Checkpointer
@@ -110,7 +111,8 @@ def interrupted_run(client: MlflowClient, cfg: Config, key: str) -> Run | None:
 
 def run_job(cfg: Config, uri: str, force: bool = False,
             as_of: pd.Timestamp | None = None) -> JobResult:
-    folder = Path(cfg.pipeline.lock_dir or Path(cfg.output_dir) / "locks")
+    folder = writable_dir(Path(cfg.pipeline.lock_dir or Path(cfg.output_dir) / "locks"),
+                          "pipeline.lock_dir" if cfg.pipeline.lock_dir else "output_dir")
     what = f"the training pipeline for model {cfg.registered_model!r}"
     with JobLock(lock_path(folder, "train", cfg.registered_model), what):
         preflight(uri, cfg.tracking.timeout_seconds)

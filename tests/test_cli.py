@@ -109,6 +109,28 @@ def test_train_missing_data_file(tmp_path, capsys, sets):
     assert not (tmp_path / "runs").exists()
 
 
+def test_unwritable_output_dir_is_named_before_training(tmp_path, capsys, wide_csv, sets):
+    # a file where a folder must go (a read-only folder does the same to a non-root user):
+    # it used to train, then end in a NotADirectoryError traceback
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\n")
+    rc = main(["train", "--config", str(config), "--data", str(wide_csv), "--output-dir",
+               str(wide_csv), *sets()])
+    assert rc == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"output_dir '{wide_csv}/" in line and "cannot be written" in line
+
+
+def test_unwritable_out_folder_is_named(trained, tmp_path, capsys, make_frame):
+    history = tmp_path / "history.csv"
+    make_frame().tail(30).to_csv(history, index=False)
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(history / "forecast.csv")])
+    assert rc == 2
+    assert f"--out's folder '{history}' cannot be written" in one_error_line(
+        capsys.readouterr().err)
+
+
 def test_debug_flag_shows_the_exception(tmp_path, sets):
     config = tmp_path / "c.yaml"
     config.write_text("name: x\n")
