@@ -121,16 +121,6 @@ def test_unwritable_output_dir_is_named_before_training(tmp_path, capsys, wide_c
     assert f"output_dir '{wide_csv}/" in line and "cannot be written" in line
 
 
-def test_unwritable_out_folder_is_named(trained, tmp_path, capsys, make_frame):
-    history = tmp_path / "history.csv"
-    make_frame().tail(30).to_csv(history, index=False)
-    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
-               "--out", str(history / "forecast.csv")])
-    assert rc == 2
-    assert f"--out's folder '{history}' cannot be written" in one_error_line(
-        capsys.readouterr().err)
-
-
 def test_debug_flag_shows_the_exception(tmp_path, sets):
     config = tmp_path / "c.yaml"
     config.write_text("name: x\n")
@@ -205,7 +195,7 @@ def test_predict_several_series_with_horizon(trained, tmp_path, capsys, make_fra
         result[result.series_id == "y"][["a", "b"]].reset_index(drop=True))
 
 
-def test_predict_bad_output_suffix(trained, tmp_path, capsys, make_frame):
+def test_predict_bad_or_unwritable_output(trained, tmp_path, capsys, make_frame):
     history = tmp_path / "history.csv"
     make_frame().tail(30).to_csv(history, index=False)
     rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
@@ -213,6 +203,12 @@ def test_predict_bad_output_suffix(trained, tmp_path, capsys, make_frame):
     assert rc == 1
     assert "use a .csv or .parquet file name" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "new").exists()  # refused before a folder is made for it
+    # a folder that cannot be made (here: a file stands in its place) is named, not a traceback
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(history / "forecast.csv")])
+    assert rc == 2
+    assert f"--out's folder '{history}' cannot be written" in one_error_line(
+        capsys.readouterr().err)
 
 
 def test_predict_history_too_short(trained, tmp_path, capsys, make_frame):
