@@ -135,6 +135,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_promote(args: argparse.Namespace) -> int:
     _, client = _client(args)
     previous = promote(client, args.name, args.version)
+    if previous == str(args.version):
+        print(f"{args.name} v{args.version} is already champion; nothing changed")
+        return 0
     was = f" (was v{previous})" if previous else ""
     print(f"{args.name} v{args.version} is now champion{was}; recorded as a manual promotion")
     return 0

@@ -607,6 +607,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         raw = _read_with_bases(Path(path), [])
         source = str(path)
+    if overrides:  # a mistyped --set must not be blamed on the file alone
+        source += " with the --set overrides"
     return build_config(apply_overrides(raw, overrides or []), source)
 
 

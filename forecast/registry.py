@@ -238,7 +238,8 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str,
 
 
 def promote(client: MlflowClient, name: str, version: str) -> str | None:
-    """Manual override: make `version` champion; record it as manual. Returns the previous."""
+    """Manual override: make `version` champion; record it as manual. Returns the previous
+    champion's version (`version` itself when it already was, and then nothing changes)."""
     try:
         client.get_model_version(name, version)
     except MlflowException as err:
@@ -247,6 +248,8 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
         raise ForecastError(f"model {name!r} has no version {version!r}; see "
                             f"`forecast models list {name}`") from None
     previous = champion_version(client, name)
+    if previous is not None and str(previous.version) == str(version):
+        return str(version)  # already champion: its gate record stays as it was
     client.set_registered_model_alias(name, CHAMPION, version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     client.set_model_version_tag(name, version, "gate.decision", "manual")

@@ -141,9 +141,14 @@ def test_override_into_a_non_section_is_rejected():
         apply_overrides({"name": "x"}, ["name.sub=1"])
 
 
-def test_override_with_unknown_key_names_it():
+def test_override_with_unknown_key_names_it(tmp_path):
     with pytest.raises(ConfigError, match=r"train.epochz: unknown key"):
         load_config(None, ["train.epochz=1"])
+    path = tmp_path / "ok.yaml"
+    path.write_text("name: ok\n")
+    with pytest.raises(ConfigError) as err:  # the file is fine: the override is not
+        load_config(path, ["train.epochz=1"])
+    assert f"invalid configuration in {path} with the --set overrides" in str(err.value)
 
 
 def test_missing_config_file(tmp_path):

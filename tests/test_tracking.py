@@ -128,6 +128,11 @@ def test_manual_promotion_is_recorded_and_listed(history: History,
     assert previous == "2"
     v1 = history.client.get_model_version(NAME, "1")
     assert v1.tags["gate.decision"] == "manual"
+    reason = v1.tags["gate.reason"]
+    # promoting the champion again changes nothing, and says so
+    assert main(["models", "promote", NAME, "1", "--tracking-uri", history.uri]) == 0
+    assert f"{NAME} v1 is already champion; nothing changed" in capsys.readouterr().out
+    assert history.client.get_model_version(NAME, "1").tags["gate.reason"] == reason
     assert "replacing v2" in v1.tags["gate.reason"]
     assert main(["models", "list", NAME, "--tracking-uri", history.uri]) == 0
     out = capsys.readouterr().out
