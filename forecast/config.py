@@ -226,8 +226,7 @@ class TrainConfig(_Section):
 
     epochs: int = Field(20, gt=0, description="Maximum epochs.")
     batch_size: int = Field(128, gt=0, description="Windows per optimiser step.")
-    # above 1 AdamW only diverges, and near float32's range its update overflows in torch
-    lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (AdamW).")
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     schedule: Literal["cosine", "onecycle", "constant"] = Field(
         "cosine", description="Per-step schedule: linear warm-up then cosine, one-cycle, or flat."

@@ -294,7 +294,13 @@ def fit(
                 loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as err:  # lr * update beyond float32 (lr near 1e38)
+                    if "overflow" not in str(err):
+                        raise
+                    raise TrainingError(f"the optimizer step overflowed in epoch {epoch}; "
+                                        "lower train.lr") from None
                 scheduler.step()
                 total += loss.item() * len(x)
                 seen += len(x)

@@ -409,7 +409,14 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     assert "BrokenPipeError" not in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_learning_rate_above_1_is_refused_by_name(capsys):
-    # 1e38 used to pass and end in a torch overflow traceback in the first step
-    assert main(["config", "--set", "train.lr=1e38"]) == 2
-    assert "train.lr: Input should be less than or equal to 1" in capsys.readouterr().err
+def test_a_learning_rate_that_overflows_the_step_is_a_training_error(tmp_path, capsys,
+                                                                     wide_csv, sets):
+    # 1e38 ended in torch's "value cannot be converted to type float" traceback
+    config = tmp_path / "c.yaml"
+    config.write_text("name: x\n")
+    rc = main(["train", "--config", str(config), "--data", str(wide_csv), "--output-dir",
+               str(tmp_path / "out"), *sets("train.lr=1e38", "train.grad_clip=null")])
+    assert rc == 4
+    err = capsys.readouterr().err
+    assert "error: the optimizer step overflowed in epoch 1; lower train.lr" in err
+    assert "Traceback" not in err
