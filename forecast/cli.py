@@ -437,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failed(args: argparse.Namespace, message: str, code: int) -> int:
+    """The one line a failed command ends with: plain on stderr, or a JSON log record (with
+    its exit code) when the logs are JSON, so that a log collector sees the failure too."""
+    if args.log_format == "json":
+        log.error(message, extra={"status": "failed", "exit_code": code})
+    else:
+        print(message, file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -446,20 +456,19 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, where a closed pipe can still be handled, not at exit
+        return code
     except ForecastError as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _failed(args, f"error: {err}", err.exit_code)
     except MlflowException as err:  # the tracking server or registry refused an operation
         if args.debug:
             raise
-        print(f"error: MLflow: {err.message}", file=sys.stderr)
-        return TrackingError.exit_code
+        return _failed(args, f"error: MLflow: {err.message}", TrackingError.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _failed(args, "interrupted", 130)
     except BrokenPipeError:  # `forecast models list NAME | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1

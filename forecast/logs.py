@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 import mlflow
 
+# the loggers mlflow.utils.logging_utils gives a stream handler of its own
+MLFLOW_LOGGERS = ("mlflow", "sqlalchemy.engine", "alembic", "huey")
 PLAIN = "%(asctime)s %(levelname)s %(name)s [run %(run_id)s]: %(message)s"
 # Attributes every LogRecord has; anything else came in through `extra=` and is kept.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -55,11 +57,14 @@ def setup_logging(json_format: bool = False, quiet: bool = False) -> None:
     # Replace our own handler from an earlier call (tests call main() many times); keep others.
     root.handlers[:] = [h for h in root.handlers if h.get_name() != "forecast"] + [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
-    # One stream in one format: Python warnings and MLflow's own logger (which writes through
-    # its own handler) go through ours, so --log-format json leaves no plain line behind.
-    logging.captureWarnings(True)
-    mlflow_logger = logging.getLogger("mlflow")
-    mlflow_logger.handlers.clear()
-    mlflow_logger.propagate = True
-    if json_format:  # MLflow draws artifact download bars on stderr; read when it downloads
+    if json_format:
+        # One stream in one format: Python warnings come through our handler, and the loggers
+        # MLflow gives handlers of its own write our JSON (their levels and filters stay)
+        logging.captureWarnings(True)
+        for name in MLFLOW_LOGGERS:
+            for own in logging.getLogger(name).handlers:
+                own.setFormatter(handler.formatter)
+                if not any(isinstance(f, RunIdFilter) for f in own.filters):
+                    own.addFilter(RunIdFilter())
+        # MLflow draws artifact download bars on stderr; it reads this when it downloads
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"

@@ -399,13 +399,16 @@ def test_bad_service_settings_are_one_line_exit_2_naming_each_variable(monkeypat
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
+    import os
     import subprocess
     import sys
 
     # as `forecast models list NAME | head -1` once head has its line: `true` exits before
     # Python has started, so every write meets a pipe without a reader
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered
     proc = subprocess.run(f"{sys.executable} -m forecast.cli config | true", shell=True,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0
     assert "BrokenPipeError" not in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -162,6 +162,11 @@ def test_invalid_max_age_and_as_of_name_the_field(job: tuple[str, Path, MlflowCl
     assert "pipeline.max_data_age = 'soon' is not a duration" in capsys.readouterr().err
     assert pipeline(uri, cfg_path, "--as-of", "yesterday-ish") == 2
     assert "--as-of 'yesterday-ish' is not a time" in capsys.readouterr().err
+    # with JSON logs the failure is a JSON record too, for the collector that reads them
+    assert pipeline(uri, cfg_path, "--as-of", "yesterday-ish", "--log-format", "json") == 2
+    [record] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert record["level"] == "ERROR" and record["exit_code"] == 2
+    assert record["message"].startswith("error: --as-of 'yesterday-ish' is not a time")
     for blank in ("", "NaT"):  # pandas reads both as NaT, which no age comparison refuses
         assert pipeline(uri, cfg_path, "--set", "pipeline.max_data_age=1h", "--as-of",
                         blank) == 2
