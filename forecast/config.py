@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import pandas as pd
 import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import _validate_model_name
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -355,7 +357,7 @@ class PipelineConfig(_Section):
             except ValueError:
                 raise ValueError(f"pipeline.max_data_age = {self.max_data_age!r} is not a "
                                  "duration with a unit; use e.g. '6h' or '2D'") from None
-            if age <= pd.Timedelta(0):
+            if pd.isna(age) or age <= pd.Timedelta(0):  # NaT would pass every age check
                 raise ValueError("pipeline.max_data_age must be a positive duration")
         return self
 
@@ -490,11 +492,15 @@ class Config(_Section):
             name, key = ((self.tracking.registered_model, "tracking.registered_model")
                          if self.tracking.registered_model is not None
                          else (self.name, "name (the registered model's name by default)"))
-            bad = sorted({c for c in name if c in "/:'\""})
-            if bad or not name.strip() or name.strip() in (".", ".."):
+            bad = sorted({c for c in name if c in "/:'\""})  # quotes break registry filters
+            try:
+                _validate_model_name(name)
+            except MlflowException:
+                bad = bad or ["a path MLflow refuses"]
+            if bad:
                 raise ValueError(
                     f"{key} {name!r} cannot name an MLflow registered model: give a non-blank "
-                    f"name without / : ' or \"" + (f" (it has {''.join(bad)})" if bad else "")
+                    f"name without / : ' or \", not starting with .. (it has {' '.join(bad)})"
                 )
         return self
 
@@ -541,7 +547,13 @@ class _YamlLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges; it is no key
+                continue
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                break  # the parent class refuses an unhashable key with its own message
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping; keep one",
@@ -607,7 +619,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = _read_with_bases(Path(path), [])
         source = str(path)
     if overrides:  # a mistyped --set must not be blamed on the file alone
-        source += " with the --set overrides"
+        source = f"{path} with the --set overrides" if path is not None else "the --set overrides"
     return build_config(apply_overrides(raw, overrides or []), source)
 
 

@@ -184,6 +184,15 @@ def test_a_key_given_twice_is_refused_naming_it_and_the_line(tmp_path):
     assert "line 5" in message and "\n" not in message
 
 
+def test_yaml_merge_keys_still_merge(tmp_path):
+    # the duplicate-key check must let `<<: *anchor` through: it is a merge, not a key
+    path = tmp_path / "anchors.yaml"
+    path.write_text("name: m\nmodel: &m {d_model: 32, n_heads: 4}\ntrain:\n  lr: 0.01\n")
+    assert load_config(path).model.d_model == 32
+    merged = apply_overrides({}, ["train={<<: {epochs: 3, lr: 0.01}, epochs: 5}"])
+    assert merged == {"train": {"epochs": 5, "lr": 0.01}}  # the key after the merge wins
+
+
 def test_flat_uses_dotted_names():
     flat = build_config({"model": {"d_model": 32}, "name": "x"}).flat()
     assert flat["model.d_model"] == 32
@@ -229,8 +238,12 @@ def test_dump_config_round_trips(tmp_path):
     ("tracking.timeout_seconds=.inf", "tracking.timeout_seconds: Input should be a finite number"),
     ("tracking.uri=''", "tracking.uri: is empty: give a URI"),
     ("tracking.registered_model=team/load", "tracking.registered_model 'team/load' cannot name an "
-     "MLflow registered model: give a non-blank name without / : ' or \" (it has /)"),
+     "MLflow registered model: give a non-blank name without / : ' or \", not starting "
+     "with .. (it has /)"),
     ("name=a:b", "name (the registered model's name by default) 'a:b' cannot name an MLflow"),
+    ("name=..x", "'..x' cannot name an MLflow registered model"),  # MLflow's path rule
+    ("pipeline.max_data_age=nan", "pipeline.max_data_age must be a positive duration"),
+    ("pipeline.max_data_age=NaT", "pipeline.max_data_age must be a positive duration"),
 ])
 def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
