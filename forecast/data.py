@@ -84,10 +84,16 @@ def _row_label(pos: int) -> str:
     return f"row {pos + 1}"
 
 
-def _to_datetime(raw: pd.Series, source: str, column: str) -> pd.Series:
-    """ISO 8601 first; otherwise one format for the whole column, guessed from its first
-    value. Parsing each value on its own (pandas' "mixed") read 02/01/2024 as 1 February and
-    13/01/2024 as 13 January in one column. Unparsable values come back as NaT."""
+def to_datetime_column(raw: pd.Series, source: str, column: str,
+                       refuse_ambiguous: bool = True) -> pd.Series:
+    """A column of timestamp text as UTC datetimes, NaT where a value does not parse.
+
+    ISO 8601 first; otherwise one format for the whole column, guessed from its first value
+    (day-first or month-first, whichever reads every value). Parsing each value on its own
+    (pandas' "mixed") read 02/01/2024 as 1 February and 13/01/2024 as 13 January in one
+    column. Only a column with no guessable format is parsed value by value. A column that
+    reads both ways (every day at most 12) is refused, or with `refuse_ambiguous=False` read
+    month-first, pandas' default."""
     # utc=True: without it a column whose UTC offset changes (daylight saving) raises
     # "Mixed timezones" instead of parsing; naive values are taken as they are
     iso = pd.to_datetime(raw, errors="coerce", format="ISO8601", utc=True)
@@ -96,17 +102,19 @@ def _to_datetime(raw: pd.Series, source: str, column: str) -> pd.Series:
     first = str(raw.dropna().iloc[0]) if raw.notna().any() else ""
     candidates = dict.fromkeys(f for f in (guess_datetime_format(first),
                                           guess_datetime_format(first, dayfirst=True)) if f)
-    if not candidates:
-        return iso
+    if not candidates:  # e.g. "1/10/2024 1:00 PM"
+        return pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
     parses = {f: pd.to_datetime(raw, errors="coerce", format=f, utc=True) for f in candidates}
-    complete = [f for f, v in parses.items() if not (v.isna() & raw.notna()).any()]
-    if len(complete) > 1:
+    misses = {f: int((v.isna() & raw.notna()).sum()) for f, v in parses.items()}
+    complete = [f for f, n in misses.items() if n == 0]
+    if len(complete) > 1 and refuse_ambiguous:
         raise DataError(
             f"{source}: column {column!r} reads as {complete[0]!r} and as {complete[1]!r} "
             f"(e.g. {first!r}): day and month cannot be told apart; write the timestamps as "
             "ISO 8601 (2024-01-31 13:00)"
         )
-    return parses[complete[0] if complete else next(iter(parses))]
+    # the fewest misses, month-first on a tie; the values missed are the caller's to name
+    return parses[min(misses, key=misses.__getitem__)]
 
 
 def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
@@ -123,7 +131,7 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Serie
             "times; write them as ISO 8601 (2024-01-31 13:00), or set data.timestamp_column "
             "to the column that holds the times"
         )
-    parsed = _to_datetime(raw, source, column)
+    parsed = to_datetime_column(raw, source, column)
     bad = parsed.isna()
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])

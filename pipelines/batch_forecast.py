@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forecast.data import SUFFIXES
+from forecast.data import SUFFIXES, to_datetime_column
 from forecast.errors import ConfigError, DataError, ForecastError
 from forecast.paths import writable_dir
 from forecast.predictor import Forecaster
@@ -130,12 +130,9 @@ def _parse_stamps(raw: pd.Series) -> pd.Series:
         return raw.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(raw.dtype):
         return raw
-    # The format inferred from the first value is fast; only rows it misses are parsed one
-    # by one ("mixed").
-    parsed = pd.to_datetime(raw, errors="coerce", utc=True)
-    retry = parsed.isna() & raw.notna()
-    if retry.any():
-        parsed[retry] = pd.to_datetime(raw[retry], errors="coerce", utc=True, format="mixed")
+    # as training reads them, except that a chunk of short histories may hold no day above
+    # 12: such a chunk is read month-first, not refused
+    parsed = to_datetime_column(raw, "the input", str(raw.name), refuse_ambiguous=False)
     return parsed.dt.tz_convert("UTC").dt.tz_localize(None)
 
 

@@ -383,3 +383,13 @@ def test_cli_exit_codes(model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--on-bad-series is 'fail'" in err and "use a .parquet" in err
     no_output(tmp_path, "o.parquet")
+
+
+def test_day_first_input_timestamps_are_read_as_training_reads_them():
+    from pipelines.batch_forecast import _parse_stamps
+
+    # one format per column: 10/01 must not become 1 October beside 13/01 as 13 January
+    raw = pd.Series(["10/01/2024", "11/01/2024", "12/01/2024", "13/01/2024"], name="date")
+    assert list(_parse_stamps(raw)) == list(pd.date_range("2024-01-10", periods=4, freq="D"))
+    # a chunk that reads both ways is read month-first, not refused
+    assert _parse_stamps(pd.Series(["01/02/2024"], name="date"))[0] == pd.Timestamp("2024-01-02")

@@ -142,6 +142,17 @@ def test_dates_whose_day_and_month_cannot_be_told_apart_are_refused():
     assert "ISO 8601" in str(err.value)
 
 
+def test_other_timestamp_forms_still_parse_and_the_bad_row_is_named():
+    # no format can be guessed from "1/10/2024 1:00 PM": parsed value by value, as before
+    frame = small_frame().assign(date=[f"1/10/2024 {h}:00 PM" for h in range(1, 7)])
+    assert load(frame).timestamps[0][0] == pd.Timestamp("2024-01-10 13:00")
+    # day-first reads more rows than month-first: the row neither reads is the one named
+    frame = small_frame().assign(date=["10/01/2024", "13/01/2024", "garbage", "15/01/2024",
+                                       "16/01/2024", "17/01/2024"])
+    with pytest.raises(DataError, match="row 3 has 'garbage', which is not a timestamp"):
+        load(frame)
+
+
 @pytest.mark.parametrize("values", [[20240101 + d for d in range(6)],
                                     [1704067200.0 + 3600 * h for h in range(6)]])
 def test_a_numeric_timestamp_column_is_refused(values):
