@@ -86,6 +86,10 @@ def test_no_token_is_refused_before_the_body_is_read(make_client: Any) -> None:
                                                                   "scheme": "bearer"}}
     assert schema["paths"]["/v1/forecast"]["post"]["security"] == [{"bearer": []}]
     assert "security" not in schema["paths"]["/healthz"]["get"]
+    assert set(schema["paths"]["/healthz"]) == {"get"}  # HEAD is served, not documented
+    operation_ids = [op["operationId"] for path in schema["paths"].values()
+                     for op in path.values()]
+    assert len(operation_ids) == len(set(operation_ids))
 
 
 def test_metrics_count_requests_by_status(client: TestClient) -> None:
