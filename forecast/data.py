@@ -37,6 +37,12 @@ class SeriesSet:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def newest(self) -> pd.Timestamp:
+        """The latest timestamp of all series, in UTC (naive timestamps are taken as UTC)."""
+        newest = max(stamps[-1] for stamps in self.timestamps)
+        return newest.tz_localize("UTC") if newest.tzinfo is None else newest.tz_convert("UTC")
+
+    @property
     def n_rows(self) -> int:
         return sum(len(v) for v in self.values)
 

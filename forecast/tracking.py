@@ -182,6 +182,7 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         mlflow.log_params(params(cfg))
         series = load_data(cfg)
         mlflow.set_tags({"data.sha256": series.digest, "data.source": series.source,
+                         "data.newest": series.newest.isoformat(),
                          "config.sha256": config_digest(cfg)})
         _log_dataset(series)
         if check is not None:

@@ -8,6 +8,7 @@ import functools
 import logging
 import math
 import os
+import pickle
 import random
 import signal
 import sys
@@ -161,7 +162,9 @@ class Checkpointer:
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated, overwritten, or not a plain-tensor checkpoint
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:
+            # truncated, overwritten, or not a plain-tensor checkpoint (an I/O error is raised:
+            # the file may be fine, and training afresh would replace it)
             log.warning("ignoring checkpoint %s: it cannot be read (%s: %s); training starts "
                         "afresh and replaces it", self.path, type(err).__name__,
                         str(err).splitlines()[0][:200] if str(err) else "")

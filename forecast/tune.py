@@ -139,7 +139,7 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
         for value in probe:
             trial_config(cfg, {key: value}, "scratch")
     series = load_data(cfg)
-    if not any(key.startswith("windows.") for key in cfg.tune.space):
+    if not any(key.startswith(("windows.", "split.")) for key in cfg.tune.space):
         # windows that do not fit the data fail every trial alike: say so once, before any
         prepare(series, cfg.split, cfg.windows)
     preflight(uri, cfg.tracking.timeout_seconds)

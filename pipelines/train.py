@@ -56,8 +56,7 @@ def data_digest(cfg: Config) -> str:
 
 def freshness_gate(max_age: pd.Timedelta, now: pd.Timestamp) -> Callable[[SeriesSet], None]:
     def check(series: SeriesSet) -> None:
-        newest = max(stamps[-1] for stamps in series.timestamps)
-        newest = newest.tz_localize("UTC") if newest.tzinfo is None else newest
+        newest = series.newest
         age = now - newest
         if age > max_age:
             raise StaleData(f"newest timestamp {newest} is {age} old at {now}, more than "
@@ -68,16 +67,16 @@ def freshness_gate(max_age: pd.Timedelta, now: pd.Timestamp) -> Callable[[Series
     return check
 
 
-def _stale(cfg: Config, check: Callable[[SeriesSet], None] | None) -> bool:
-    """Whether the freshness gate would refuse the data. Unchanged data still ages: a job must
-    not skip it as done when the upstream export has stopped, but go on to fail the gate."""
-    if check is None:
+def _stale(cfg: Config, previous: Run, now: pd.Timestamp) -> bool:
+    """Whether unchanged data has grown older than pipeline.max_data_age since the run that
+    trained on it: a job must not skip it as done when the upstream export has stopped, but go
+    on to fail the gate. The run's `data.newest` tag answers without reading the data."""
+    max_age = cfg.pipeline.max_age
+    if max_age is None:
         return False
-    try:
-        check(load_data(cfg))
-    except StaleData:
-        return True
-    return False
+    tag = previous.data.tags.get("data.newest")
+    newest = pd.Timestamp(tag) if tag else load_data(cfg).newest  # runs from before the tag
+    return now - newest > max_age
 
 
 def _runs(client: MlflowClient, experiment: str, query: str) -> list[Run]:
@@ -125,7 +124,7 @@ def run_job(cfg: Config, uri: str, force: bool = False,
         if previous is not None and not force:
             tags = previous.data.tags
             if tags.get("data.sha256") == digest and tags.get("config.sha256") == settings \
-                    and not _stale(cfg, check):
+                    and not _stale(cfg, previous, now):
                 log.info("skipped: data (sha256 %s…) and config equal those of the last "
                          "successful run; pass --force to train anyway", digest[:12],
                          extra={"run_id": previous.info.run_id, "status": "skipped"})

@@ -123,6 +123,8 @@ def test_freshness_gate_refuses_old_data_before_training(
     assert pipeline(uri, cfg_path, "--set", "pipeline.max_data_age=1D",
                     "--as-of", "2024-02-03T20:00:00") == 0
     assert versions(client) == 1
+    # the run records its data's newest time, so a later job needs no re-read to judge age
+    assert runs(client)[0].data.tags["data.newest"] == "2024-02-03T07:00:00+00:00"
     # the same data a week later is stale, not "unchanged, skipped"
     assert pipeline(uri, cfg_path, "--set", "pipeline.max_data_age=1D",
                     "--as-of", "2024-02-10T00:00:00Z") == StaleData.exit_code
