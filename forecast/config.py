@@ -6,14 +6,13 @@ other module receives the resulting `Config` (or one of its sections) and trusts
 
 from __future__ import annotations
 
+import posixpath
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 import yaml
-from mlflow.exceptions import MlflowException
-from mlflow.utils.validation import _validate_model_name
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -493,9 +492,10 @@ class Config(_Section):
                          if self.tracking.registered_model is not None
                          else (self.name, "name (the registered model's name by default)"))
             bad = sorted({c for c in name if c in "/:'\""})  # quotes break registry filters
-            try:
-                _validate_model_name(name)
-            except MlflowException:
+            # MLflow's own rule (mlflow.utils.validation), restated: importing mlflow here
+            # would load it into every process that reads a config, +50 MB in each training
+            norm = posixpath.normpath(name)
+            if not name.strip() or norm != name or norm == "." or norm.startswith(".."):
                 bad = bad or ["a path MLflow refuses"]
             if bad:
                 raise ValueError(

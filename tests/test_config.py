@@ -298,3 +298,15 @@ def test_extends_must_be_a_path(tmp_path, value):
     child = write(tmp_path / "child.yaml", f"extends: {value}\n")
     with pytest.raises(ConfigError, match="extends in .*child.yaml' must be the path of another"):
         load_config(child)
+
+
+def test_training_imports_no_mlflow():
+    # a training process that does not track (the benchmark's) must not pay mlflow's import,
+    # about 50 MB of RSS: a config-time name check had pulled it in
+    import subprocess
+    import sys
+
+    code = "import sys, forecast.runner; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    assert out == "False"
