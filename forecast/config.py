@@ -355,7 +355,8 @@ class PipelineConfig(_Section):
                 age = pd.Timedelta(self.max_data_age)
             except ValueError:
                 raise ValueError(f"pipeline.max_data_age = {self.max_data_age!r} is not a "
-                                 "duration with a unit; use e.g. '6h' or '2D'") from None
+                                 "duration with a unit (at most about 292 years); use e.g. "
+                                 "'6h' or '2D'") from None
             if pd.isna(age) or age <= pd.Timedelta(0):  # NaT would pass every age check
                 raise ValueError("pipeline.max_data_age must be a positive duration")
         return self

@@ -244,6 +244,9 @@ def test_dump_config_round_trips(tmp_path):
     ("name=..x", "'..x' cannot name an MLflow registered model"),  # MLflow's path rule
     ("pipeline.max_data_age=nan", "pipeline.max_data_age must be a positive duration"),
     ("pipeline.max_data_age=NaT", "pipeline.max_data_age must be a positive duration"),
+    ("pipeline.max_data_age=1000000000D", "is not a duration with a unit (at most about 292"),
+    ("train.lr=.nan", "train.lr: Input should be a finite number"),
+    ("tracking.timeout_seconds=.nan", "tracking.timeout_seconds: Input should be a finite number"),
 ])
 def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
