@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,34 @@ class TrainOutcome:
     @property
     def metrics(self) -> dict[str, float]:
         return self.evaluation.metrics()
+
+
+_OUTPUTS = ("model", "config.yaml", "metrics.json")
+
+
+def publish(outcome: TrainOutcome) -> TrainOutcome:
+    """Move a staged run's files over <output_dir>/<name>, replacing the previous run's.
+
+    Until this is called the previous model/ stays whole, so a run that fails after training
+    (logging, packaging, registration) cannot leave a model on disk that no run vouches for."""
+    staging, final = outcome.output_dir, run_dir(outcome.config)
+    if staging == final:
+        return outcome
+    old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=final))
+    for name in _OUTPUTS:
+        if (final / name).exists():
+            os.replace(final / name, old / name)
+        os.replace(staging / name, final / name)
+    shutil.rmtree(old)
+    staging.rmdir()
+    outcome.output_dir, outcome.model_dir = final, final / "model"
+    return outcome
+
+
+def discard(outcome: TrainOutcome) -> None:
+    """Remove a staged run's files (its run failed), leaving <output_dir>/<name> as it was."""
+    if outcome.output_dir != run_dir(outcome.config):
+        shutil.rmtree(outcome.output_dir, ignore_errors=True)
 
 
 def load_data(cfg: Config) -> SeriesSet:
@@ -96,8 +127,12 @@ def train_model(cfg: Config, series: SeriesSet,
 
 def train_and_evaluate(
     cfg: Config, series: SeriesSet | None = None,
-    on_epoch: Callable[[EpochStats], None] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None, staged: bool = False,
 ) -> TrainOutcome:
+    """Train and score one configuration and write its model, config and metrics.
+
+    staged=True writes them to a fresh folder inside <output_dir>/<name> for the caller to
+    `publish` once the run has succeeded, or `discard`; otherwise they replace the last run's."""
     series = series if series is not None else load_data(cfg)
     writable_dir(run_dir(cfg), "output_dir")  # before training, not after it
     writable_dir(checkpoint_dir(cfg), "train.checkpoint_dir" if cfg.train.checkpoint_dir
@@ -117,8 +152,15 @@ def train_and_evaluate(
         metrics=evaluation.metrics(),
     )
     scaler = prepared.scaler
-    model_dir = save_bundle(out / "model", Bundle(model, scaler.mean, scaler.scale, meta))
-    (out / "config.yaml").write_text(dump_config(cfg))
-    (out / "metrics.json").write_text(json.dumps(
-        {**evaluation.metrics(), **result.metrics(), "params": model.n_params()}, indent=2))
-    return TrainOutcome(cfg, series, prepared, model, result, evaluation, out, model_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    outcome = TrainOutcome(cfg, series, prepared, model, result, evaluation, staging,
+                           staging / "model")
+    try:
+        save_bundle(outcome.model_dir, Bundle(model, scaler.mean, scaler.scale, meta))
+        (staging / "config.yaml").write_text(dump_config(cfg))
+        (staging / "metrics.json").write_text(json.dumps(
+            {**evaluation.metrics(), **result.metrics(), "params": model.n_params()}, indent=2))
+    except BaseException:
+        discard(outcome)
+        raise
+    return outcome if staged else publish(outcome)

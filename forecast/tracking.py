@@ -32,7 +32,14 @@ from forecast.packaging import log_pyfunc
 from forecast.plots import forecast_vs_actual, horizon_errors, training_curve
 from forecast.predictor import Forecaster
 from forecast.registry import GateDecision, decide, register
-from forecast.runner import TrainOutcome, config_digest, load_data, train_and_evaluate
+from forecast.runner import (
+    TrainOutcome,
+    config_digest,
+    discard,
+    load_data,
+    publish,
+    train_and_evaluate,
+)
 from forecast.train import EpochStats
 
 log = logging.getLogger(__name__)
@@ -178,6 +185,7 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
     if commit:
         tags["git.commit"] = commit
     run = mlflow.start_run(run_name=run_name(cfg), tags=tags)
+    outcome: TrainOutcome | None = None
     try:
         mlflow.log_params(params(cfg))
         series = load_data(cfg)
@@ -187,7 +195,7 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         _log_dataset(series)
         if check is not None:
             check(series)
-        outcome = train_and_evaluate(cfg, series, log_epoch)
+        outcome = train_and_evaluate(cfg, series, log_epoch, staged=True)
         if outcome.fit.linear_val_loss is not None:
             # the least-squares forecast alone is "epoch 0", which the best epoch can be: the
             # val_loss curve starts there, so that it shows the weights that were kept
@@ -216,11 +224,13 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
                                decision)
             mlflow.set_tag("model.version", version.version)
     except BaseException as err:
+        if outcome is not None:
+            discard(outcome)
         if isinstance(err, KeyboardInterrupt):
             close_run("KILLED", "interrupted (KeyboardInterrupt)")
         else:
             close_run("FAILED", f"{type(err).__name__}: {err}")
         raise
     mlflow.end_run("FINISHED")
-    return TrackedOutcome(outcome, run.info.run_id, experiment.experiment_id, uri,
+    return TrackedOutcome(publish(outcome), run.info.run_id, experiment.experiment_id, uri,
                           info.model_uri, version, decision)

@@ -215,6 +215,31 @@ def test_failing_run_is_failed_with_error_tag_and_registers_nothing(history: His
     assert _no_versions(history.client) == before
 
 
+def test_run_failing_after_training_leaves_the_last_local_model_whole(
+        history: History, tmp_path: Path) -> None:
+    good = train_tracked(config(tmp_path, history.csv, tracking={"auto_register": False}),
+                         history.uri)
+    folder = tmp_path / "outputs" / "tiny"
+    assert good.outcome.model_dir == folder / "model"
+    listing = sorted(p.name for p in folder.iterdir())
+    assert listing == ["checkpoints", "config.yaml", "metrics.json", "model"]
+    files = {p: p.read_bytes() for p in [*(folder / "model").iterdir(), folder / "metrics.json"]}
+    # an artifact store that cannot be written: the run fails after training, when it logs
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    history.client.create_experiment("unwritable-artifacts",
+                                     artifact_location=(blocker / "artifacts").as_uri())
+    with pytest.raises(OSError):
+        train_tracked(config(tmp_path, history.csv, train={"seed": 1}, tracking={
+            "experiment": "unwritable-artifacts", "auto_register": False}), history.uri)
+    exp = history.client.get_experiment_by_name("unwritable-artifacts")
+    [failed] = history.client.search_runs([exp.experiment_id])
+    assert failed.info.status == "FAILED" and "test_mse" in failed.data.metrics
+    # the failed run's model (seed 1) replaced nothing, and left no staging folder behind
+    assert sorted(p.name for p in folder.iterdir()) == listing
+    assert {p: p.read_bytes() for p in files} == files
+
+
 def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> None:
     started = time.perf_counter()
     with pytest.raises(TrackingError, match="not reachable"):
