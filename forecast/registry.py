@@ -259,8 +259,21 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     return str(previous.version) if previous else None
 
 
+def filter_literal(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter.
+
+    MLflow's filter parser takes no escapes (a backslash is kept as typed, so `\\'` matches
+    nothing): a value is quoted with whichever quote it does not contain."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ForecastError(f"{value!r} holds both ' and \", which an MLflow search cannot match; "
+                        "use a name without quotes")
+
+
 def list_versions(client: MlflowClient, name: str, uri: str) -> list[dict[str, str]]:
-    versions = client.search_model_versions(f"name = '{name}'")
+    versions = client.search_model_versions(f"name = {filter_literal(name)}")
     if not versions:
         raise ForecastError(f"no registered model named {name!r} in the tracking store {uri}; "
                             "check the name, or --tracking-uri")

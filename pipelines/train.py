@@ -25,6 +25,7 @@ from forecast.config import Config
 from forecast.data import SeriesSet, file_sha256
 from forecast.errors import DataError, StaleData
 from forecast.paths import writable_dir
+from forecast.registry import filter_literal
 from forecast.runner import checkpoint_dir, config_digest, load_data, run_key
 from forecast.tracking import TrackedOutcome, preflight, train_tracked
 from forecast.train import Checkpointer
@@ -87,14 +88,10 @@ def _runs(client: MlflowClient, experiment: str, query: str) -> list[Run]:
                                    order_by=["attributes.start_time DESC"], max_results=1))
 
 
-def _quoted(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def last_success(client: MlflowClient, cfg: Config) -> Run | None:
     runs = _runs(client, cfg.tracking.experiment,
                  f"tags.`{PIPELINE_TAG}` = 'train' AND tags.`model.registered_name` = "
-                 f"{_quoted(cfg.registered_model)} AND attributes.status = 'FINISHED'")
+                 f"{filter_literal(cfg.registered_model)} AND attributes.status = 'FINISHED'")
     return runs[0] if runs else None
 
 

@@ -87,6 +87,16 @@ def test_second_run_on_unchanged_input_skips_and_force_trains(
     assert len(runs(client)) == 3 and versions(client) == 3
 
 
+def test_unchanged_input_skips_for_a_registered_name_with_a_backslash(
+        job: tuple[str, Path, MlflowClient]) -> None:
+    uri, cfg_path, client = job
+    name = "--set", "tracking.registered_model=team\\fc"
+    assert pipeline(uri, cfg_path, *name) == 0
+    assert pipeline(uri, cfg_path, *name) == 0
+    assert len(runs(client)) == 1  # found its last run, so skipped instead of training again
+    assert len(client.search_model_versions("name = 'team\\fc'")) == 1
+
+
 def test_corrupted_data_fails_the_run_and_leaves_the_registry_untouched(
         job: tuple[str, Path, MlflowClient], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

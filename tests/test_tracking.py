@@ -215,6 +215,23 @@ def test_failing_run_is_failed_with_error_tag_and_registers_nothing(history: His
     assert _no_versions(history.client) == before
 
 
+@pytest.mark.parametrize("name", ["it's", 'say "hi"', "team\\fc"])
+def test_models_list_finds_names_with_quotes_and_backslashes(
+        history: History, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # registered outside this tool (its configs refuse quotes); MLflow's filters take no escapes
+    history.client.create_registered_model(name)
+    run_id = history.runs[0].run_id
+    history.client.create_model_version(name, history.runs[0].model_uri, run_id)
+    assert main(["models", "list", name, "--tracking-uri", history.uri]) == 0
+    assert run_id in capsys.readouterr().out
+
+
+def test_models_list_refuses_a_name_with_both_quotes(
+        history: History, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "list", "it's \"x\"", "--tracking-uri", history.uri]) == 1
+    assert "which an MLflow search cannot match" in capsys.readouterr().err
+
+
 def test_run_failing_after_training_leaves_the_last_local_model_whole(
         history: History, tmp_path: Path) -> None:
     good = train_tracked(config(tmp_path, history.csv, tracking={"auto_register": False}),
