@@ -123,19 +123,44 @@ def to_datetime_column(raw: pd.Series, source: str, column: str,
     return parses[min(misses, key=misses.__getitem__)]
 
 
-def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
+# How a data error ends: whoever reads a data file can change the config's data settings; a
+# history sent for a forecast (predict, the MLflow model, batch forecasting) can only be fixed.
+FILE_FIXES = {
+    "timestamp_column": "set data.timestamp_column",
+    "numeric_time": "write them as ISO 8601 (2024-01-31 13:00), or set data.timestamp_column "
+                    "to the column that holds the times",
+    "columns": "set data.columns to existing columns",
+    "value": "fix the value or leave {column!r} out of data.columns",
+    "missing": "data.missing is 'error' (the default): set data.missing to 'interpolate' or "
+               "'ffill', or fill the file",
+    "gaps": "data.missing is 'error' (the default): set it to 'interpolate' or 'ffill' to fill "
+            "gaps, or fix the file",
+    "off_grid": "fix it or set data.freq",
+}
+HISTORY_FIXES = {
+    "timestamp_column": "name the time column as the model does",
+    "numeric_time": "write them as ISO 8601 (2024-01-31 13:00)",
+    "columns": "send a column for each of the model's channels",
+    "value": "fix the value",
+    "missing": "send a value for every step (a forecast fills no gaps)",
+    "gaps": "send every step of the history (a forecast fills no gaps)",
+    "off_grid": "send timestamps on the model's {freq!r} grid",
+}
+
+
+def _parse_timestamps(frame: pd.DataFrame, column: str, source: str,
+                      fixes: dict[str, str]) -> pd.Series:
     if column not in frame.columns:
         raise DataError(
             f"{source}: timestamp column {column!r} not found (columns: {list(frame.columns)}); "
-            "set data.timestamp_column"
+            + fixes["timestamp_column"]
         )
     raw = frame[column]
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         # pandas would read 20240101 or 1704067200 as nanoseconds after 1970
         raise DataError(
             f"{source}: timestamp column {column!r} holds numbers ({raw.iloc[0]!r}, ...), not "
-            "times; write them as ISO 8601 (2024-01-31 13:00), or set data.timestamp_column "
-            "to the column that holds the times"
+            "times; " + fixes["numeric_time"]
         )
     parsed = to_datetime_column(raw, source, column)
     bad = parsed.isna()
@@ -149,12 +174,15 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Serie
     return parsed.dt.tz_localize(None)
 
 
-def _numeric_columns(frame: pd.DataFrame, columns: list[str], source: str) -> pd.DataFrame:
+def numeric_columns(frame: pd.DataFrame, columns: list[str], source: str,
+                    fixes: dict[str, str] = FILE_FIXES) -> pd.DataFrame:
+    """`columns` of `frame` as float64, refusing text, booleans, infinities and values beyond
+    float32 with an error naming column and row; empty cells stay NaN."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(
             f"{source}: column(s) {missing} not found (columns: {list(frame.columns)}); "
-            "set data.columns to existing columns"
+            + fixes["columns"]
         )
     out = {}
     for c in columns:
@@ -167,7 +195,7 @@ def _numeric_columns(frame: pd.DataFrame, columns: list[str], source: str) -> pd
             pos = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
                 f"{source}: column {c!r} is not numeric: {_row_label(pos)} has "
-                f"{col.iloc[pos]!r}; fix the value or leave {c!r} out of data.columns"
+                f"{col.iloc[pos]!r}; " + fixes["value"].format(column=c)
             )
         num = num.astype("float64")
         inf = np.isinf(num.to_numpy())
@@ -211,7 +239,8 @@ def _resolve_freq(stamps: pd.DatetimeIndex, given: str | None, where: str) -> st
     return pd.tseries.frequencies.to_offset(inferred).freqstr
 
 
-def _fill_missing(values: pd.DataFrame, policy: str, where: str) -> pd.DataFrame:
+def _fill_missing(values: pd.DataFrame, policy: str, where: str,
+                  fixes: dict[str, str]) -> pd.DataFrame:
     nan = values.isna()
     if not nan.to_numpy().any():
         return values
@@ -220,8 +249,7 @@ def _fill_missing(values: pd.DataFrame, policy: str, where: str) -> pd.DataFrame
         stamp = values.index[nan[col].to_numpy()][0]
         raise DataError(
             f"{where}: column {col!r} is missing a value at {stamp} "
-            f"({int(nan.to_numpy().sum())} missing in all); data.missing is 'error' (the "
-            "default): set data.missing to 'interpolate' or 'ffill', or fill the file"
+            f"({int(nan.to_numpy().sum())} missing in all); " + fixes["missing"]
         )
     if policy == "interpolate":
         values = values.interpolate(method="time", limit_direction="both")
@@ -234,7 +262,8 @@ def _fill_missing(values: pd.DataFrame, policy: str, where: str) -> pd.DataFrame
 
 
 def _one_series(
-    stamps: pd.Series, values: pd.DataFrame, cfg: DataConfig, where: str, notes: list[str]
+    stamps: pd.Series, values: pd.DataFrame, cfg: DataConfig, where: str, notes: list[str],
+    fixes: dict[str, str],
 ) -> tuple[pd.DatetimeIndex, pd.DataFrame, str]:
     index = pd.DatetimeIndex(stamps.to_numpy())
     if not index.is_monotonic_increasing:
@@ -255,28 +284,28 @@ def _one_series(
         if len(off_grid):
             raise DataError(
                 f"{where}: timestamp {off_grid[0]} is off the {freq!r} grid that starts at "
-                f"{index[0]}; fix it or set data.freq"
+                f"{index[0]}; " + fixes["off_grid"].format(freq=freq)
             )
         gaps = full.difference(index)
         if cfg.missing == "error":
             raise DataError(
                 f"{where}: {len(gaps)} missing time step(s) at frequency {freq!r}, the first at "
-                f"{gaps[0]}; data.missing is 'error' (the default): set it to 'interpolate' or "
-                "'ffill' to fill gaps, or fix the file"
+                f"{gaps[0]}; " + fixes["gaps"]
             )
         notes.append(f"{where}: filled {len(gaps)} missing time step(s) ({cfg.missing})")
         values = values.reindex(full)
-    values = _fill_missing(values, cfg.missing, where)
+    values = _fill_missing(values, cfg.missing, where, fixes)
     return pd.DatetimeIndex(values.index), values, freq
 
 
-def frame_to_series(frame: pd.DataFrame, cfg: DataConfig, source: str = "<memory>") -> SeriesSet:
+def frame_to_series(frame: pd.DataFrame, cfg: DataConfig, source: str = "<memory>",
+                    fixes: dict[str, str] = FILE_FIXES) -> SeriesSet:
     """Validate a wide or long frame and return regular, complete series."""
     notes: list[str] = [f"missing-value policy: {cfg.missing}"]
     # Rows are grouped by index label below; a repeated label (pd.concat of per-series frames)
     # would pull other series' rows into a series. Positions are what errors report anyway.
     frame = frame.reset_index(drop=True)
-    stamps = _parse_timestamps(frame, cfg.timestamp_column, source)
+    stamps = _parse_timestamps(frame, cfg.timestamp_column, source, fixes)
     if cfg.layout == "wide":
         columns = cfg.columns or [c for c in frame.columns if c != cfg.timestamp_column]
         if not columns:
@@ -293,13 +322,13 @@ def frame_to_series(frame: pd.DataFrame, cfg: DataConfig, source: str = "<memory
             pos = int(np.flatnonzero(frame[cfg.id_column].isna().to_numpy())[0])
             raise DataError(f"{source}: column {cfg.id_column!r} {_row_label(pos)} is empty")
         groups = list(frame.groupby(frame[cfg.id_column].astype(str), sort=False).groups.items())
-    numeric = _numeric_columns(frame, columns, source)
+    numeric = numeric_columns(frame, columns, source, fixes)
 
     ids, arrays, indexes, freqs = [], [], [], set()
     for sid, rows in groups:
         where = source if cfg.layout == "wide" else f"{source}: series {sid!r}"
         index, values, freq = _one_series(
-            stamps.loc[rows], numeric.loc[rows], cfg, where, notes
+            stamps.loc[rows], numeric.loc[rows], cfg, where, notes, fixes
         )
         ids.append(str(sid))
         arrays.append(values.to_numpy(dtype=np.float32))

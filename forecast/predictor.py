@@ -17,7 +17,7 @@ import torch
 
 from forecast.bundle import Bundle
 from forecast.config import DataConfig
-from forecast.data import _numeric_columns, frame_to_series
+from forecast.data import HISTORY_FIXES, frame_to_series, numeric_columns
 from forecast.errors import DataError
 
 SERIES_ID, STEP = "series_id", "step"
@@ -97,14 +97,15 @@ class Forecaster:
         if ts_col in frame.columns:
             cfg = DataConfig(layout="long" if has_ids else "wide", timestamp_column=ts_col,
                              id_column=SERIES_ID, columns=self.channels, freq=self.meta.freq)
-            series = frame_to_series(frame, cfg, source="history")
+            series = frame_to_series(frame, cfg, source="history", fixes=HISTORY_FIXES)
             return series.ids, series.values, series.timestamps
         missing = [c for c in self.channels if c not in frame.columns]
         if missing:
             raise DataError(f"history: column(s) {missing} missing; the model needs "
                             f"{self.channels}")
         # Same checks as a file: a non-numeric value is a DataError naming column and row.
-        numeric = _numeric_columns(frame.reset_index(drop=True), self.channels, "history")
+        numeric = numeric_columns(frame.reset_index(drop=True), self.channels, "history",
+                                  HISTORY_FIXES)
         groups = numeric.groupby(frame[SERIES_ID].astype(str).to_numpy(), sort=False) \
             if has_ids else [("series", numeric)]
         ids = [str(k) for k, _ in groups]

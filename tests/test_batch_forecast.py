@@ -239,6 +239,7 @@ def test_bad_series_are_skipped_and_listed(model_dir, forecaster, tmp_path, capl
     assert sorted(errors["series_id"]) == sorted(reasons)
     for sid, reason in zip(errors["series_id"], errors["reason"], strict=True):
         assert reasons[sid] in reason, (sid, reason)
+        assert "data." not in reason, reason  # a batch job has no data settings to change
     good = long_frame([30] * 7)
     good = good[good["series_id"].isin(["s0", "s6"])]
     assert_matches(got, forecaster.predict_frame(good), ["a", "b"])

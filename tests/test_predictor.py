@@ -250,5 +250,22 @@ def test_predict_frame_missing_channel(forecaster):
 
 def test_predict_frame_gap_in_history_is_an_error(forecaster):
     frame = frame_for(history(30), "2024-03-01").drop(index=[10])
-    with pytest.raises(DataError, match=r"1 missing time step\(s\) at frequency 'h'"):
+    with pytest.raises(DataError, match=r"1 missing time step\(s\) at frequency 'h'") as err:
         forecaster.predict_frame(frame)
+    # a history has no data settings to change: the fix is to the history itself
+    assert str(err.value).endswith("; send every step of the history (a forecast fills no gaps)")
+
+
+@pytest.mark.parametrize(("change", "fix"), [
+    (lambda f: f.assign(b=f["b"].where(f.index != 7)),
+     "; send a value for every step (a forecast fills no gaps)"),
+    (lambda f: f.astype({"b": object}).assign(b=lambda g: g["b"].where(g.index != 7, "oops")),
+     "; fix the value"),
+    (lambda f: f.drop(columns="b"), "; send a column for each of the model's channels"),
+    (lambda f: f.assign(date=f.index.to_numpy() * 3600),
+     "; write them as ISO 8601 (2024-01-31 13:00)"),
+])
+def test_history_errors_name_a_fix_to_the_history_not_to_data_settings(forecaster, change, fix):
+    with pytest.raises(DataError) as err:
+        forecaster.predict_frame(change(frame_for(history(30), "2024-03-01")))
+    assert str(err.value).endswith(fix) and "data." not in str(err.value)
