@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pandas as pd
 import yaml
@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,6 +29,18 @@ from forecast.errors import ConfigError
 class _Section(BaseModel):
     # Unknown keys are typos far more often than intentional: reject them by name.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1: `epochs: true` or `lr: yes` would train, silently, on 1
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
+                cls.model_fields[info.field_name].annotation}
+            if kinds & {int, float} and bool not in kinds:
+                raise ValueError(f"{value!r} is a boolean (YAML reads true, yes and on so), not a "
+                                 "number; give a number")
+        return value
 
 
 class DataConfig(_Section):

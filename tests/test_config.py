@@ -247,6 +247,13 @@ def test_dump_config_round_trips(tmp_path):
     ("pipeline.max_data_age=1000000000D", "is not a duration with a unit (at most about 292"),
     ("train.lr=.nan", "train.lr: Input should be a finite number"),
     ("tracking.timeout_seconds=.nan", "tracking.timeout_seconds: Input should be a finite number"),
+    # pydantic reads a boolean as 1 or 0: these trained one epoch, or at lr 1
+    ("train.epochs=true", "train.epochs: True is a boolean (YAML reads true, yes and on so), "
+     "not a number; give a number"),
+    ("train.lr=yes", "train.lr: True is a boolean"),
+    ("split.train=on", "split.train: True is a boolean"),
+    ("model.skip_rank=false", "model.skip_rank: False is a boolean"),
+    ("tune.space={train.lr: {low: true, high: 2}}", "low: True is a boolean"),
 ])
 def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
