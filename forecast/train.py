@@ -157,7 +157,9 @@ class Checkpointer:
         torch.save({"run_key": self.run_key, **state}, tmp)
         tmp.replace(self.path)  # atomic: a kill mid-save leaves the previous checkpoint intact
 
-    def load(self) -> dict[str, Any] | None:
+    def load(self, warn: bool = True) -> dict[str, Any] | None:
+        """The saved state of this run key, or None; `warn`: say why a file there is ignored
+        (off for a look ahead of the load that will say it)."""
         if not self.path.is_file():
             return None
         try:
@@ -165,13 +167,15 @@ class Checkpointer:
         except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:
             # truncated, overwritten, or not a plain-tensor checkpoint (an I/O error is raised:
             # the file may be fine, and training afresh would replace it)
-            log.warning("ignoring checkpoint %s: it cannot be read (%s: %s); training starts "
-                        "afresh and replaces it", self.path, type(err).__name__,
-                        str(err).splitlines()[0][:200] if str(err) else "")
+            if warn:
+                log.warning("ignoring checkpoint %s: it cannot be read (%s: %s); training "
+                            "starts afresh and replaces it", self.path, type(err).__name__,
+                            str(err).splitlines()[0][:200] if str(err) else "")
             return None
         if not isinstance(state, dict) or state.get("run_key") != self.run_key:
-            log.warning("ignoring checkpoint %s: it belongs to another config or dataset",
-                        self.path)
+            if warn:
+                log.warning("ignoring checkpoint %s: it belongs to another config or dataset",
+                            self.path)
             return None
         return state
 

@@ -97,7 +97,8 @@ def last_success(client: MlflowClient, cfg: Config) -> Run | None:
 
 def interrupted_run(client: MlflowClient, cfg: Config, key: str) -> Run | None:
     """The newest unfinished run of this exact config and data whose checkpoint survives."""
-    if cfg.train.resume is False or Checkpointer(checkpoint_dir(cfg), key).load() is None:
+    if cfg.train.resume is False or Checkpointer(checkpoint_dir(cfg), key).load(
+            warn=False) is None:
         return None
     runs = _runs(client, cfg.tracking.experiment,
                  f"tags.`{RUN_KEY_TAG}` = '{key}' AND "

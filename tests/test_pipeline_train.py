@@ -97,6 +97,19 @@ def test_unchanged_input_skips_for_a_registered_name_with_a_backslash(
     assert len(client.search_model_versions("name = 'team\\fc'")) == 1
 
 
+def test_unreadable_checkpoint_is_reported_once_and_training_starts_afresh(
+        job: tuple[str, Path, MlflowClient], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    uri, cfg_path, client = job
+    saved = tmp_path / "outputs" / "tiny" / "checkpoints" / CHECKPOINT
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(b"not a checkpoint")
+    assert pipeline(uri, cfg_path) == 0
+    said = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert [r.info.status for r in runs(client)] == ["FINISHED"] and versions(client) == 1
+
+
 def test_corrupted_data_fails_the_run_and_leaves_the_registry_untouched(
         job: tuple[str, Path, MlflowClient], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
