@@ -14,10 +14,11 @@ from fastapi.exceptions import RequestValidationError
 
 from forecast.errors import DataError
 from serving.deps import Model, State
+from serving.json_body import StrictJSONRoute
 from serving.model_store import LoadedModel
 from serving.schemas import ForecastRequest, ForecastResponse, SeriesIn, cut, few
 
-router = APIRouter(prefix="/v1", tags=["forecast"])
+router = APIRouter(prefix="/v1", tags=["forecast"], route_class=StrictJSONRoute)
 
 
 def _error(loc: tuple[Any, ...], msg: str) -> dict[str, Any]:

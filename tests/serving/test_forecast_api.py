@@ -271,6 +271,22 @@ def test_json_syntax_errors_say_what_is_wrong(client: TestClient) -> None:
                                        "character 12")
 
 
+@pytest.mark.parametrize(("body", "key"), [
+    (b'{"series": [], "series": []}', "series"),
+    (b'{"series": [{"id": "a", "history": {"x": [1.0], "x": [2.0]}}]}', "x"),
+    (b'{"series": [{"id": "a", "id": "b", "history": {"x": [1.0]}}]}', "id"),
+])
+def test_a_key_repeated_in_one_object_gets_422(client: TestClient, body: bytes,
+                                               key: str) -> None:
+    # json.loads would keep the last: one of two histories sent would be forecast, silently
+    reply = client.post("/v1/forecast", content=body,
+                        headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["detail"] == [{
+        "loc": ["body"], "type": "json_repeated_key",
+        "msg": f"key {key!r} appears more than once in one JSON object; send each key once"}]
+
+
 @pytest.mark.parametrize("headers", [{"content-type": "text/plain"},
                                      {"content-type": "application/x-www-form-urlencoded"}, {}])
 def test_a_body_not_sent_as_json_gets_415(client: TestClient, headers: dict) -> None:
