@@ -1,5 +1,6 @@
 """Pure ASGI middleware (no per-request task overhead): the bearer token on /v1/ (401), body-size
-limit (413), request timeout (504), and request counts and latency for /metrics.
+limit (413), request timeout (504), and request counts and latency for /metrics (a client that
+disconnects before its body arrives is counted as 499).
 
 The token is checked here, not in a route dependency, because FastAPI reads and parses a body
 before it runs a route's dependencies: a client without the token must not get that far."""
@@ -56,7 +57,7 @@ class LimitsAndMetrics:
         route = route_path(scope)
         path = route if route in KNOWN_PATHS else "other"
         started = time.perf_counter()
-        status = {"code": 500, "sent": False}
+        status = {"code": 500, "sent": False, "gone": False}
 
         async def send_tracking(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -91,6 +92,8 @@ class LimitsAndMetrics:
             async def limited_receive() -> Message:
                 nonlocal received
                 message = await receive()
+                if message["type"] == "http.disconnect":
+                    status["gone"] = True
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     # chunked bodies have no Content-Length to check first. FastAPI turns any
@@ -105,7 +108,10 @@ class LimitsAndMetrics:
                 await _reply(send, 504, f"request took longer than {self.timeout:g} s "
                              "(FORECAST_REQUEST_TIMEOUT_S)")
         finally:
-            self.metrics.requests.labels(path=path, status=str(status["code"])).inc()
+            # a client that left mid-body is not a bad request (FastAPI's 400 goes nowhere):
+            # counted apart as 499, nginx's "client closed request", so 4xx alerts stay true
+            code = 499 if status["gone"] else status["code"]
+            self.metrics.requests.labels(path=path, status=str(code)).inc()
             self.metrics.latency.labels(path=path).observe(time.perf_counter() - started)
 
     def _authorized(self, given: bytes) -> bool:

@@ -4,6 +4,7 @@ registry, real HTTP. Includes the hot swap under a stream of requests and a brok
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -138,3 +139,18 @@ def test_broken_version_leaves_the_old_one_serving(server: str, registry: Regist
                     if line.startswith("forecast_model_reload_failures_total"))
     assert float(failures.split()[-1]) >= 1
     registry.client.delete_model_version(MODEL_NAME, str(broken.version))
+
+
+def test_a_client_leaving_mid_body_is_counted_499_not_400(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/forecast HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 5000\r\n\r\n{\"series\": [")
+        time.sleep(0.3)  # the server is now waiting for the rest of the body
+    deadline = time.time() + 10
+    text = ""
+    while time.time() < deadline and 'status="499"' not in text:
+        time.sleep(0.2)
+        text = httpx.get(f"{server}/metrics", timeout=5).text
+    assert 'forecast_http_requests_total{path="/v1/forecast",status="499"} 1.0' in text
+    assert 'path="/v1/forecast",status="400"' not in text
