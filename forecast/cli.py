@@ -185,7 +185,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         f"{bundle.meta.channels}")
     scaler = Scaler(bundle.mean, bundle.scale)
     prepared = prepare(series, cfg.split, cfg.windows, scaler)
-    result = evaluate(bundle.model, prepared, cfg.eval, bundle.meta.season, args.block)
+    # --set eval.season scores seasonal naive and MASE at another season; else training's
+    result = evaluate(bundle.model, prepared, cfg.eval, cfg.eval.season or bundle.meta.season,
+                      args.block)
     print(result.table())
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,8 @@ from forecast.model import PatchTransformer
 from forecast.windows import Prepared
 
 BASELINES = ("naive", "seasonal_naive", "linear")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,7 +54,12 @@ def evaluate(model: PatchTransformer, prepared: Prepared, cfg: EvalConfig, seaso
     model.eval()
     windows = prepared.windows(block)
     scaler = prepared.scaler
-    denom = mase_scale(prepared.train_rows(), season)
+    train_rows = prepared.train_rows()
+    if season >= len(train_rows):
+        log.warning("MASE is scaled by one-step differences, not seasonal ones: the season (%d "
+                    "steps, eval.season or the frequency's) is not shorter than the %d training "
+                    "rows; set eval.season below %d", season, len(train_rows), len(train_rows))
+    denom = mase_scale(train_rows, season)
     H = prepared.horizon
 
     def accumulator() -> MetricAccumulator:

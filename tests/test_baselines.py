@@ -77,3 +77,17 @@ def test_evaluate_scores_every_model_on_the_same_windows(tiny_config, tiny_prepa
     # A season longer than the lookback leaves seasonal naive out.
     longer = evaluate(model, tiny_prepared, EvalConfig(linear_max_windows=500), season=48)
     assert "seasonal_naive" not in longer.baselines
+
+
+def test_a_season_as_long_as_the_training_rows_is_reported(tiny_config, tiny_prepared, caplog):
+    model = build_model(tiny_config.model, 24, 6, 2)
+    rows = len(tiny_prepared.train_rows())
+    evaluate(model, tiny_prepared, EvalConfig(linear_max_windows=500), season=rows - 1)
+    assert not [m for m in caplog.messages if "MASE" in m]
+    with_season = evaluate(model, tiny_prepared, EvalConfig(linear_max_windows=500), season=rows)
+    [said] = [m for m in caplog.messages if "MASE" in m]
+    assert said.startswith(f"MASE is scaled by one-step differences, not seasonal ones: the "
+                           f"season ({rows} steps")
+    # the scale it fell back to: mean absolute one-step difference of the training rows
+    one_step = evaluate(model, tiny_prepared, EvalConfig(linear_max_windows=500), season=1)
+    assert with_season.model.mase == pytest.approx(one_step.model.mase)

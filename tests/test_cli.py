@@ -251,6 +251,21 @@ def test_evaluate_val_block(trained, capsys):
     assert "val windows scored" in capsys.readouterr().out
 
 
+def test_evaluate_takes_another_season(trained, capsys):
+    model = str(trained.run_dir / "model")
+    assert main(["evaluate", "--model", model]) == 0
+    daily = capsys.readouterr().out
+    assert main(["evaluate", "--model", model, "--set", "eval.season=12"]) == 0
+    half = capsys.readouterr().out
+
+    def row(out: str, name: str) -> str:
+        return next(line for line in out.splitlines() if line.startswith(name))
+    # the same forecasts, scored against another seasonal naive and MASE scale (it was ignored)
+    assert row(daily, "transformer").split()[1] == row(half, "transformer").split()[1]
+    assert row(daily, "seasonal_naive") != row(half, "seasonal_naive")
+    assert row(daily, "transformer").split()[5] != row(half, "transformer").split()[5]
+
+
 @pytest.mark.parametrize("override", ["windows.lookback=12", "windows.horizon=3"])
 def test_evaluate_at_another_lookback_or_horizon_names_the_key(trained, capsys, override):
     # it used to end in a tensor-size RuntimeError traceback
