@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,7 +150,7 @@ HISTORY_FIXES = {
 
 
 def _parse_timestamps(frame: pd.DataFrame, column: str, source: str,
-                      fixes: dict[str, str]) -> pd.Series:
+                      fixes: Mapping[str, str]) -> pd.Series:
     if column not in frame.columns:
         raise DataError(
             f"{source}: timestamp column {column!r} not found (columns: {list(frame.columns)}); "
@@ -175,7 +176,7 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str,
 
 
 def numeric_columns(frame: pd.DataFrame, columns: list[str], source: str,
-                    fixes: dict[str, str] = FILE_FIXES) -> pd.DataFrame:
+                    fixes: Mapping[str, str] = FILE_FIXES) -> pd.DataFrame:
     """`columns` of `frame` as float64, refusing text, booleans, infinities and values beyond
     float32 with an error naming column and row; empty cells stay NaN."""
     missing = [c for c in columns if c not in frame.columns]
@@ -240,7 +241,7 @@ def _resolve_freq(stamps: pd.DatetimeIndex, given: str | None, where: str) -> st
 
 
 def _fill_missing(values: pd.DataFrame, policy: str, where: str,
-                  fixes: dict[str, str]) -> pd.DataFrame:
+                  fixes: Mapping[str, str]) -> pd.DataFrame:
     nan = values.isna()
     if not nan.to_numpy().any():
         return values
@@ -263,7 +264,7 @@ def _fill_missing(values: pd.DataFrame, policy: str, where: str,
 
 def _one_series(
     stamps: pd.Series, values: pd.DataFrame, cfg: DataConfig, where: str, notes: list[str],
-    fixes: dict[str, str],
+    fixes: Mapping[str, str],
 ) -> tuple[pd.DatetimeIndex, pd.DataFrame, str]:
     index = pd.DatetimeIndex(stamps.to_numpy())
     if not index.is_monotonic_increasing:
@@ -299,7 +300,7 @@ def _one_series(
 
 
 def frame_to_series(frame: pd.DataFrame, cfg: DataConfig, source: str = "<memory>",
-                    fixes: dict[str, str] = FILE_FIXES) -> SeriesSet:
+                    fixes: Mapping[str, str] = FILE_FIXES) -> SeriesSet:
     """Validate a wide or long frame and return regular, complete series."""
     notes: list[str] = [f"missing-value policy: {cfg.missing}"]
     # Rows are grouped by index label below; a repeated label (pd.concat of per-series frames)

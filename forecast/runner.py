@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from forecast import outputs
 from forecast.bundle import Bundle, BundleMeta, save_bundle
 from forecast.config import Config, dump_config
 from forecast.data import SeriesSet, frame_to_series, load_series, season_for
@@ -47,32 +45,22 @@ class TrainOutcome:
         return self.evaluation.metrics()
 
 
-_OUTPUTS = ("model", "config.yaml", "metrics.json")
-
-
 def publish(outcome: TrainOutcome) -> TrainOutcome:
     """Move a staged run's files over <output_dir>/<name>, replacing the previous run's.
 
     Until this is called the previous model/ stays whole, so a run that fails after training
     (logging, packaging, registration) cannot leave a model on disk that no run vouches for."""
-    staging, final = outcome.output_dir, run_dir(outcome.config)
-    if staging == final:
-        return outcome
-    old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=final))
-    for name in _OUTPUTS:
-        if (final / name).exists():
-            os.replace(final / name, old / name)
-        os.replace(staging / name, final / name)
-    shutil.rmtree(old)
-    staging.rmdir()
-    outcome.output_dir, outcome.model_dir = final, final / "model"
+    final = run_dir(outcome.config)
+    if outcome.output_dir != final:
+        outputs.publish(outcome.output_dir, final)
+        outcome.output_dir, outcome.model_dir = final, final / outputs.MODEL
     return outcome
 
 
 def discard(outcome: TrainOutcome) -> None:
     """Remove a staged run's files (its run failed), leaving <output_dir>/<name> as it was."""
     if outcome.output_dir != run_dir(outcome.config):
-        shutil.rmtree(outcome.output_dir, ignore_errors=True)
+        outputs.discard(outcome.output_dir)
 
 
 def load_data(cfg: Config) -> SeriesSet:
@@ -152,15 +140,15 @@ def train_and_evaluate(
         metrics=evaluation.metrics(),
     )
     scaler = prepared.scaler
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    staging = outputs.stage(out)
     outcome = TrainOutcome(cfg, series, prepared, model, result, evaluation, staging,
-                           staging / "model")
+                           staging / outputs.MODEL)
     try:
         save_bundle(outcome.model_dir, Bundle(model, scaler.mean, scaler.scale, meta))
         (staging / "config.yaml").write_text(dump_config(cfg))
         (staging / "metrics.json").write_text(json.dumps(
             {**evaluation.metrics(), **result.metrics(), "params": model.n_params()}, indent=2))
+        return outcome if staged else publish(outcome)
     except BaseException:
         discard(outcome)
         raise
-    return outcome if staged else publish(outcome)

@@ -38,6 +38,7 @@ from forecast.runner import (
     discard,
     load_data,
     publish,
+    run_dir,
     train_and_evaluate,
 )
 from forecast.train import EpochStats
@@ -232,5 +233,10 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
             close_run("FAILED", f"{type(err).__name__}: {err}")
         raise
     mlflow.end_run("FINISHED")
-    return TrackedOutcome(publish(outcome), run.info.run_id, experiment.experiment_id, uri,
+    try:
+        publish(outcome)
+    except OSError as err:  # the run and its model are in MLflow; only the local copy is late
+        log.error("run %s finished, but its files could not be moved into %s (%s); they are "
+                  "in %s", run.info.run_id, run_dir(cfg), err, outcome.output_dir)
+    return TrackedOutcome(outcome, run.info.run_id, experiment.experiment_id, uri,
                           info.model_uri, version, decision)

@@ -239,7 +239,7 @@ def test_run_failing_after_training_leaves_the_last_local_model_whole(
     folder = tmp_path / "outputs" / "tiny"
     assert good.outcome.model_dir == folder / "model"
     listing = sorted(p.name for p in folder.iterdir())
-    assert listing == ["checkpoints", "config.yaml", "metrics.json", "model"]
+    assert listing == [".publish.lock", "checkpoints", "config.yaml", "metrics.json", "model"]
     files = {p: p.read_bytes() for p in [*(folder / "model").iterdir(), folder / "metrics.json"]}
     # an artifact store that cannot be written: the run fails after training, when it logs
     blocker = tmp_path / "a-file"

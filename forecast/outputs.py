@@ -1,0 +1,85 @@
+"""A run's files in <output_dir>/<name>/ (model/, config.yaml, metrics.json): written to a
+staging folder beside them, then moved in under a lock, so that a failed run replaces nothing
+and two runs finishing at once never leave a mixed set."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+MODEL = "model"
+FILES = ("config.yaml", "metrics.json")
+LOCK = ".publish.lock"
+
+
+def stage(folder: Path) -> Path:
+    """A fresh staging folder in `folder`, named for this process and host, so that a later
+    run can remove what a killed one left without touching a live run's."""
+    with _locked(folder):
+        _recover(folder)
+        _sweep(folder)
+    return Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}@{socket.gethostname()}-",
+                                 dir=folder))
+
+
+def publish(staging: Path, folder: Path) -> None:
+    """Move `staging`'s model/ and files over `folder`'s, replacing the previous run's."""
+    with _locked(folder):
+        _recover(folder)
+        old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=folder))
+        if (folder / MODEL).exists():
+            os.replace(folder / MODEL, old / MODEL)
+        os.replace(staging / MODEL, folder / MODEL)
+        for name in FILES:
+            os.replace(staging / name, folder / name)  # files: atomic each
+        shutil.rmtree(old)
+        staging.rmdir()
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits: a publish takes milliseconds
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _recover(folder: Path) -> None:
+    """A publish killed between its two renames left model/ in a .replaced- folder."""
+    for old in folder.glob(".replaced-*"):
+        if not (folder / MODEL).exists() and (old / MODEL).is_dir():
+            os.replace(old / MODEL, folder / MODEL)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sweep(folder: Path) -> None:
+    """Remove staging folders of runs on this host whose process is gone (killed before they
+    published); another host's, or a live process's, are left alone."""
+    host = socket.gethostname()
+    for staging in folder.glob(".staging-*"):
+        owner = staging.name.removeprefix(".staging-").rsplit("-", 1)[0]
+        pid, _, where = owner.partition("@")
+        if where == host and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
