@@ -34,7 +34,7 @@ from forecast.logs import setup_logging
 from forecast.model import describe
 from forecast.paths import writable_dir
 from forecast.predictor import Forecaster
-from forecast.registry import list_versions, promote
+from forecast.registry import list_versions, promote, version_number
 from forecast.runner import TrainOutcome, load_data, train_and_evaluate
 from forecast.scaling import Scaler
 from forecast.tracking import (
@@ -134,12 +134,13 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
     _, client = _client(args)
-    previous = promote(client, args.name, args.version)
-    if previous == str(args.version):
-        print(f"{args.name} v{args.version} is already champion; nothing changed")
+    version = version_number(args.version, args.name)
+    previous = promote(client, args.name, version)
+    if previous == version:
+        print(f"{args.name} v{version} is already champion; nothing changed")
         return 0
     was = f" (was v{previous})" if previous else ""
-    print(f"{args.name} v{args.version} is now champion{was}; recorded as a manual promotion")
+    print(f"{args.name} v{version} is now champion{was}; recorded as a manual promotion")
     return 0
 
 

@@ -237,9 +237,19 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str,
     return version
 
 
+def version_number(text: str, name: str) -> str:
+    """A model version as MLflow writes it ("2"): MLflow also reads "02", " 2" and "+2" as 2,
+    which would make the current champion look like another version."""
+    if not text.isdigit() or int(text) < 1:
+        raise ForecastError(f"version {text!r} is not a version number; give one of "
+                            f"`forecast models list {name}`'s, e.g. 2")
+    return str(int(text))
+
+
 def promote(client: MlflowClient, name: str, version: str) -> str | None:
     """Manual override: make `version` champion; record it as manual. Returns the previous
     champion's version (`version` itself when it already was, and then nothing changes)."""
+    version = version_number(version, name)
     try:
         client.get_model_version(name, version)
     except MlflowException as err:

@@ -132,6 +132,12 @@ def test_manual_promotion_is_recorded_and_listed(history: History,
     # promoting the champion again changes nothing, and says so
     assert main(["models", "promote", NAME, "1", "--tracking-uri", history.uri]) == 0
     assert f"{NAME} v1 is already champion; nothing changed" in capsys.readouterr().out
+    # MLflow reads "01" as 1: it re-promoted the champion, overwriting its record
+    assert main(["models", "promote", NAME, "01", "--tracking-uri", history.uri]) == 0
+    assert f"{NAME} v1 is already champion; nothing changed" in capsys.readouterr().out
+    for odd in (" 1", "+1", "0"):
+        assert main(["models", "promote", NAME, odd, "--tracking-uri", history.uri]) == 1
+        assert f"version {odd!r} is not a version number" in capsys.readouterr().err
     assert history.client.get_model_version(NAME, "1").tags["gate.reason"] == reason
     assert "replacing v2" in v1.tags["gate.reason"]
     assert main(["models", "list", NAME, "--tracking-uri", history.uri]) == 0
@@ -255,6 +261,25 @@ def test_run_failing_after_training_leaves_the_last_local_model_whole(
     # the failed run's model (seed 1) replaced nothing, and left no staging folder behind
     assert sorted(p.name for p in folder.iterdir()) == listing
     assert {p: p.read_bytes() for p in files} == files
+
+
+def _preflight_in_process(uri: str) -> None:
+    preflight(uri, timeout=10)
+
+
+def test_jobs_starting_at_once_on_a_new_sqlite_store_do_not_break_it(tmp_path: Path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for attempt in range(2):  # unlocked, MLflow's table creation raced every time (6 of 6)
+        uri = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
+        jobs = [ctx.Process(target=_preflight_in_process, args=(uri,)) for _ in range(2)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(120)
+        assert [job.exitcode for job in jobs] == [0, 0]
+        MlflowClient(tracking_uri=uri).search_experiments()  # and the store stays usable
 
 
 def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> None:
