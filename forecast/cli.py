@@ -248,8 +248,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(result.table())
     best = result.best
     if best is None:
-        print(f"no trial completed in {result.seconds:.0f}s; parent run {result.parent_run_id}")
-        return TrainingError.exit_code
+        raise TrainingError(f"no trial completed in {result.seconds:.0f}s (each trial's state "
+                            f"is above, its error in its run's error tag); parent run "
+                            f"{result.parent_run_id} is marked FAILED")
     print(f"best: trial {best.number}, val {cfg.tune.metric} {best.score:.4f} "
           f"({json.dumps(best.values)}) in {result.seconds:.0f}s")
     print(f"mlflow: parent run {result.parent_run_id} in experiment "
@@ -348,10 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=5 (repeatable)")
 
-    def with_config(p: argparse.ArgumentParser, required: bool) -> None:
+    def with_config(p: argparse.ArgumentParser, required: bool, writes: bool = True) -> None:
         tracking_flag(p, "tracking.uri, $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
         config_flags(p, required)
-        p.add_argument("--output-dir", help="where runs write their files (overrides output_dir)")
+        if writes:  # tune's trials are MLflow runs only: it writes no output folder
+            p.add_argument("--output-dir",
+                           help="where runs write their files (overrides output_dir)")
 
     p = sub.add_parser("train", help="train, evaluate against baselines, save the model")
     with_config(p, required=True)
@@ -416,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="hyperparameter search as nested MLflow runs (validation "
                        "split only)")
-    with_config(p, required=True)
+    with_config(p, required=True, writes=False)
     log_format_flag(p)
     p.add_argument("--trials", type=positive_int, help="most trials (default: tune.trials)")
     p.add_argument("--timeout-minutes", type=positive_float,

@@ -380,7 +380,7 @@ class PipelineConfig(_Section):
 
 
 class Range(_Section):
-    """A numeric search range; integers when low and high are both whole numbers."""
+    """A numeric search range; sampled as integers when the setting is an integer."""
 
     low: float
     high: float
@@ -393,10 +393,6 @@ class Range(_Section):
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
         return self
-
-    @property
-    def integer(self) -> bool:
-        return float(self.low).is_integer() and float(self.high).is_integer() and not self.log
 
 
 def _default_space() -> dict[str, list[Any] | Range]:
@@ -438,6 +434,9 @@ class TuneConfig(_Section):
         for key, choice in raw.items():
             if str(key).split(".")[0] in ("tune", "tracking", "pipeline", "output_dir", "name"):
                 raise ValueError(f"{key}: only settings that change the model can be searched")
+            if str(key).startswith("data."):  # a sweep reads its data once, for every trial
+                raise ValueError(f"{key}: data settings cannot be searched (every trial trains "
+                                 "on the data read once); run one sweep per data setting")
             if isinstance(choice, Range):
                 space[key] = choice
             elif isinstance(choice, list):
@@ -676,3 +675,14 @@ def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def integer_setting(key: str) -> bool:
+    """Whether the dotted setting `key` (e.g. `model.d_model`) holds a whole number."""
+    model: Any = Config
+    *sections, last = key.split(".")
+    for part in sections:
+        model = model.model_fields[part].annotation
+    annotation = model.model_fields[last].annotation
+    kinds = set(get_args(annotation)) or {annotation}
+    return int in kinds and float not in kinds

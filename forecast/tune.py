@@ -20,7 +20,7 @@ from typing import Any
 import mlflow
 import optuna
 
-from forecast.config import Config, Range, apply_overrides, build_config
+from forecast.config import Config, Range, apply_overrides, build_config, integer_setting
 from forecast.data import SeriesSet, season_for
 from forecast.errors import ConfigError, TrainingError
 from forecast.evaluate import evaluate
@@ -62,8 +62,9 @@ def sample(trial: optuna.Trial, space: dict[str, list[Any] | Range]) -> dict[str
     for key, choice in space.items():
         if isinstance(choice, list):
             values[key] = trial.suggest_categorical(key, choice)
-        elif choice.integer:
-            values[key] = trial.suggest_int(key, int(choice.low), int(choice.high))
+        elif integer_setting(key):
+            values[key] = trial.suggest_int(key, int(choice.low), int(choice.high),
+                                            log=choice.log)
         else:
             values[key] = trial.suggest_float(key, choice.low, choice.high, log=choice.log)
     return values
@@ -120,8 +121,11 @@ class _Objective:
                 mlflow.end_run("FINISHED")
                 raise
             except BaseException as err:
-                close_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
-                          f"{type(err).__name__}: {err}")
+                interrupted = isinstance(err, KeyboardInterrupt)
+                if not interrupted:
+                    log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__,
+                                str(err).splitlines()[0] if str(err) else "")
+                close_run("KILLED" if interrupted else "FAILED", f"{type(err).__name__}: {err}")
                 raise
             record.state, record.score = "complete", scores[metric]
             mlflow.set_tag("tune.state", "complete")
@@ -145,7 +149,11 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
     preflight(uri, cfg.tracking.timeout_seconds)
     mlflow.set_tracking_uri(uri)
     ensure_experiment(uri, cfg.tracking.experiment)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna warns with a whole traceback for each failed trial, on its own stderr handler
+    # (plain text in a JSON log): each failure is logged here instead, in one line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     study = optuna.create_study(direction="minimize", sampler=_sampler(cfg),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
     records: list[TrialRecord] = []
@@ -177,5 +185,8 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
         close_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
                   f"{type(err).__name__}: {err}")
         raise
-    mlflow.end_run("FINISHED")
+    if best is None:
+        close_run("FAILED", f"no trial completed ({len(records)} tried)")
+    else:
+        mlflow.end_run("FINISHED")
     return TuneResult(parent.info.run_id, records, best, time.perf_counter() - started)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
 from forecast.cli import demo_config_path, main
+from forecast.config import Range
+from forecast.tune import sample
 
 FAST = ["--set", "train.epochs=2", "--set", "train.max_windows_per_epoch=512",
         "--set", "train.num_threads=1", "--set", "train.progress=false",
@@ -21,8 +24,7 @@ def test_four_trials_make_one_parent_and_four_children_scored_on_validation_only
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["tune", "--config", str(demo_config_path()), "--trials", "4", "--tracking-uri",
-                 uri, "--output-dir", str(tmp_path / "out"), "--set",
-                 "tracking.experiment=sweep", *FAST])
+                 uri, "--set", "tracking.experiment=sweep", *FAST])
     out = capsys.readouterr().out
     assert code == 0, out
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -70,6 +72,65 @@ def test_a_space_key_that_is_no_setting_is_rejected_by_name(
     assert code == 2  # it used to run (and fail) every trial, then exit 4
     assert "windows.lookback (9000) + windows.horizon" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # rejected before any run was started
+
+
+def test_ranges_are_sampled_as_the_setting_is_typed() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {"train.pad_augment": Range(low=0, high=1),  # a float: it was sampled as 0 or 1
+             "model.d_model": Range(low=16, high=64, log=True),  # an int: it was a float
+             "train.lr": Range(low=1e-4, high=1e-2, log=True)}
+    drawn = [sample(study.ask(), space) for _ in range(20)]
+    assert all(isinstance(d["model.d_model"], int) and 16 <= d["model.d_model"] <= 64
+               for d in drawn)
+    pads = [d["train.pad_augment"] for d in drawn]
+    assert all(isinstance(v, float) and 0 <= v <= 1 for v in pads)
+    assert len({round(v, 6) for v in pads}) == 20  # not only 0 and 1
+    assert all(1e-4 <= d["train.lr"] <= 1e-2 for d in drawn)
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ("{model.d_model: {low: 8.5, high: 32}}",  # the probe of each end catches it
+     "tune.space: model.d_model: Input should be a valid integer, got a number with a "
+     "fractional part"),
+    ("{data.columns: [[load_0], [load_1]]}",
+     "data.columns: data settings cannot be searched (every trial trains on the data read once)"),
+])
+def test_a_space_the_sweep_would_misread_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], space: str, message: str) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["tune", "--config", str(demo_config_path()), "--trials", "1", "--tracking-uri",
+                 uri, "--set", f"tune.space={space}"])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_tune_takes_no_output_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # it was accepted and ignored
+        main(["tune", "--config", str(demo_config_path()), "--output-dir", "/tmp/x"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --output-dir" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sweep_with_no_trial_complete_fails_its_parent_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["tune", "--config", str(demo_config_path()), "--trials", "2", "--tracking-uri",
+                 uri, "--set", "tracking.experiment=doomed", *FAST[:-2], "--set",
+                 "train.grad_clip=null", "--set", "tune.space={train.lr: [1e30, 1e31]}"])
+    captured = capsys.readouterr()
+    assert code == 4
+    assert "Traceback" not in captured.err  # Optuna printed one per failed trial
+    assert "trial 0 failed: TrainingError" in captured.err
+    assert "error: no trial completed in" in captured.err
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("doomed")
+    runs = client.search_runs([exp.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("tune.sweep") == "true"]
+    assert parent.info.status == "FAILED"  # it was FINISHED
+    assert parent.data.tags["error"] == "no trial completed (2 tried)"
+    assert sorted(r.info.status for r in runs if r is not parent) == ["FAILED", "FAILED"]
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "soon"])
