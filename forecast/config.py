@@ -359,6 +359,14 @@ class PipelineConfig(_Section):
         "that runs the job must see the same folder.",
     )
 
+    @field_validator("max_data_age", mode="before")
+    @classmethod
+    def _number_is_no_duration(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):  # YAML's `6`
+            raise ValueError(f"{value!r} is a number, not a duration with a unit; use e.g. "
+                             "'6h' or '2D'")
+        return value
+
     @model_validator(mode="after")
     def _check_age(self) -> PipelineConfig:
         if self.max_data_age is not None:
@@ -450,6 +458,9 @@ class TuneConfig(_Section):
                     raise ValueError(f"{key}: {_error_lines(err)}") from None
             else:
                 raise ValueError(f"{key}: give a list of choices or {{low, high, log}}")
+        if not space:  # every trial would train the same config
+            raise ValueError("is empty: give at least one setting to search, e.g. "
+                             "{train.lr: [0.0005, 0.001]}")
         return space
 
     @model_validator(mode="after")

@@ -26,11 +26,14 @@ class Evaluation:
     baselines: dict[str, Scores]
 
     def metrics(self) -> dict[str, float]:
-        """Flat names shared by every run: test_mse, baseline_naive_mse, skill_naive, ..."""
+        """Flat names shared by every run: test_mse, baseline_naive_mse, skill_naive, ...; on
+        another block the baselines and skills carry its name too (val_baseline_naive_mse), so
+        that a sweep's validation scores never pass for a training run's test scores."""
         out = self.model.as_metrics(f"{self.block}_")
+        block = "" if self.block == "test" else f"{self.block}_"  # test's names came first
         for name, scores in self.baselines.items():
-            out.update(scores.as_metrics(f"baseline_{name}_"))
-            out[f"skill_{name}"] = skill(self.model.mse, scores.mse)
+            out.update(scores.as_metrics(f"{block}baseline_{name}_"))
+            out[f"{block}skill_{name}"] = skill(self.model.mse, scores.mse)
         return out
 
     def table(self) -> str:

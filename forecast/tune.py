@@ -177,8 +177,7 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
             mlflow.log_params(params(best_cfg) | {"train.checkpoint_dir": "null",
                                                   "train.resume": "true"})
             child = mlflow.get_run(best.run_id).data.metrics
-            mlflow.log_metrics({k: v for k, v in child.items() if k.startswith(("val_", "baseline_",
-                                                                                "skill_"))})
+            mlflow.log_metrics({k: v for k, v in child.items() if k.startswith("val_")})
             mlflow.set_tags({"tune.best_run_id": best.run_id,
                              "tune.best_trial": str(best.number)})
     except BaseException as err:

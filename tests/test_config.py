@@ -254,6 +254,9 @@ def test_dump_config_round_trips(tmp_path):
     ("split.train=on", "split.train: True is a boolean"),
     ("model.skip_rank=false", "model.skip_rank: False is a boolean"),
     ("tune.space={train.lr: {low: true, high: 2}}", "low: True is a boolean"),
+    ("tune.space={}", "tune.space: is empty: give at least one setting to search"),
+    ("pipeline.max_data_age=6", "pipeline.max_data_age: 6 is a number, not a duration with a "
+     "unit; use e.g. '6h' or '2D'"),
 ])
 def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -44,8 +44,11 @@ def test_four_trials_make_one_parent_and_four_children_scored_on_validation_only
     for key in ("model.d_model", "train.lr", "train.epochs"):
         assert parent.data.params[key] == best.data.params[key]
     assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 4
-    # The test split is never scored while choosing.
-    assert not any(k.startswith("test_") for r in all_runs for k in r.data.metrics)
+    # The test split is never scored while choosing, and no score is named as if it were.
+    assert not any(k.startswith(("test_", "baseline_", "skill_"))
+                   for r in all_runs for k in r.data.metrics)
+    assert parent.data.metrics["val_skill_naive"] == pytest.approx(
+        best.data.metrics["val_skill_naive"])
     assert all(r.info.status == "FINISHED" for r in all_runs)
     # No trial registers a model.
     assert client.search_registered_models() == []
