@@ -22,6 +22,9 @@ def compare_runs(uri: str, experiment: str, last: int) -> pd.DataFrame:
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise ForecastError(f"no experiment named {experiment!r} in {uri}; experiments: {names}")
+    if exp.lifecycle_stage == "deleted":  # its runs are hidden: it would show as "no runs"
+        raise ForecastError(f"experiment {experiment!r} in {uri} is deleted; restore it "
+                            f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`)")
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], max_results=last,
                               order_by=["attributes.start_time DESC"])

@@ -29,7 +29,7 @@ from mlflow.entities.model_registry import ModelVersion
 from forecast.bundle import load_bundle
 from forecast.config import Config, TrackingConfig, dump_config
 from forecast.data import SeriesSet
-from forecast.errors import TrackingError
+from forecast.errors import ConfigError, TrackingError
 from forecast.packaging import log_pyfunc
 from forecast.plots import forecast_vs_actual, horizon_errors, training_curve
 from forecast.predictor import Forecaster
@@ -106,7 +106,12 @@ def ensure_experiment(uri: str, name: str) -> Experiment:
     artifacts in `mlartifacts/` beside the database rather than in ./mlruns of whatever
     directory the job happened to start in."""
     client = MlflowClient(tracking_uri=uri)
-    if client.get_experiment_by_name(name) is None and urlparse(uri).scheme == "sqlite":
+    found = client.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise ConfigError(f"tracking.experiment {name!r} is deleted in {uri}; restore it "
+                          f"(`mlflow experiments restore --experiment-id {found.experiment_id}`)"
+                          " or name another")
+    if found is None and urlparse(uri).scheme == "sqlite":
         folder = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
         client.create_experiment(name, artifact_location=folder.as_uri())
     return mlflow.set_experiment(name)

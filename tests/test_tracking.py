@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from forecast.bundle import load_bundle
 from forecast.cli import main
 from forecast.compare import compare_runs
-from forecast.errors import DataError, TrackingError, TrainingError
+from forecast.errors import ConfigError, DataError, TrackingError, TrainingError
 from forecast.predictor import Forecaster
 from forecast.registry import CHALLENGER, CHAMPION, promote
 from forecast.tracking import TrackedOutcome, preflight, train_tracked
@@ -280,6 +280,21 @@ def test_jobs_starting_at_once_on_a_new_sqlite_store_do_not_break_it(tmp_path: P
             job.join(120)
         assert [job.exitcode for job in jobs] == [0, 0]
         MlflowClient(tracking_uri=uri).search_experiments()  # and the store stays usable
+
+
+def test_a_deleted_experiment_is_named_as_deleted(
+        history: History, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = history.client.create_experiment("gone")
+    history.client.create_run(gone)
+    history.client.delete_experiment(gone)
+    with pytest.raises(ConfigError, match=r"tracking.experiment 'gone' is deleted in .*; restore"
+                                          rf" it \(`mlflow experiments restore --experiment-id "
+                                          rf"{gone}`\) or name another"):
+        train_tracked(config(history.root, history.csv, tracking={"experiment": "gone"}),
+                      history.uri)  # it was exit 5, "store unusable"
+    # it was "has no runs", exit 0
+    assert main(["runs", "compare", "--experiment", "gone", "--tracking-uri", history.uri]) == 1
+    assert "experiment 'gone' in" in capsys.readouterr().err
 
 
 def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> None:
