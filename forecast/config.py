@@ -452,6 +452,11 @@ class TuneConfig(_Section):
                     raise ValueError(f"{key}: give at least one choice")
                 space[key] = choice
             elif isinstance(choice, dict):
+                if "." not in str(key) and not set(choice) & {"low", "high", "log"}:
+                    # `--set tune.space.train.lr=...` nests {train: {lr: ...}}
+                    raise ValueError(f"{key}: keys of tune.space are whole dotted settings; "
+                                     "give the space as one mapping, e.g. --set "
+                                     "'tune.space={train.lr: [0.0005, 0.001]}'")
                 try:
                     space[key] = Range.model_validate(choice)
                 except ValidationError as err:

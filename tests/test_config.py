@@ -255,6 +255,8 @@ def test_dump_config_round_trips(tmp_path):
     ("model.skip_rank=false", "model.skip_rank: False is a boolean"),
     ("tune.space={train.lr: {low: true, high: 2}}", "low: True is a boolean"),
     ("tune.space={}", "tune.space: is empty: give at least one setting to search"),
+    ("tune.space.train.lr=[0.001]", "tune.space: train: keys of tune.space are whole dotted "
+     "settings; give the space as one mapping, e.g. --set 'tune.space={train.lr: "),
     ("pipeline.max_data_age=6", "pipeline.max_data_age: 6 is a number, not a duration with a "
      "unit; use e.g. '6h' or '2D'"),
 ])
