@@ -1,0 +1,39 @@
+"""The `forecast` console command, as installed: a signal while it is still importing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+COMMAND = str(Path(sys.executable).parent / "forecast")
+
+
+@pytest.mark.parametrize(("sig", "extra", "expect"), [
+    (signal.SIGTERM, [], "interrupted"),  # was exit 143, not in the exit-code table
+    (signal.SIGINT, [], "interrupted"),  # was a KeyboardInterrupt traceback
+    (signal.SIGTERM, ["--log-format", "json"], "json"),
+])
+def test_a_signal_during_start_up_exits_130_in_one_line(
+        tmp_path: Path, sig: signal.Signals, extra: list[str], expect: str) -> None:
+    proc = subprocess.Popen(
+        [COMMAND, "tune", "--config", "missing.yaml", *extra],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # SIGINT as a terminal delivers it: not ignored, as in a shell's background job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.3)  # forecast.cli is still importing torch and MLflow (about 3 s)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    if expect == "json":
+        [line] = err.splitlines()
+        record = json.loads(line)
+        assert (record["level"], record["message"], record["exit_code"]) == (
+            "ERROR", "interrupted", 130)
+    else:
+        assert err == "interrupted\n"
