@@ -26,6 +26,11 @@ from pydantic import (
 from forecast.errors import ConfigError
 
 
+def _kinds(annotation: Any) -> set[Any]:
+    """The types a field takes: {int, NoneType} for `int | None`, {float} for `float`."""
+    return set(get_args(annotation)) or {annotation}
+
+
 class _Section(BaseModel):
     # Unknown keys are typos far more often than intentional: reject them by name.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -35,8 +40,7 @@ class _Section(BaseModel):
     def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic reads true as 1: `epochs: true` or `lr: yes` would train, silently, on 1
         if isinstance(value, bool) and info.field_name is not None:
-            kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
-                cls.model_fields[info.field_name].annotation}
+            kinds = _kinds(cls.model_fields[info.field_name].annotation)
             if kinds & {int, float} and bool not in kinds:
                 raise ValueError(f"{value!r} is a boolean (YAML reads true, yes and on so), not a "
                                  "number; give a number")
@@ -699,6 +703,5 @@ def integer_setting(key: str) -> bool:
     *sections, last = key.split(".")
     for part in sections:
         model = model.model_fields[part].annotation
-    annotation = model.model_fields[last].annotation
-    kinds = set(get_args(annotation)) or {annotation}
+    kinds = _kinds(model.model_fields[last].annotation)
     return int in kinds and float not in kinds

@@ -6,10 +6,9 @@ library is imported here."""
 
 from __future__ import annotations
 
-import json
+import logging
 import signal
 import sys
-from datetime import UTC, datetime
 
 
 def main() -> int:
@@ -25,11 +24,13 @@ def main() -> int:
 def _interrupted(argv: list[str]) -> None:
     """The line forecast.cli ends an interrupted command with, plain or as a JSON record."""
     flag = "--log-format"
-    json_logs = f"{flag}=json" in argv or any(
-        a == flag and argv[i + 1:i + 2] == ["json"] for i, a in enumerate(argv))
-    if not json_logs:
+    if f"{flag}=json" in argv or any(
+            a == flag and argv[i + 1:i + 2] == ["json"] for i, a in enumerate(argv)):
+        from forecast.logs import JsonFormatter  # standard library only until a record is logged
+
+        record = logging.LogRecord("forecast.cli", logging.ERROR, __file__, 0, "interrupted",
+                                   None, None)
+        record.status, record.exit_code, record.run_id = "failed", 130, "-"
+        print(JsonFormatter().format(record), file=sys.stderr)
+    else:
         print("interrupted", file=sys.stderr)
-        return
-    print(json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                      "level": "ERROR", "logger": "forecast.cli", "message": "interrupted",
-                      "status": "failed", "exit_code": 130}), file=sys.stderr)

@@ -12,8 +12,6 @@ import os
 import sys
 from datetime import UTC, datetime
 
-import mlflow
-
 # the loggers mlflow.utils.logging_utils gives a stream handler of its own
 MLFLOW_LOGGERS = ("mlflow", "sqlalchemy.engine", "alembic", "huey")
 PLAIN = "%(asctime)s %(levelname)s %(name)s [run %(run_id)s]: %(message)s"
@@ -26,6 +24,8 @@ class RunIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "run_id", None):
+            import mlflow  # here: forecast.entry formats with this module before mlflow loads
+
             run = mlflow.active_run()
             record.run_id = run.info.run_id if run is not None else "-"
         return True

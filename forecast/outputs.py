@@ -4,14 +4,13 @@ and two runs finishing at once never leave a mixed set."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+
+from forecast.paths import exclusive
 
 MODEL = "model"
 FILES = ("config.yaml", "metrics.json")
@@ -21,7 +20,7 @@ LOCK = ".publish.lock"
 def stage(folder: Path) -> Path:
     """A fresh staging folder in `folder`, named for this process and host, so that a later
     run can remove what a killed one left without touching a live run's."""
-    with _locked(folder):
+    with exclusive(folder / LOCK):
         _recover(folder)
         _sweep(folder)
     return Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}@{socket.gethostname()}-",
@@ -30,7 +29,7 @@ def stage(folder: Path) -> Path:
 
 def publish(staging: Path, folder: Path) -> None:
     """Move `staging`'s model/ and files over `folder`'s, replacing the previous run's."""
-    with _locked(folder):
+    with exclusive(folder / LOCK):
         _recover(folder)
         old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=folder))
         if (folder / MODEL).exists():
@@ -44,16 +43,6 @@ def publish(staging: Path, folder: Path) -> None:
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits: a publish takes milliseconds
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _recover(folder: Path) -> None:

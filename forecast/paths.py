@@ -1,9 +1,14 @@
 """Output folders, made and checked before any work that would be lost if they were not
-writable (a training run used to end in an OSError traceback after its last epoch)."""
+writable (a training run used to end in an OSError traceback after its last epoch), and the
+lock files that serialise short writes to shared files."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from forecast.errors import ConfigError
@@ -20,3 +25,15 @@ def writable_dir(path: Path, what: str) -> Path:
         raise ConfigError(f"{what} {str(path)!r} cannot be written ({reason}); give a folder "
                           "this user can write to") from None
     return path
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if missing), waiting for it: for writes
+    that take moments. The kernel releases it if the process dies."""
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

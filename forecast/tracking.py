@@ -8,12 +8,11 @@ is registered. The tracking store is checked before training starts.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -31,6 +30,7 @@ from forecast.config import Config, TrackingConfig, dump_config
 from forecast.data import SeriesSet
 from forecast.errors import ConfigError, TrackingError
 from forecast.packaging import log_pyfunc
+from forecast.paths import exclusive
 from forecast.plots import forecast_vs_actual, horizon_errors, training_curve
 from forecast.predictor import Forecaster
 from forecast.registry import GateDecision, decide, register
@@ -77,28 +77,17 @@ def preflight(uri: str, timeout: float) -> None:
         except requests.RequestException as err:
             raise TrackingError(f"tracking server {uri} is not reachable ({err}); start it or "
                                 "fix tracking.uri / MLFLOW_TRACKING_URI") from None
+    # With SQLite the first client to open a new database creates its tables; two jobs that
+    # start at once would both run MLflow's migrations and leave the store unusable (`table
+    # _alembic_tmp_metrics already exists`): a lock file beside the database serialises that
+    lock = exclusive(f"{uri.removeprefix('sqlite:///')}.lock") if scheme == "sqlite" \
+        else contextlib.nullcontext()
     try:
-        with _store_creation_lock(uri):
+        with lock:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as err:  # any failure here means the store is unusable
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrackingError(f"tracking store {uri} cannot be used: {first}") from None
-
-
-@contextlib.contextmanager
-def _store_creation_lock(uri: str) -> Iterator[None]:
-    """With SQLite, the first client to open a new database creates its tables; two jobs that
-    start at once would both run MLflow's migrations and leave the store unusable (`table
-    _alembic_tmp_metrics already exists`). A lock file beside the database serialises that."""
-    if urlparse(uri).scheme != "sqlite":
-        yield
-        return
-    fd = os.open(f"{uri.removeprefix('sqlite:///')}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def ensure_experiment(uri: str, name: str) -> Experiment:
