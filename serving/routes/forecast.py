@@ -35,6 +35,12 @@ def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp
     """The last timestamp, or an error: unparsable, unsorted, or off the model's frequency."""
     assert series.timestamps is not None
     loc = ("series", i, "timestamps")
+    # an ISO-8601 time is ASCII; other text (a lone surrogate from a "\ud800" escape) would
+    # also stop pandas' string storage with a UnicodeEncodeError, a 500
+    foreign = [j for j, t in enumerate(series.timestamps) if not t.isascii()]
+    if foreign:
+        return None, _error((*loc, foreign[0]), f"{cut(series.timestamps[foreign[0]])!r} is "
+                            "not an ISO-8601 timestamp")
     # utc=True: offsets that change within a series (daylight saving) must parse, not raise
     texts = pd.Series(series.timestamps)
     stamps = pd.to_datetime(texts, errors="coerce", format="ISO8601", utc=True)

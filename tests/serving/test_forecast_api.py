@@ -271,6 +271,17 @@ def test_json_syntax_errors_say_what_is_wrong(client: TestClient) -> None:
                                        "character 12")
 
 
+def test_a_timestamp_that_is_not_text_pandas_can_store_gets_422(client: TestClient) -> None:
+    item = series(48, stamps=True)
+    body = orjson.dumps({"series": [item]}).replace(
+        item["timestamps"][5].encode(), b"\\ud800")  # a lone surrogate: it was a 500
+    reply = client.post("/v1/forecast", content=body,
+                        headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert detail(reply) == (["body", "series", 0, "timestamps", 5],
+                             "'\\ud800' is not an ISO-8601 timestamp")
+
+
 @pytest.mark.parametrize(("body", "key"), [
     (b'{"series": [], "series": []}', "series"),
     (b'{"series": [{"id": "a", "history": {"x": [1.0], "x": [2.0]}}]}', "x"),
