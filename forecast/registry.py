@@ -240,7 +240,8 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str,
 def version_number(text: str, name: str) -> str:
     """A model version as MLflow writes it ("2"): MLflow also reads "02", " 2" and "+2" as 2,
     which would make the current champion look like another version."""
-    if not text.isdigit() or int(text) < 1:
+    # ASCII digits only ("²" passes isdigit but not int()); below SQLite's integer limit
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) < 2**63:
         raise ForecastError(f"version {text!r} is not a version number; give one of "
                             f"`forecast models list {name}`'s, e.g. 2")
     return str(int(text))

@@ -135,7 +135,7 @@ def test_manual_promotion_is_recorded_and_listed(history: History,
     # MLflow reads "01" as 1: it re-promoted the champion, overwriting its record
     assert main(["models", "promote", NAME, "01", "--tracking-uri", history.uri]) == 0
     assert f"{NAME} v1 is already champion; nothing changed" in capsys.readouterr().out
-    for odd in (" 1", "+1", "0"):
+    for odd in (" 1", "+1", "0", "²", "٢", "99999999999999999999"):  # ² was a traceback
         assert main(["models", "promote", NAME, odd, "--tracking-uri", history.uri]) == 1
         assert f"version {odd!r} is not a version number" in capsys.readouterr().err
     assert history.client.get_model_version(NAME, "1").tags["gate.reason"] == reason
