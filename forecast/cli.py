@@ -195,7 +195,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     forecaster = Forecaster(load_bundle(args.model))
-    history = read_table(args.history)
+    history = read_table(args.history, "--history")
     forecast = forecaster.predict_frame(history, args.horizon)
     out = Path(args.out)
     suffix = out.suffix.lower()

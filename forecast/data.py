@@ -56,11 +56,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file into a frame, with errors that say what to do."""
+def read_table(path: str | Path, given_by: str = "data.path or --data") -> pd.DataFrame:
+    """Read a CSV or Parquet file into a frame, with errors that say what to do; `given_by`
+    names the setting or flag that named the file."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"data file {str(p)!r} not found; check data.path or --data")
+        what = "is a folder, not a file" if p.is_dir() else "not found"
+        raise DataError(f"data file {str(p)!r} {what}; check {given_by}")
     kind = SUFFIXES.get(p.suffix.lower())
     if kind is None:
         raise DataError(

@@ -211,6 +211,15 @@ def test_predict_bad_or_unwritable_output(trained, tmp_path, capsys, make_frame)
         capsys.readouterr().err)
 
 
+def test_predict_names_the_history_flag_for_a_missing_file(trained, tmp_path, capsys):
+    for history, what in ((tmp_path / "nope.csv", "not found"), (tmp_path, "is a folder")):
+        rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history",
+                   str(history), "--out", str(tmp_path / "f.csv")])
+        assert rc == 3
+        line = one_error_line(capsys.readouterr().err)  # it said: check data.path or --data
+        assert f"data file {str(history)!r} {what}" in line and line.endswith("check --history")
+
+
 def test_predict_history_too_short(trained, tmp_path, capsys, make_frame):
     history = tmp_path / "history.csv"
     make_frame().tail(5).to_csv(history, index=False)
