@@ -195,6 +195,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     forecaster = Forecaster(load_bundle(args.model))
+    if args.horizon is not None and args.horizon > forecaster.horizon:
+        raise ConfigError(f"--horizon {args.horizon} is beyond the {forecaster.horizon} steps "
+                          f"the model forecasts; give --horizon {forecaster.horizon} or less")
     history = read_table(args.history, "--history")
     forecast = forecaster.predict_frame(history, args.horizon)
     out = Path(args.out)

@@ -153,10 +153,10 @@ class ModelConfig(_Section):
     pad_end: bool = Field(
         True, description="Repeat the last value patch_stride times to add one patch (PatchTST)."
     )
-    d_model: int = Field(64, gt=0, description="Token width.")
-    n_heads: int = Field(4, gt=0, description="Attention heads; must divide d_model.")
-    n_layers: int = Field(2, gt=0, description="Encoder blocks.")
-    d_ff: int = Field(128, gt=0, description="Feed-forward hidden width.")
+    d_model: int = Field(64, gt=0, le=4096, description="Token width.")
+    n_heads: int = Field(4, gt=0, le=64, description="Attention heads; must divide d_model.")
+    n_layers: int = Field(2, gt=0, le=64, description="Encoder blocks.")
+    d_ff: int = Field(128, gt=0, le=16384, description="Feed-forward hidden width.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in attention output and MLP.")
     head_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
     positional: Literal["sinusoidal", "learned"] = Field(

@@ -15,6 +15,7 @@ from forecast import outputs
 from forecast.bundle import Bundle, BundleMeta, save_bundle
 from forecast.config import Config, dump_config
 from forecast.data import SeriesSet, frame_to_series, load_series, season_for
+from forecast.errors import TrainingError
 from forecast.evaluate import Evaluation, evaluate
 from forecast.model import PatchTransformer, build_model
 from forecast.paths import writable_dir
@@ -105,11 +106,22 @@ def train_model(cfg: Config, series: SeriesSet,
     """Split, window, build and fit (resuming from a checkpoint of the same run key)."""
     prepared = prepare(series, cfg.split, cfg.windows)
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, cfg.windows.lookback, cfg.windows.horizon, prepared.n_channels)
-    log.info("training on %d train / %d val windows, %d parameters", len(prepared.windows("train")),
-             len(prepared.windows("val")), model.n_params())
-    result = fit(model, prepared, cfg.train, checkpoint_dir(cfg), run_key(cfg, series.digest),
-                 on_epoch)
+    try:
+        model = build_model(cfg.model, cfg.windows.lookback, cfg.windows.horizon,
+                            prepared.n_channels)
+        log.info("training on %d train / %d val windows, %d parameters",
+                 len(prepared.windows("train")), len(prepared.windows("val")), model.n_params())
+        result = fit(model, prepared, cfg.train, checkpoint_dir(cfg),
+                     run_key(cfg, series.digest), on_epoch)
+    except (MemoryError, RuntimeError) as err:
+        # torch's CPU allocator raises a RuntimeError (CUDA's OutOfMemoryError is one too)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not isinstance(err, MemoryError) and "allocate" not in first \
+                and "out of memory" not in first:
+            raise
+        raise TrainingError(f"out of memory building or training the model ({first}); lower "
+                            "model.d_model, model.d_ff, model.n_layers, windows.lookback or "
+                            "train.batch_size") from None
     return Trained(prepared, model, result)
 
 

@@ -294,7 +294,7 @@ def fit(
                 loss = loss_fn(pred.float(), y)
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"training loss became {float(loss)} in epoch {epoch}; lower train.lr or "
+                        f"training loss became {loss.item()} in epoch {epoch}; lower train.lr or "
                         "set train.grad_clip"
                     )
                 optimizer.zero_grad(set_to_none=True)

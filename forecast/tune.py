@@ -57,7 +57,10 @@ class TuneResult:
         return "\n".join(lines)
 
 
-def sample(trial: optuna.Trial, space: dict[str, list[Any] | Range]) -> dict[str, Any]:
+def sample(trial: optuna.Trial, space: dict[str, list[Any] | Range],
+           heads: int = 1) -> dict[str, Any]:
+    """One trial's values; a `model.d_model` range is rounded to a multiple of the trial's
+    `model.n_heads` (`heads` when the space does not search it), the only widths that run."""
     values: dict[str, Any] = {}
     for key, choice in space.items():
         if isinstance(choice, list):
@@ -67,7 +70,58 @@ def sample(trial: optuna.Trial, space: dict[str, list[Any] | Range]) -> dict[str
                                             log=choice.log)
         else:
             values[key] = trial.suggest_float(key, choice.low, choice.high, log=choice.log)
+    width = space.get("model.d_model")
+    if isinstance(width, Range):
+        h = values.get("model.n_heads", heads)
+        low, high = math.ceil(width.low / h) * h, math.floor(width.high / h) * h
+        values["model.d_model"] = min(max(round(values["model.d_model"] / h) * h, low), high)
     return values
+
+
+def _head_choices(space: dict[str, list[Any] | Range], heads: int) -> list[int]:
+    choice = space.get("model.n_heads")
+    if choice is None:
+        return [heads]
+    if isinstance(choice, list):
+        return choice
+    return list(range(math.ceil(choice.low), math.floor(choice.high) + 1))
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_space(cfg: Config) -> None:
+    """Refuse a space some of whose values make no valid config, before any trial runs."""
+    space = cfg.tune.space
+    searched = {"model.d_model", "model.n_heads"} & set(space)
+    for key, choice in space.items():
+        probe = choice if isinstance(choice, list) else [choice.low, choice.high]
+        for value in probe:
+            # each value is checked alone; the pairs of width and heads are checked below
+            pair: dict[str, Any] = {}
+            if key == "model.d_model" and (searched == {key, "model.n_heads"}
+                                          or isinstance(choice, Range)):
+                pair = {"model.n_heads": 1}
+            elif key == "model.n_heads" and "model.d_model" in searched and _whole(value):
+                pair = {"model.d_model": value}
+            trial_config(cfg, {key: value, **pair}, "scratch")
+    # d_model must be a multiple of n_heads: a pair of choices can fail where neither alone does
+    width = space.get("model.d_model", [cfg.model.d_model])
+    for h in _head_choices(space, cfg.model.n_heads):
+        heads_named = (f"model.n_heads {h}" if "model.n_heads" in space
+                       else f"the config's model.n_heads {h}")
+        if isinstance(width, Range):
+            if math.ceil(width.low / h) * h > width.high:
+                raise ConfigError(f"tune.space: model.d_model's range [{width.low:g}, "
+                                  f"{width.high:g}] holds no multiple of {heads_named}; widen "
+                                  "it (widths are rounded to a multiple of the heads)")
+            continue
+        for w in width:
+            if w % h:
+                raise ConfigError(f"tune.space: model.d_model {w} with {heads_named} makes no "
+                                  "model (d_model must be divisible by n_heads); choose widths "
+                                  "and head counts that divide")
 
 
 def trial_config(base: Config, values: dict[str, Any], checkpoints: str) -> Config:
@@ -92,7 +146,7 @@ class _Objective:
         self.base, self.series, self.records = base, series, records
 
     def __call__(self, trial: optuna.Trial) -> float:
-        values = sample(trial, self.base.tune.space)
+        values = sample(trial, self.base.tune.space, self.base.model.n_heads)
         metric = f"val_{self.base.tune.metric}"
         with tempfile.TemporaryDirectory() as scratch:
             run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
@@ -138,10 +192,7 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
     """Run the search of `cfg.tune` (trials and minutes from the arguments when given)."""
     n_trials = trials or cfg.tune.trials
     minutes = timeout_minutes if timeout_minutes is not None else cfg.tune.timeout_minutes
-    for key, choice in cfg.tune.space.items():  # every value must make a valid config
-        probe = choice if isinstance(choice, list) else [choice.low, choice.high]
-        for value in probe:
-            trial_config(cfg, {key: value}, "scratch")
+    check_space(cfg)
     series = load_data(cfg)
     if not any(key.startswith(("windows.", "split.")) for key in cfg.tune.space):
         # windows that do not fit the data fail every trial alike: say so once, before any

@@ -220,6 +220,16 @@ def test_predict_names_the_history_flag_for_a_missing_file(trained, tmp_path, ca
         assert f"data file {str(history)!r} {what}" in line and line.endswith("check --history")
 
 
+def test_predict_horizon_beyond_the_models_names_the_flag(trained, tmp_path, capsys):
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history",
+               str(tmp_path / "never-read.csv"), "--out", str(tmp_path / "f.csv"),
+               "--horizon", str(H + 1)])
+    assert rc == 2  # it was 3 (a data error) without naming --horizon
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: --horizon {H + 1} is beyond the {H} steps the model forecasts; give "
+        f"--horizon {H} or less")
+
+
 def test_predict_history_too_short(trained, tmp_path, capsys, make_frame):
     history = tmp_path / "history.csv"
     make_frame().tail(5).to_csv(history, index=False)

@@ -325,3 +325,12 @@ def test_training_imports_no_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout.strip()
     assert out == "False"
+
+
+@pytest.mark.parametrize(("override", "limit"), [
+    ("model.d_model=100000000000000000000", 4096),  # it reached torch: a traceback or a hang
+    ("model.n_layers=100000", 64), ("model.n_heads=128", 64), ("model.d_ff=1000000", 16384)])
+def test_model_sizes_are_bounded(override, limit):
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}: Input should be less than or equal to {limit}"):
+        load_config(None, [override])

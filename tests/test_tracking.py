@@ -383,3 +383,28 @@ def test_mlflow_models_serve_answers_invocations(history: History, free_port: in
     np.testing.assert_allclose(got[["a", "b"]].to_numpy(), expected[["a", "b"]].to_numpy(),
                                rtol=1e-5)
     assert got["step"].tolist() == [1, 2, 3, 4]
+
+
+def test_a_model_too_big_for_memory_fails_its_run_with_a_one_line_error(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the address space is capped so that the allocation fails here, as it would on a small host
+    limit = 4 * 2**30
+    script = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))"
+              "\nfrom forecast.cli import main\nsys.exit(main(sys.argv[1:]))")
+    config_path = tmp_path / "big.yaml"
+    config_path.write_text(
+        "name: big\nmodel: {d_model: 4096, n_layers: 64, d_ff: 16384, patch_len: 24}\n"
+        "windows: {lookback: 168, horizon: 24}\ntracking: {experiment: big}\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "train", "--config", str(config_path),
+         "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri],
+        capture_output=True, text=True, timeout=300, env=_venv_env(uri), cwd=tmp_path,
+        check=False)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr  # it was a torch traceback
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: out of memory building or training the model (")
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("big").experiment_id])
+    assert run.info.status == "FAILED"
+    assert client.search_registered_models() == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -204,7 +205,8 @@ def test_resume_false_ignores_checkpoint(tmp_path, tiny_config, tiny_prepared):
 def test_diverging_loss_raises_training_error(tmp_path, tiny_config, tiny_prepared):
     cfg = train_cfg(tiny_config, epochs=3, lr=1e30, grad_clip=None, schedule="constant",
                     warmup_frac=0.0)
-    with pytest.raises(TrainingError) as err:
+    with pytest.raises(TrainingError) as err, warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warned, before the one-line error, of a tensor
         fit(new_model(tiny_config, tiny_prepared), tiny_prepared, cfg, tmp_path, "k")
     msg = str(err.value)
     assert "training loss became" in msg and "lower train.lr" in msg

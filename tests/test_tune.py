@@ -15,7 +15,9 @@ from forecast.tune import sample
 FAST = ["--set", "train.epochs=2", "--set", "train.max_windows_per_epoch=512",
         "--set", "train.num_threads=1", "--set", "train.progress=false",
         "--set", "eval.linear_max_windows=500",
-        "--set", "tune.space={model.d_model: [8, 16], "
+        # a width range on a log scale failed every trial: it drew widths such as 10 that the
+        # 4 heads do not divide
+        "--set", "tune.space={model.d_model: {low: 6, high: 20, log: true}, "
                  "train.lr: {low: 1e-3, high: 1e-2, log: true}}"]
 
 
@@ -91,10 +93,33 @@ def test_ranges_are_sampled_as_the_setting_is_typed() -> None:
     assert all(1e-4 <= d["train.lr"] <= 1e-2 for d in drawn)
 
 
+def test_a_width_range_is_rounded_to_a_multiple_of_the_trials_heads() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [sample(study.ask(), {"model.d_model": Range(low=10, high=64, log=True)}, 4)
+             for _ in range(30)]
+    widths = [d["model.d_model"] for d in drawn]
+    assert all(w % 4 == 0 and 12 <= w <= 64 for w in widths)
+    assert len(set(widths)) >= 5
+    space = {"model.n_heads": [2, 8], "model.d_model": Range(low=8, high=40)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [sample(study.ask(), space, 4) for _ in range(30)]
+    assert {d["model.n_heads"] for d in drawn} == {2, 8}
+    assert all(d["model.d_model"] % d["model.n_heads"] == 0 and 8 <= d["model.d_model"] <= 40
+               for d in drawn)
+
+
 @pytest.mark.parametrize(("space", "message"), [
     ("{model.d_model: {low: 8.5, high: 32}}",  # the probe of each end catches it
      "tune.space: model.d_model: Input should be a valid integer, got a number with a "
      "fractional part"),
+    ("{model.d_model: {low: 9, high: 11}}",
+     "tune.space: model.d_model's range [9, 11] holds no multiple of the config's "
+     "model.n_heads 4; widen it"),
+    ("{model.d_model: [16, 24], model.n_heads: [3, 4]}",  # each alone is valid with the other's
+     "tune.space: model.d_model 16 with model.n_heads 3 makes no model (d_model must be "
+     "divisible by n_heads)"),
+    ("{model.n_heads: {low: 1, high: 100000000}}",  # it would have listed 10^8 head counts
+     "model.n_heads: Input should be less than or equal to 64"),
     ("{data.columns: [[load_0], [load_1]]}",
      "data.columns: data settings cannot be searched (every trial trains on the data read once)"),
 ])
