@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from forecast.config import ModelConfig
 from forecast.errors import ForecastError
@@ -59,7 +59,8 @@ def save_bundle(directory: str | Path, bundle: Bundle) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
-    save_file(state, str(d / WEIGHTS))
+    # safetensors' save_file writes mode 0600; bytes written here follow the umask like the JSON
+    (d / WEIGHTS).write_bytes(save(state))
     (d / META).write_text(json.dumps(asdict(bundle.meta), indent=2))
     (d / SCALER).write_text(json.dumps(
         {"mean": bundle.mean.tolist(), "scale": bundle.scale.tolist()}, indent=2))

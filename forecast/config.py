@@ -102,6 +102,15 @@ class SplitConfig(_Section):
         description="fractions: share; rows: count; dates: end (exclusive). null: to the end.",
     )
 
+    @field_validator("train", "val", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # pydantic's own error lists each branch of the union ("split.train.float: ...")
+        if value is None:
+            raise ValueError("is null; give a fraction, a row count or a date as split.by says "
+                             "(only split.test may be null: to the end)")
+        return value
+
     @model_validator(mode="after")
     def _check_kinds(self) -> SplitConfig:
         parts = {"train": self.train, "val": self.val, "test": self.test}
@@ -446,9 +455,22 @@ class TuneConfig(_Section):
         for key, choice in raw.items():
             if str(key).split(".")[0] in ("tune", "tracking", "pipeline", "output_dir", "name"):
                 raise ValueError(f"{key}: only settings that change the model can be searched")
-            if str(key).startswith("data."):  # a sweep reads its data once, for every trial
+            if isinstance(choice, dict) and "." not in str(key) \
+                    and not set(choice) & {"low", "high", "log"}:
+                # `--set tune.space.train.lr=...` nests {train: {lr: ...}}
+                raise ValueError(f"{key}: keys of tune.space are whole dotted settings; "
+                                 "give the space as one mapping, e.g. --set "
+                                 "'tune.space={train.lr: [0.0005, 0.001]}'")
+            if not isinstance(key, str) or not re.fullmatch(r"\w+(\.\w+)+", key):
+                raise ValueError(f"{key!r} is not a dotted setting; name one such as train.lr")
+            if key.startswith("data."):  # a sweep reads its data once, for every trial
                 raise ValueError(f"{key}: data settings cannot be searched (every trial trains "
                                  "on the data read once); run one sweep per data setting")
+            if key.startswith("split.") and not (isinstance(choice, list) and len(choice) < 2):
+                # each trial would be scored on its own validation block: scores not comparable
+                raise ValueError(f"{key}: give one choice; split settings move the validation "
+                                 "block, so trials with different splits cannot be compared "
+                                 "(run one sweep per split)")
             if isinstance(choice, Range):
                 space[key] = choice
             elif isinstance(choice, list):
@@ -456,11 +478,6 @@ class TuneConfig(_Section):
                     raise ValueError(f"{key}: give at least one choice")
                 space[key] = choice
             elif isinstance(choice, dict):
-                if "." not in str(key) and not set(choice) & {"low", "high", "log"}:
-                    # `--set tune.space.train.lr=...` nests {train: {lr: ...}}
-                    raise ValueError(f"{key}: keys of tune.space are whole dotted settings; "
-                                     "give the space as one mapping, e.g. --set "
-                                     "'tune.space={train.lr: [0.0005, 0.001]}'")
                 try:
                     space[key] = Range.model_validate(choice)
                 except ValidationError as err:

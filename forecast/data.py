@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,10 @@ def to_datetime_column(raw: pd.Series, source: str, column: str,
     if not (iso.isna() & raw.notna()).any():
         return iso
     first = str(raw.dropna().iloc[0]) if raw.notna().any() else ""
-    candidates = dict.fromkeys(f for f in (guess_datetime_format(first),
-                                          guess_datetime_format(first, dayfirst=True)) if f)
+    with warnings.catch_warnings():  # "parsing dates in %d/%m/%Y format when dayfirst=False":
+        warnings.simplefilter("ignore", UserWarning)  # both readings are tried on purpose
+        candidates = dict.fromkeys(f for f in (guess_datetime_format(first),
+                                              guess_datetime_format(first, dayfirst=True)) if f)
     if not candidates:  # e.g. "1/10/2024 1:00 PM"
         return pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
     parses = {f: pd.to_datetime(raw, errors="coerce", format=f, utc=True) for f in candidates}
@@ -162,8 +165,8 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str,
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         # pandas would read 20240101 or 1704067200 as nanoseconds after 1970
         raise DataError(
-            f"{source}: timestamp column {column!r} holds numbers ({raw.iloc[0]!r}, ...), not "
-            "times; " + fixes["numeric_time"]
+            f"{source}: timestamp column {column!r} holds numbers ({raw.iloc[0].item()!r}, "
+            "...), not times; " + fixes["numeric_time"]
         )
     parsed = to_datetime_column(raw, source, column)
     bad = parsed.isna()

@@ -66,5 +66,7 @@ def setup_logging(json_format: bool = False, quiet: bool = False) -> None:
                 own.setFormatter(handler.formatter)
                 if not any(isinstance(f, RunIdFilter) for f in own.filters):
                     own.addFilter(RunIdFilter())
-        # MLflow draws artifact download bars on stderr; it reads this when it downloads
+    if json_format or not sys.stderr.isatty():
+        # MLflow draws artifact download bars on stderr (it reads this when it downloads): in a
+        # job's log file or a JSON stream they are noise
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"

@@ -9,6 +9,7 @@ Output: `series_id`, `step`, [timestamp], one column per channel.
 
 from __future__ import annotations
 
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,11 @@ def log_pyfunc(bundle_dir: Path, input_example: pd.DataFrame, name: str = "model
     output = forecaster.predict_frame(input_example)
     example = input_example.copy()
     example.insert(0, SERIES_ID, "series")
-    signature = infer_signature(example, output, params={"horizon": forecaster.horizon})
+    with warnings.catch_warnings():  # of integer columns that could hold missing values: the
+        # only one is the output's `step`, 1..horizon, never missing
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column",
+                                UserWarning)
+        signature = infer_signature(example, output, params={"horizon": forecaster.horizon})
     # series_id and the timestamps may be left out (one series; no future timestamps)
     optional = {SERIES_ID, forecaster.meta.timestamp_column}
     signature.inputs = Schema([

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -137,8 +138,12 @@ def log_epoch(stats: EpochStats) -> None:
 def _log_dataset(series: SeriesSet) -> None:
     sample = pd.DataFrame(series.values[0][:1000], columns=series.channels)
     sample.insert(0, "timestamp", series.timestamps[0][:1000])
-    dataset = mlflow.data.from_pandas(sample, source=series.source, name=Path(series.source).name,
-                                      digest=series.digest[:36])
+    with warnings.catch_warnings():  # MLflow registers this source class twice, then warns
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in "
+                                "multiple ways", UserWarning)
+        dataset = mlflow.data.from_pandas(sample, source=series.source,
+                                          name=Path(series.source).name,
+                                          digest=series.digest[:36])
     mlflow.log_input(dataset, context="training")
 
 

@@ -227,6 +227,12 @@ def test_dump_config_round_trips(tmp_path):
      "tune.space: tracking.uri: only settings that change the model can be searched"),
     ("tune.space={model.d_model: 5}",
      "tune.space: model.d_model: give a list of choices or {low, high, log}"),
+    ("tune.space={'': [1]}",  # it was accepted, then blamed on an override '=1' never given
+     "tune.space: '' is not a dotted setting; name one such as train.lr"),
+    ("tune.space={split.train: [5000, 5760]}",  # trials were scored on different val blocks
+     "tune.space: split.train: give one choice; split settings move the validation block"),
+    ("split.train=null",  # it listed pydantic's union: split.train.float: ..., .int:, .str:
+     "split.train: is null; give a fraction, a row count or a date as split.by says"),
     ("tune.sampler=grid", "tune.sampler 'grid' needs a list of choices for every key"),
     ("tune.trials=0", "tune.trials: Input should be greater than 0"),
     ("pipeline.max_data_age=-2h", "pipeline.max_data_age must be a positive duration"),

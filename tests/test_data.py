@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -134,6 +135,16 @@ def test_day_first_dates_are_read_with_one_format_for_the_column():
     assert list(series.timestamps[0]) == list(stamps)
 
 
+def test_a_day_first_column_loads_without_a_pandas_warning():
+    stamps = pd.date_range("2024-01-13", periods=6, freq="D")  # 13/01: only day-first reads it
+    frame = small_frame().assign(date=[t.strftime("%d/%m/%Y %H:%M") for t in stamps])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        series = load(frame, freq="D")
+    assert [str(w.message) for w in caught] == []  # pandas warned of dayfirst on every such file
+    assert list(series.timestamps[0]) == list(stamps)
+
+
 def test_dates_whose_day_and_month_cannot_be_told_apart_are_refused():
     frame = small_frame().assign(date=[f"0{d}/01/2024" for d in range(1, 7)])  # all days <= 12
     with pytest.raises(DataError) as err:
@@ -159,7 +170,7 @@ def test_a_numeric_timestamp_column_is_refused(values):
     # read as nanoseconds after 1970, it trained at frequency 'ns'
     with pytest.raises(DataError) as err:
         load(small_frame().assign(date=values))
-    assert "timestamp column 'date' holds numbers" in str(err.value)
+    assert f"timestamp column 'date' holds numbers ({values[0]!r}, ...)" in str(err.value)
 
 
 def test_duplicate_timestamp_names_the_first_duplicate():

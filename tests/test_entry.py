@@ -1,4 +1,5 @@
-"""The `forecast` console command, as installed: a signal while it is still importing."""
+"""The `forecast` console command, as installed (and `python -m forecast`): a signal while it is
+still importing."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ import pytest
 COMMAND = str(Path(sys.executable).parent / "forecast")
 
 
-@pytest.mark.parametrize(("sig", "extra", "expect"), [
-    (signal.SIGTERM, [], "interrupted"),  # was exit 143, not in the exit-code table
-    (signal.SIGINT, [], "interrupted"),  # was a KeyboardInterrupt traceback
-    (signal.SIGTERM, ["--log-format", "json"], "json"),
+@pytest.mark.parametrize(("command", "sig", "extra", "expect"), [
+    ([COMMAND], signal.SIGTERM, [], "interrupted"),  # was exit 143, not in the exit-code table
+    ([COMMAND], signal.SIGINT, [], "interrupted"),  # was a KeyboardInterrupt traceback
+    ([COMMAND], signal.SIGTERM, ["--log-format", "json"], "json"),
+    ([sys.executable, "-m", "forecast"], signal.SIGTERM, [], "interrupted"),
 ])
 def test_a_signal_during_start_up_exits_130_in_one_line(
-        tmp_path: Path, sig: signal.Signals, extra: list[str], expect: str) -> None:
+        tmp_path: Path, command: list[str], sig: signal.Signals, extra: list[str],
+        expect: str) -> None:
     proc = subprocess.Popen(
-        [COMMAND, "tune", "--config", "missing.yaml", *extra],
+        [*command, "tune", "--config", "missing.yaml", *extra],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # SIGINT as a terminal delivers it: not ignored, as in a shell's background job
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

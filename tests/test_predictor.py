@@ -42,6 +42,9 @@ def history(n: int, seed: int = 0) -> np.ndarray:
 def test_bundle_round_trip_gives_identical_predictions(tmp_path, bundle, forecaster):
     d = save_bundle(tmp_path / "model", bundle)
     assert {p.name for p in d.iterdir()} == {WEIGHTS, META, SCALER}
+    # one mode for the three files (the weights were 0600 whatever the umask: unreadable to
+    # a serving user that could read the JSON beside them)
+    assert len({(d / name).stat().st_mode for name in (WEIGHTS, META, SCALER)}) == 1
     assert json.loads((d / SCALER).read_text()) == {"mean": MEAN.tolist(),
                                                     "scale": SCALE.tolist()}
     loaded = load_bundle(d)
