@@ -193,6 +193,9 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
     n_trials = trials or cfg.tune.trials
     minutes = timeout_minutes if timeout_minutes is not None else cfg.tune.timeout_minutes
     check_space(cfg)
+    if cfg.train.checkpoint_dir is not None:
+        log.warning("train.checkpoint_dir is not used by a sweep: each trial checkpoints in a "
+                    "scratch folder and never resumes")
     series = load_data(cfg)
     if not any(key.startswith(("windows.", "split.")) for key in cfg.tune.space):
         # windows that do not fit the data fail every trial alike: say so once, before any

@@ -168,3 +168,13 @@ def test_timeout_minutes_must_be_a_positive_number(
         main(["tune", "--config", str(demo_config_path()), "--timeout-minutes", value])
     assert exit_info.value.code == 2
     assert "--timeout-minutes" in capsys.readouterr().err
+
+
+def test_a_checkpoint_dir_a_sweep_does_not_use_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["tune", "--config", str(demo_config_path()), "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--set",
+                 f"train.checkpoint_dir={tmp_path / 'ckpt'}",
+                 "--set", "windows.lookback=9000"])  # stops before any trial: only the warning
+    assert code == 2
+    assert "train.checkpoint_dir is not used by a sweep" in capsys.readouterr().err
