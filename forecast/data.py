@@ -111,7 +111,7 @@ def to_datetime_column(raw: pd.Series, source: str, column: str,
         return iso
     first = str(raw.dropna().iloc[0]) if raw.notna().any() else ""
     with warnings.catch_warnings():  # "parsing dates in %d/%m/%Y format when dayfirst=False":
-        warnings.simplefilter("ignore", UserWarning)  # both readings are tried on purpose
+        warnings.filterwarnings("ignore", "Parsing dates in", UserWarning)  # tried on purpose
         candidates = dict.fromkeys(f for f in (guess_datetime_format(first),
                                               guess_datetime_format(first, dayfirst=True)) if f)
     if not candidates:  # e.g. "1/10/2024 1:00 PM"
@@ -164,16 +164,18 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str,
     raw = frame[column]
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         # pandas would read 20240101 or 1704067200 as nanoseconds after 1970
-        raise DataError(
-            f"{source}: timestamp column {column!r} holds numbers ({raw.iloc[0].item()!r}, "
-            "...), not times; " + fixes["numeric_time"]
-        )
+        first = raw.dropna().head(1).tolist()  # Python values: 0, not np.int64(0)
+        if first:  # an empty column is named below, at its first row
+            raise DataError(f"{source}: timestamp column {column!r} holds numbers "
+                            f"({first[0]!r}, ...), not times; " + fixes["numeric_time"])
     parsed = to_datetime_column(raw, source, column)
     bad = parsed.isna()
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])
+        value = raw.iloc[pos:pos + 1].tolist()[0]  # a Python value: nan, not np.float64(nan)
+        shown = "an empty value" if pd.isna(value) else repr(value)
         raise DataError(
-            f"{source}: column {column!r} {_row_label(pos)} has {raw.iloc[pos]!r}, "
+            f"{source}: column {column!r} {_row_label(pos)} has {shown}, "
             "which is not a timestamp; fix the value or drop the row "
             f"({int(bad.sum())} unparsable in all)"
         )

@@ -116,8 +116,8 @@ def train_model(cfg: Config, series: SeriesSet,
     except (MemoryError, RuntimeError) as err:
         # torch's CPU allocator raises a RuntimeError (CUDA's OutOfMemoryError is one too)
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if not isinstance(err, MemoryError) and "allocate" not in first \
-                and "out of memory" not in first:
+        if not isinstance(err, MemoryError) and not any(
+                sign in first for sign in ("allocate", "out of memory", "ALLOC_FAILED")):
             raise
         raise TrainingError(f"out of memory building or training the model ({first}); lower "
                             "model.d_model, model.d_ff, model.n_layers, windows.lookback or "

@@ -59,12 +59,14 @@ class TuneResult:
 
 def sample(trial: optuna.Trial, space: dict[str, list[Any] | Range],
            heads: int = 1) -> dict[str, Any]:
-    """One trial's values; a `model.d_model` range is rounded to a multiple of the trial's
+    """One trial's values. A `model.d_model` range draws a multiple of the trial's
     `model.n_heads` (`heads` when the space does not search it), the only widths that run."""
     values: dict[str, Any] = {}
     for key, choice in space.items():
         if isinstance(choice, list):
             values[key] = trial.suggest_categorical(key, choice)
+        elif key == "model.d_model":
+            continue  # below, once the trial's heads are known
         elif integer_setting(key):
             values[key] = trial.suggest_int(key, int(choice.low), int(choice.high),
                                             log=choice.log)
@@ -72,10 +74,13 @@ def sample(trial: optuna.Trial, space: dict[str, list[Any] | Range],
             values[key] = trial.suggest_float(key, choice.low, choice.high, log=choice.log)
     width = space.get("model.d_model")
     if isinstance(width, Range):
-        h = values.get("model.n_heads", heads)
-        low, high = math.ceil(width.low / h) * h, math.floor(width.high / h) * h
-        values["model.d_model"] = min(max(round(values["model.d_model"] / h) * h, low), high)
-    return values
+        # the multiple itself is drawn, so that each allowed width is equally likely (on the
+        # range's scale) and the sampler learns from the width that was trained
+        h = int(values.get("model.n_heads", heads))
+        k = trial.suggest_int("model.d_model / n_heads", math.ceil(width.low / h),
+                              math.floor(width.high / h), log=width.log)
+        values["model.d_model"] = k * h
+    return {key: values[key] for key in space}
 
 
 def _head_choices(space: dict[str, list[Any] | Range], heads: int) -> list[int]:
@@ -83,12 +88,14 @@ def _head_choices(space: dict[str, list[Any] | Range], heads: int) -> list[int]:
     if choice is None:
         return [heads]
     if isinstance(choice, list):
-        return choice
+        return [int(c) for c in choice]
     return list(range(math.ceil(choice.low), math.floor(choice.high) + 1))
 
 
 def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # a range's ends are floats: 2.0 is a head count as much as 2
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and float(value).is_integer())
 
 
 def check_space(cfg: Config) -> None:
@@ -104,24 +111,26 @@ def check_space(cfg: Config) -> None:
                                           or isinstance(choice, Range)):
                 pair = {"model.n_heads": 1}
             elif key == "model.n_heads" and "model.d_model" in searched and _whole(value):
-                pair = {"model.d_model": value}
+                pair = {"model.d_model": int(value)}
             trial_config(cfg, {key: value, **pair}, "scratch")
     # d_model must be a multiple of n_heads: a pair of choices can fail where neither alone does
     width = space.get("model.d_model", [cfg.model.d_model])
+    config_s = {key: "" if key in space else "the config's "
+                for key in ("model.d_model", "model.n_heads")}
     for h in _head_choices(space, cfg.model.n_heads):
-        heads_named = (f"model.n_heads {h}" if "model.n_heads" in space
-                       else f"the config's model.n_heads {h}")
+        heads_named = f"{config_s['model.n_heads']}model.n_heads {h}"
         if isinstance(width, Range):
             if math.ceil(width.low / h) * h > width.high:
                 raise ConfigError(f"tune.space: model.d_model's range [{width.low:g}, "
                                   f"{width.high:g}] holds no multiple of {heads_named}; widen "
-                                  "it (widths are rounded to a multiple of the heads)")
+                                  "it (widths are drawn as multiples of the heads)")
             continue
         for w in width:
             if w % h:
-                raise ConfigError(f"tune.space: model.d_model {w} with {heads_named} makes no "
-                                  "model (d_model must be divisible by n_heads); choose widths "
-                                  "and head counts that divide")
+                raise ConfigError(f"tune.space: {config_s['model.d_model']}model.d_model {w} "
+                                  f"with {heads_named} makes no model (d_model must be "
+                                  "divisible by n_heads); choose widths and head counts that "
+                                  "divide")
 
 
 def trial_config(base: Config, values: dict[str, Any], checkpoints: str) -> Config:

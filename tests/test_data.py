@@ -173,6 +173,22 @@ def test_a_numeric_timestamp_column_is_refused(values):
     assert f"timestamp column 'date' holds numbers ({values[0]!r}, ...)" in str(err.value)
 
 
+@pytest.mark.parametrize("column", [
+    pd.Series([None, *range(20240102, 20240107)], dtype="Int64"),  # first value missing
+    pd.Series(range(20240101, 20240107), dtype="int64[pyarrow]"),  # from a Parquet file
+], ids=["nullable", "arrow"])
+def test_numeric_timestamps_of_any_integer_dtype_are_refused_in_one_line(column):
+    with pytest.raises(DataError) as err:  # `.item()` on pd.NA or an int was an AttributeError
+        load(small_frame().assign(date=column))
+    assert "timestamp column 'date' holds numbers (2024010" in str(err.value)
+
+
+def test_an_empty_timestamp_column_names_its_first_row():
+    with pytest.raises(DataError) as err:  # it said "row 1 has np.float64(nan)"
+        load(small_frame().assign(date=[float("nan")] * 6))
+    assert "column 'date' row 1 has an empty value, which is not a timestamp" in str(err.value)
+
+
 def test_duplicate_timestamp_names_the_first_duplicate():
     frame = small_frame()
     frame.loc[2, "date"] = frame.loc[1, "date"]

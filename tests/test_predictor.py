@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -40,11 +41,16 @@ def history(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_bundle_round_trip_gives_identical_predictions(tmp_path, bundle, forecaster):
-    d = save_bundle(tmp_path / "model", bundle)
+    umask = os.umask(0o022)
+    try:
+        d = save_bundle(tmp_path / "model", bundle)
+    finally:
+        os.umask(umask)
     assert {p.name for p in d.iterdir()} == {WEIGHTS, META, SCALER}
-    # one mode for the three files (the weights were 0600 whatever the umask: unreadable to
-    # a serving user that could read the JSON beside them)
-    assert len({(d / name).stat().st_mode for name in (WEIGHTS, META, SCALER)}) == 1
+    # the weights were 0600 whatever the umask: unreadable to a serving user that could read
+    # the JSON beside them
+    assert {name: (d / name).stat().st_mode & 0o777 for name in (WEIGHTS, META, SCALER)} == {
+        WEIGHTS: 0o644, META: 0o644, SCALER: 0o644}
     assert json.loads((d / SCALER).read_text()) == {"mean": MEAN.tolist(),
                                                     "scale": SCALE.tolist()}
     loaded = load_bundle(d)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -9,8 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from forecast.cli import demo_config_path, main
-from forecast.config import Range
-from forecast.tune import sample
+from forecast.config import Range, load_config
+from forecast.tune import check_space, sample
 
 FAST = ["--set", "train.epochs=2", "--set", "train.max_windows_per_epoch=512",
         "--set", "train.num_threads=1", "--set", "train.progress=false",
@@ -100,12 +101,18 @@ def test_a_width_range_is_rounded_to_a_multiple_of_the_trials_heads() -> None:
     widths = [d["model.d_model"] for d in drawn]
     assert all(w % 4 == 0 and 12 <= w <= 64 for w in widths)
     assert len(set(widths)) >= 5
-    space = {"model.n_heads": [2, 8], "model.d_model": Range(low=8, high=40)}
+    space = {"model.n_heads": Range(low=2, high=8), "model.d_model": Range(low=8, high=40)}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    drawn = [sample(study.ask(), space, 4) for _ in range(30)]
-    assert {d["model.n_heads"] for d in drawn} == {2, 8}
+    drawn = [sample(study.ask(), space, 4) for _ in range(60)]
+    assert {d["model.n_heads"] for d in drawn} == set(range(2, 9))
     assert all(d["model.d_model"] % d["model.n_heads"] == 0 and 8 <= d["model.d_model"] <= 40
                for d in drawn)
+    # each allowed width equally likely: rounding a drawn width gave the range's ends half
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    counts = Counter(sample(study.ask(), {"model.d_model": Range(low=8, high=40)}, 8)
+                     ["model.d_model"] for _ in range(2000))
+    assert sorted(counts) == [8, 16, 24, 32, 40]
+    assert min(counts.values()) > 0.8 * max(counts.values())
 
 
 @pytest.mark.parametrize(("space", "message"), [
@@ -118,6 +125,10 @@ def test_a_width_range_is_rounded_to_a_multiple_of_the_trials_heads() -> None:
     ("{model.d_model: [16, 24], model.n_heads: [3, 4]}",  # each alone is valid with the other's
      "tune.space: model.d_model 16 with model.n_heads 3 makes no model (d_model must be "
      "divisible by n_heads)"),
+    ("{model.d_model: [12, 24], model.n_heads: {low: 3, high: 6}}",  # it blamed d_model 64
+     "tune.space: model.d_model 12 with model.n_heads 5 makes no model"),
+    ("{model.n_heads: {low: 1, high: 8}}",
+     "tune.space: the config's model.d_model 32 with model.n_heads 3 makes no model"),
     ("{model.n_heads: {low: 1, high: 100000000}}",  # it would have listed 10^8 head counts
      "model.n_heads: Input should be less than or equal to 64"),
     ("{data.columns: [[load_0], [load_1]]}",
@@ -131,6 +142,13 @@ def test_a_space_the_sweep_would_misread_is_refused(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_width_range_searched_with_a_heads_range_is_accepted() -> None:
+    # a range's ends are floats: the heads 2.0 .. 6.0 were probed against the config's width
+    cfg = load_config(demo_config_path(), [
+        "tune.space={model.d_model: {low: 12, high: 96}, model.n_heads: {low: 2, high: 6}}"])
+    check_space(cfg)
 
 
 def test_tune_takes_no_output_dir(capsys: pytest.CaptureFixture[str]) -> None:
