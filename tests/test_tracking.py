@@ -404,7 +404,7 @@ def test_a_model_too_big_for_memory_fails_its_run_with_a_one_line_error(tmp_path
     assert "Traceback" not in proc.stderr  # it was a torch traceback
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: out of memory building or training the model (")
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     [run] = client.search_runs([client.get_experiment_by_name("big").experiment_id])
     assert run.info.status == "FAILED"
     assert client.search_registered_models() == []
