@@ -59,6 +59,22 @@ class Forecaster:
     def predict_arrays(self, histories: list[np.ndarray], horizon: int | None = None,
                        ids: list[str] | None = None) -> np.ndarray:
         """Histories [T_i x C] in original units → forecasts [N x h x C] in original units."""
+        forecast = self.unchecked_forecast(histories, horizon, ids)
+        broken = np.flatnonzero(~np.isfinite(forecast).all(axis=(1, 2)))
+        if len(broken):
+            raise DataError(self.overflow(histories, ids, int(broken[0])))
+        return forecast
+
+    def overflow(self, histories: list[np.ndarray], ids: list[str] | None, i: int) -> str:
+        """Why series i's forecast is not finite: finite inputs far outside the training scale
+        can overflow float32 inside the model."""
+        return (f"series {ids[i] if ids else i!r}: the forecast overflowed float32 (largest "
+                f"|history value| {np.abs(histories[i]).max():.3g}); rescale the series to "
+                "nearer the training data's range")
+
+    def unchecked_forecast(self, histories: list[np.ndarray], horizon: int | None = None,
+                           ids: list[str] | None = None) -> np.ndarray:
+        """predict_arrays without the overflow check: a series may forecast inf or NaN."""
         h = self.horizon if horizon is None else horizon
         if not 1 <= h <= self.horizon:
             raise DataError(f"horizon must be between 1 and {self.horizon}, got {h}")
@@ -72,15 +88,7 @@ class Forecaster:
             pad[i, : L - len(tail)] = True
         with torch.inference_mode():
             y = self.model(torch.from_numpy(x), torch.from_numpy(pad) if pad.any() else None)
-        forecast = y[:, :h].numpy() * self._scale + self._mean
-        # finite inputs far outside the training scale can overflow float32 inside the model
-        broken = ~np.isfinite(forecast).all(axis=(1, 2))
-        if broken.any():
-            i = int(np.flatnonzero(broken)[0])
-            raise DataError(f"series {ids[i] if ids else i!r}: the forecast overflowed float32 "
-                            f"(largest |history value| {np.abs(histories[i]).max():.3g}); "
-                            "rescale the series to nearer the training data's range")
-        return forecast
+        return y[:, :h].numpy() * self._scale + self._mean
 
     def predict_frame(self, frame: pd.DataFrame, horizon: int | None = None) -> pd.DataFrame:
         """A history frame (layout above) → a forecast frame (layout above)."""

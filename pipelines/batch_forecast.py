@@ -423,9 +423,16 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
             ids += one_ids
             values += one_values
             stamps += one_stamps or []
-        if not ids:
+        # a valid history can still overflow inside the model: that series is bad, not the job
+        forecast = forecaster.unchecked_forecast(values, horizon, ids) if ids else np.empty(0)
+        broken = [i for i in range(len(ids)) if not np.isfinite(forecast[i]).all()]
+        for i in broken:
+            bad.append((ids[i], _reason(DataError(forecaster.overflow(values, ids, i)), ids[i])))
+        keep = [i for i in range(len(ids)) if i not in set(broken)]
+        if not keep:
             return None, bad
-        forecast = forecaster.predict_arrays(values, horizon, ids)
+        forecast = forecast[keep]
+        ids, stamps = [ids[i] for i in keep], [stamps[i] for i in keep]
     assert stamps is not None  # tails always carry timestamps
     out = forecaster.to_frame(forecast, ids, stamps)
     out.insert(1, ORIGIN, pd.DatetimeIndex([s[-1] for s in stamps]).repeat(horizon))

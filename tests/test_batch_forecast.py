@@ -248,6 +248,19 @@ def test_bad_series_are_skipped_and_listed(model_dir, forecaster, tmp_path, capl
     assert not (tmp_path / "out.errors.csv").exists()
 
 
+def test_a_series_whose_forecast_overflows_is_skipped_not_the_job(model_dir, forecaster,
+                                                                   tmp_path):
+    frame = long_frame([30] * 3)
+    big = frame["series_id"] == "s1"
+    frame.loc[big, ["a", "b"]] = frame.loc[big, ["a", "b"]] * 1e30  # finite, far off scale
+    summary, got = run(model_dir, write(frame, tmp_path / "in.csv"), tmp_path / "out.csv")
+    assert (summary.series_forecast, summary.series_skipped) == (2, 1)  # it stopped the job
+    errors = pd.read_csv(tmp_path / "out.errors.csv", dtype=str)
+    assert errors["series_id"].tolist() == ["s1"]
+    assert errors["reason"][0].startswith("the forecast overflowed float32")
+    assert_matches(got, forecaster.predict_frame(frame[~big]), ["a", "b"])
+
+
 def test_fail_mode_stops_at_the_first_bad_series(model_dir, tmp_path):
     frame, _ = bad_frame()
     with pytest.raises(DataError) as err:
