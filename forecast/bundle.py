@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from forecast.config import ModelConfig
@@ -73,16 +74,41 @@ def load_bundle(directory: str | Path) -> Bundle:
     if missing:
         raise ForecastError(f"{str(d)!r} is not a model directory: {missing} missing; "
                             "pass the model/ folder that `forecast train` wrote")
-    raw = json.loads((d / META).read_text())
+    def damaged(what: str, err: Exception) -> ForecastError:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return ForecastError(f"model directory {str(d)!r} is damaged: {what} ({reason[:300]}); "
+                             "re-save the model with `forecast train`")
+
+    try:
+        raw = json.loads((d / META).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise damaged(f"{META} is not a JSON object", err) from None
     if raw.get("format_version") != FORMAT_VERSION:
         raise ForecastError(f"{str(d)!r} has model format {raw.get('format_version')}, this "
                             f"version reads {FORMAT_VERSION}; retrain or use a matching release")
-    meta = BundleMeta(**raw)
+    try:
+        meta = BundleMeta(**raw)
+        if not (_positive_int(meta.lookback) and _positive_int(meta.horizon)
+                and isinstance(meta.channels, list) and meta.channels
+                and all(isinstance(c, str) for c in meta.channels)):
+            raise ValueError("lookback and horizon must be positive whole numbers, channels a "
+                             "list of names")
+        model = build_model(meta.model_config, meta.lookback, meta.horizon, len(meta.channels))
+    except (TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        raise damaged(f"{META} does not describe a model", err) from None
     mean, scale = _read_scaler(d / SCALER, len(meta.channels))
-    model = build_model(meta.model_config, meta.lookback, meta.horizon, len(meta.channels))
-    model.load_state_dict(load_file(str(d / WEIGHTS)))
+    try:
+        model.load_state_dict(load_file(str(d / WEIGHTS)))
+    except (SafetensorError, RuntimeError, OSError) as err:  # truncated, or another model's
+        raise damaged(f"{WEIGHTS} does not hold this model's weights", err) from None
     model.eval()
     return Bundle(model, mean, scale, meta)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _read_scaler(path: Path, n_channels: int) -> tuple[np.ndarray, np.ndarray]:

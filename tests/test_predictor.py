@@ -97,6 +97,34 @@ def test_load_bundle_damaged_scaler_is_named(tmp_path, bundle, text):
     assert "every scale > 0" in msg
 
 
+def _edit_meta(d, **changes) -> None:
+    meta = json.loads((d / META).read_text())
+    meta.update(changes)
+    (d / META).write_text(json.dumps({k: v for k, v in meta.items() if v is not None}))
+
+
+@pytest.mark.parametrize(("damage", "what"), [
+    (lambda d: (d / META).write_text("{not json"), "model.json is not a JSON object"),
+    (lambda d: _edit_meta(d, new_key=1), "model.json does not describe a model"),
+    (lambda d: _edit_meta(d, channels=None), "model.json does not describe a model"),
+    (lambda d: _edit_meta(d, horizon="6"), "model.json does not describe a model"),
+    (lambda d: _edit_meta(d, lookback=-5), "model.json does not describe a model"),
+    (lambda d: _edit_meta(d, model={"d_model": "wide"}), "model.json does not describe a model"),
+    (lambda d: (d / WEIGHTS).write_bytes(b""), "weights.safetensors does not hold this model's"),
+    (lambda d: _edit_meta(d, model={**json.loads((d / META).read_text())["model"],
+                                    "d_model": 16, "n_heads": 2}),  # the weights are d_model 8
+     "weights.safetensors does not hold this model's"),
+], ids=["json", "unknown-key", "no-channels", "text-horizon", "negative-lookback", "bad-model",
+        "empty-weights", "other-width"])
+def test_a_damaged_model_directory_is_one_error_naming_the_file(tmp_path, bundle, damage, what):
+    d = save_bundle(tmp_path / "model", bundle)
+    damage(d)
+    with pytest.raises(ForecastError) as err:  # each was a traceback (TypeError, JSONDecodeError,
+        load_bundle(d)  # SafetensorError, size mismatch)
+    assert str(err.value).startswith(f"model directory {str(d)!r} is damaged: {what}")
+    assert str(err.value).endswith("re-save the model with `forecast train`")
+
+
 def test_full_history_forecast_in_original_units(bundle, forecaster):
     h = history(L)
     x = torch.from_numpy(((h - MEAN) / SCALE).astype(np.float32))[None]
