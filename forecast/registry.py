@@ -137,7 +137,7 @@ class ModelSource:
                 return ModelSource(uri, name, alias=alias)
         else:
             name, _, version = rest.partition("/")
-            if name and version:
+            if name and version.isascii() and version.isdigit():  # MLflow's raw error else
                 return ModelSource(uri, name, version=version)
         raise ConfigError(f"model URI {uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION or "
                           "a model directory written by `forecast train`")
@@ -161,9 +161,13 @@ def resolve_version(source: ModelSource, tracking_uri: str) -> tuple[str, str | 
         else:
             mv = client.get_model_version(source.name, str(source.version))
     except MlflowException as err:
-        raise TrackingError(f"{source.uri} cannot be resolved in tracking store {tracking_uri}: "
-                            f"{err.message}; check the name and alias or version (`forecast "
-                            f"models list {source.name}`) and --tracking-uri") from None
+        # no such name, alias or version is the user's to fix (exit 1); anything else means
+        # the store failed (exit 5)
+        kind = (ForecastError if err.error_code in ("RESOURCE_DOES_NOT_EXIST",
+                                                    "INVALID_PARAMETER_VALUE") else TrackingError)
+        raise kind(f"{source.uri} cannot be resolved in tracking store {tracking_uri}: "
+                   f"{err.message}; check the name and alias or version (`forecast models "
+                   f"list {source.name}`) and --tracking-uri") from None
     return str(mv.version), mv.run_id
 
 

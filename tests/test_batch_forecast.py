@@ -19,7 +19,7 @@ from forecast.bundle import load_bundle
 from forecast.cli import build_parser, main
 from forecast.config import DataConfig, build_config
 from forecast.data import frame_to_series
-from forecast.errors import ConfigError, DataError, TrackingError
+from forecast.errors import ConfigError, DataError, ForecastError, TrackingError
 from forecast.predictor import Forecaster
 from forecast.registry import ModelSource, load_version_forecaster
 from forecast.runner import train_and_evaluate
@@ -311,7 +311,7 @@ def test_model_source_parse():
     assert ModelSource.parse("models:/m/3") == ModelSource("models:/m/3", "m", version="3")
     local = ModelSource.parse("outputs/demo/model/")
     assert (local.name, local.version, local.is_local) == ("model", "local", True)
-    for bad in ("models:/m", "models:/@champion", "models:/m@"):
+    for bad in ("models:/m", "models:/@champion", "models:/m@", "models:/m/abc", "models:/m/²"):
         with pytest.raises(ConfigError, match=r"use models:/NAME@ALIAS, models:/NAME/VERSION"):
             ModelSource.parse(bad)
 
@@ -335,8 +335,11 @@ def test_registered_champion_fills_model_name_and_version(registry, tmp_path):
         assert set(got["model_name"]) == {NAME} and set(got["model_version"]) == {"1"}
         assert got["step"].max() == 12
         assert_matches(got, expected, ["a", "b"])
-    with pytest.raises(TrackingError, match=rf"models:/{NAME}@nobody cannot be resolved"):
-        run(f"models:/{NAME}@nobody", inp, tmp_path / "x.parquet", tracking_uri=registry)
+    for missing in (f"models:/{NAME}@nobody", f"models:/{NAME}/99", "models:/nobody@champion"):
+        with pytest.raises(ForecastError, match=rf"{missing} cannot be resolved") as err:
+            run(missing, inp, tmp_path / "x.parquet", tracking_uri=registry)
+        # exit 1 as in `models list`, not 5: the store answered, the name was not there
+        assert not isinstance(err.value, TrackingError) and err.value.exit_code == 1
 
 
 def test_tracking_uri_alone_names_the_store(registry, tmp_path):
