@@ -287,7 +287,7 @@ class TrainConfig(_Section):
         "auto", description="auto: CUDA when present (with bf16 autocast), else CPU."
     )
     num_threads: int | None = Field(
-        None, gt=0, description="torch intra-op threads; default: the cores available."
+        None, gt=0, le=256, description="torch intra-op threads; default: the cores available."
     )
     checkpoint_dir: str | None = Field(
         None, description="Where epoch checkpoints go; default <output_dir>/<name>/checkpoints."

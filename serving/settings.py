@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How often the model alias is resolved again."
     )
     torch_threads: int = Field(
-        1, gt=0,
+        1, gt=0, le=256,  # beyond, torch fails to start its threads with a traceback
         description="torch intra-op threads per worker. 1 gives the lowest latency for small "
         "requests (measured: 3.3 ms vs 7.9 ms p50 with 2 threads on 2 cores); raise it for "
         "large batch requests.",

@@ -125,3 +125,14 @@ def test_empty_api_token_is_refused_not_treated_as_no_auth(monkeypatch: Any) -> 
             Settings()
     monkeypatch.delenv("FORECAST_API_TOKEN")
     assert Settings().api_token is None
+
+
+def test_torch_threads_are_bounded(monkeypatch: Any) -> None:
+    # 100000 passed, and torch's thread start-up failed with tracebacks: no model loaded
+    from pydantic import ValidationError
+
+    from serving.settings import Settings
+
+    monkeypatch.setenv("FORECAST_TORCH_THREADS", "100000")
+    with pytest.raises(ValidationError, match="less than or equal to 256"):
+        Settings()
