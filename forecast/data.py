@@ -6,6 +6,7 @@ a `SeriesSet`: one float32 array [time x channels] per series on a regular time 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import warnings
@@ -75,7 +76,34 @@ def read_table(path: str | Path, given_by: str = "data.path or --data") -> pd.Da
         raise DataError(f"could not read {str(p)!r} as {kind}: {err}") from None
     if frame.empty:
         raise DataError(f"data file {str(p)!r} has no rows")
+    if kind == "csv":
+        check_csv_header(p)
     return frame
+
+
+def check_csv_header(path: Path) -> None:
+    """Refuse a header that names a column twice: pandas renames the second `a` to `a.1`,
+    which would then be forecast as a series of its own."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"{str(path)!r}: the header names {repeated} more than once; give each "
+                        "column its own name")
+
+
+# a UTC offset (Z, +05:00, -0800, +05) after a clock time (15, 15:00, 1500, 15:00:00.5), at
+# the end of an ISO-8601 string: the forms pandas parses as time-zone aware
+UTC_OFFSET = r"[T ]\d{2}(?::?\d{2}){0,2}(?:\.\d+)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def has_utc_offset(raw: pd.Series) -> bool:
+    """Whether a timestamp column carries time zones (read as UTC, so results say UTC too)."""
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        return True
+    if pd.api.types.is_datetime64_dtype(raw.dtype) or pd.api.types.is_numeric_dtype(raw.dtype):
+        return False
+    return bool(raw.dropna().astype(str).str.contains(UTC_OFFSET, regex=True).any())
 
 
 def load_series(cfg: DataConfig) -> SeriesSet:

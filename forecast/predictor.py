@@ -17,7 +17,7 @@ import torch
 
 from forecast.bundle import Bundle
 from forecast.config import DataConfig
-from forecast.data import HISTORY_FIXES, frame_to_series, numeric_columns
+from forecast.data import HISTORY_FIXES, frame_to_series, has_utc_offset, numeric_columns
 from forecast.errors import DataError
 
 SERIES_ID, STEP = "series_id", "step"
@@ -94,7 +94,12 @@ class Forecaster:
         """A history frame (layout above) → a forecast frame (layout above)."""
         ids, values, stamps = self.histories(frame)
         forecast = self.predict_arrays(values, horizon, ids)
-        return self.to_frame(forecast, ids, stamps)
+        out = self.to_frame(forecast, ids, stamps)
+        ts_col = self.meta.timestamp_column
+        if stamps is not None and has_utc_offset(frame[ts_col]):
+            # histories with offsets are read in UTC: say so, or UTC reads as local time
+            out[ts_col] = out[ts_col].dt.tz_localize("UTC")
+        return out
 
     def histories(self, frame: pd.DataFrame
                   ) -> tuple[list[str], list[np.ndarray], list[pd.DatetimeIndex] | None]:

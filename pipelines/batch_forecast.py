@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forecast.data import SUFFIXES, to_datetime_column
+from forecast.data import SUFFIXES, check_csv_header, has_utc_offset, to_datetime_column
 from forecast.errors import ConfigError, DataError, ForecastError
 from forecast.paths import writable_dir
 from forecast.predictor import Forecaster
@@ -178,6 +178,8 @@ class _Reader:
                 else pq.ParquetFile(path).schema_arrow.names)]
         except Exception as err:  # the readers raise many types; all mean "unreadable file"
             raise DataError(f"could not read {str(path)!r} as {kind}: {err}") from None
+        if kind == "csv":
+            check_csv_header(path)
 
     def chunks(self, columns: list[str], rows: int, text: list[str]) -> Iterator[pd.DataFrame]:
         """`columns` only; `text` columns kept as strings (ids), NA markers only elsewhere."""
@@ -540,6 +542,11 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
              reader.path, options.layout)
     read = (_long_batches if options.layout == "long" else _wide_batches)(
         reader, forecaster, options, ts_column)
+    # timestamps with offsets are read in UTC; the output then says UTC, or it reads as local
+    # time. The file's first rows decide, so that every chunk has one column type.
+    first = next(reader.chunks([ts_column], 1000, text=[ts_column]), None) \
+        if ts_column in reader.columns else None
+    utc = first is not None and has_utc_offset(first[ts_column])
 
     errors_path = output.with_name(f"{output.stem}.errors.csv")
     writer = _AtomicWriter(output, out_kind)
@@ -551,6 +558,9 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
             if batch.tails is not None:
                 frame, more = _forecast(forecaster, batch.tails, horizon, model.name,
                                         model.version)
+                if frame is not None and utc:
+                    frame[[ORIGIN, TIMESTAMP]] = frame[[ORIGIN, TIMESTAMP]].apply(
+                        lambda c: c.dt.tz_localize("UTC"))
                 bad += more
                 if frame is not None:
                     writer.write(frame)

@@ -123,6 +123,30 @@ def test_known_hourly_series_origin_and_timestamps(model_dir, forecaster, tmp_pa
     np.testing.assert_allclose(got[["a", "b"]].to_numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_timestamps_with_offsets_give_utc_times_that_say_so(model_dir, tmp_path, suffix):
+    part = make_frame(n=30, start="2024-03-01 00:00")  # last row: 2024-03-02 05:00
+    part.insert(0, "series_id", "shop-1")
+    part["date"] = part["date"].dt.tz_localize("Asia/Tokyo")  # 05:00+09:00 = 20:00 UTC
+    if suffix == ".csv":
+        part["date"] = part["date"].astype(str)
+    _, got = run(model_dir, write(part, tmp_path / f"one{suffix}"), tmp_path / "out.parquet")
+    # they were written 20:00 and 21:00 with no zone: read as Tokyo time, nine hours off
+    assert set(got["forecast_origin"]) == {pd.Timestamp("2024-03-01 20:00", tz="UTC")}
+    assert list(got["timestamp"]) == list(pd.date_range("2024-03-01 21:00", periods=H,
+                                                        freq="h", tz="UTC"))
+
+
+def test_a_header_naming_a_column_twice_is_refused(mono_dir, tmp_path):
+    inp = tmp_path / "in.csv"
+    frame = make_frame(n=30, channels=["a"])
+    frame.insert(2, "a2", frame["a"])
+    frame.to_csv(inp, index=False)
+    inp.write_text(inp.read_text().replace("a2", "a", 1))  # date,a,a
+    with pytest.raises(DataError, match=r"the header names \['a'\] more than once"):
+        run(mono_dir, inp, tmp_path / "out.csv", layout="wide")  # it forecast 'a.1' too
+
+
 @pytest.fixture(scope="module")
 def many(tmp_path_factory: pytest.TempPathFactory, forecaster: Forecaster
          ) -> tuple[Path, pd.DataFrame]:

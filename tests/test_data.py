@@ -30,6 +30,13 @@ def load(frame: pd.DataFrame, **cfg):
 
 # --- reading files ---------------------------------------------------------------------------
 
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("date,a,a\n2024-01-01 00:00,1,2\n")
+    with pytest.raises(DataError, match=r"the header names \['a'\] more than once"):
+        read_table(path)  # pandas renamed the second to 'a.1', a channel of its own
+
+
 def test_missing_file(tmp_path):
     path = tmp_path / "missing.csv"
     with pytest.raises(DataError) as err:

@@ -234,6 +234,17 @@ def test_predict_frame_with_timestamps(forecaster):
                                forecaster.predict_arrays([h], horizon=3)[0], rtol=1e-6)
 
 
+def test_predict_frame_with_utc_offsets_says_utc(forecaster):
+    h = history(30)
+    frame = frame_for(h, "2024-03-01 00:00")
+    frame["date"] = [f"{t:%Y-%m-%d %H:%M}+09:00" for t in frame["date"]]  # Tokyo time
+    out = forecaster.predict_frame(frame, horizon=3)
+    # the history ends at 05:00+09:00 = 20:00 UTC; it was written 21:00 with no zone, which
+    # reads as Tokyo time nine hours late
+    assert list(out["date"]) == list(pd.date_range("2024-03-01 21:00", periods=3, freq="h",
+                                                   tz="UTC"))
+
+
 def test_predict_frame_sorts_rows_by_timestamp(forecaster):
     h = history(30)
     frame = frame_for(h, "2024-03-01")

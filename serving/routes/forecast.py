@@ -12,6 +12,7 @@ import torch
 from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from forecast.data import UTC_OFFSET
 from forecast.errors import DataError
 from serving.deps import Model, State
 from serving.json_body import StrictJSONRoute
@@ -23,11 +24,6 @@ router = APIRouter(prefix="/v1", tags=["forecast"], route_class=StrictJSONRoute)
 
 def _error(loc: tuple[Any, ...], msg: str) -> dict[str, Any]:
     return {"loc": ("body", *loc), "msg": msg, "type": "value_error"}
-
-
-# a UTC offset (Z, +05:00, -0800, +05) after a clock time (15, 15:00, 1500, 15:00:00.5), at
-# the end of an ISO-8601 string: the forms pandas parses as time-zone aware
-_OFFSET = r"[T ]\d{2}(?::?\d{2}){0,2}(?:\.\d+)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp | None,
@@ -50,7 +46,7 @@ def _check_timestamps(series: SeriesIn, i: int, freq: str) -> tuple[pd.Timestamp
         j = int(np.flatnonzero(bad)[0])
         return None, _error((*loc, j), f"{cut(series.timestamps[j])!r} is not an ISO-8601 "
                             "timestamp")
-    aware = texts.str.contains(_OFFSET, regex=True).to_numpy()
+    aware = texts.str.contains(UTC_OFFSET, regex=True).to_numpy()
     if aware.any() and not aware.all():
         j = int(np.flatnonzero(aware != aware[0])[0])
         return None, _error((*loc, j), f"timestamps mix local times and times with a UTC offset "
