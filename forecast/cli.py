@@ -32,7 +32,7 @@ from forecast.errors import (
 from forecast.evaluate import evaluate
 from forecast.logs import setup_logging
 from forecast.model import describe
-from forecast.paths import writable_dir
+from forecast.paths import writable_file
 from forecast.predictor import Forecaster
 from forecast.registry import list_versions, promote, version_number
 from forecast.runner import TrainOutcome, load_data, train_and_evaluate
@@ -204,7 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".pq", ".csv"):  # before any folder is made for it
         raise ForecastError(f"--out {str(out)!r}: use a .csv or .parquet file name")
-    writable_dir(out.parent, "--out's folder")
+    writable_file(out, "--out")
     if suffix == ".csv":
         forecast.to_csv(out, index=False)
     else:

@@ -27,6 +27,26 @@ def writable_dir(path: Path, what: str) -> Path:
     return path
 
 
+def writable_file(path: Path, what: str) -> Path:
+    """Check, before the work whose result it will hold, that a file can be written at
+    `path`: its folder made and writable, the name neither a folder nor too long."""
+    writable_dir(path.parent, f"{what}'s folder")
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    # the file is first written under a longer temporary name beside it
+    if len(os.fsencode(path.name)) > limit - _TEMP_NAME_ROOM:
+        raise ConfigError(f"{what} {str(path)!r}: the file name is too long (at most "
+                          f"{limit - _TEMP_NAME_ROOM} bytes here); shorten it")
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder; give a file name")
+    return path
+
+
+_TEMP_NAME_ROOM = 32
+
+
 @contextlib.contextmanager
 def exclusive(lock_file: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file` (created if missing), waiting for it: for writes

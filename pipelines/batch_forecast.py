@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from forecast.data import SUFFIXES, check_csv_header, has_utc_offset, to_datetime_column
 from forecast.errors import ConfigError, DataError, ForecastError
-from forecast.paths import writable_dir
+from forecast.paths import writable_file
 from forecast.predictor import Forecaster
 from forecast.registry import ModelSource, load_model
 from forecast.tracking import default_uri
@@ -524,7 +524,9 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
     started = time.perf_counter()
     out_kind = _check(options)
     output = Path(options.output)
-    writable_dir(output.parent, "--output's folder")  # before the model and data are read
+    writable_file(output, "--output")  # before the model and data are read
+    errors_path = output.with_name(f"{output.stem}.errors.csv")
+    writable_file(errors_path, "--output's errors file")
     reader = _Reader(Path(options.input))
     model = load_model(ModelSource.parse(options.model), default_uri(options.tracking_uri))
     forecaster = model.forecaster
@@ -548,7 +550,6 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
         if ts_column in reader.columns else None
     utc = first is not None and has_utc_offset(first[ts_column])
 
-    errors_path = output.with_name(f"{output.stem}.errors.csv")
     writer = _AtomicWriter(output, out_kind)
     skipped: list[tuple[str, str]] = []
     done = chunks = 0

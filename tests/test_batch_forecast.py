@@ -304,6 +304,19 @@ def test_every_series_bad_is_a_data_error(model_dir, tmp_path):
     assert len(pd.read_csv(tmp_path / "out.errors.csv")) == 3
 
 
+def test_an_output_or_errors_file_that_is_a_folder_is_refused_before_any_work(model_dir,
+                                                                              tmp_path):
+    inp = write(long_frame([30]), tmp_path / "in.csv")
+    (tmp_path / "dir.parquet").mkdir()
+    with pytest.raises(ConfigError, match=r"--output .*dir.parquet' is a folder"):
+        run(model_dir, inp, tmp_path / "dir.parquet")  # IsADirectoryError after forecasting
+    (tmp_path / "o5.errors.csv").mkdir()
+    with pytest.raises(ConfigError, match=r"--output's errors file .*o5.errors.csv' is a folder"):
+        run(model_dir, inp, tmp_path / "o5.csv")  # o5.csv was written, then a traceback
+    assert not (tmp_path / "o5.csv").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
 def test_unknown_output_suffix_is_a_config_error(tmp_path):
     # Checked before the model is loaded: the model path need not exist.
     with pytest.raises(ConfigError, match=r"--output '.*out.xlsx': use a .parquet \(or .pq\) "

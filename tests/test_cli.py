@@ -211,6 +211,18 @@ def test_predict_bad_or_unwritable_output(trained, tmp_path, capsys, make_frame)
         capsys.readouterr().err)
 
 
+def test_predict_out_that_is_a_folder_or_too_long_a_name(trained, tmp_path, capsys, make_frame):
+    history = tmp_path / "history.csv"
+    make_frame().tail(30).to_csv(history, index=False)
+    (tmp_path / "dir.csv").mkdir()
+    for out, message in ((tmp_path / "dir.csv", "is a folder; give a file name"),
+                         (tmp_path / ("f" * 300 + ".csv"), "the file name is too long")):
+        rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history",
+                   str(history), "--out", str(out)])
+        assert rc == 2  # IsADirectoryError and "File name too long" tracebacks
+        assert message in one_error_line(capsys.readouterr().err)
+
+
 def test_predict_names_the_history_flag_for_a_missing_file(trained, tmp_path, capsys):
     for history, what in ((tmp_path / "nope.csv", "not found"), (tmp_path, "is a folder")):
         rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history",
