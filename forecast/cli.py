@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from importlib import resources
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from pandas.tseries.frequencies import to_offset
 from pydantic import ValidationError
 
 from forecast.bundle import load_bundle
@@ -38,6 +40,7 @@ from forecast.registry import list_versions, promote, version_number
 from forecast.runner import TrainOutcome, load_data, train_and_evaluate
 from forecast.scaling import Scaler
 from forecast.tracking import (
+    PREFLIGHT_SECONDS,
     TrackedOutcome,
     default_uri,
     preflight,
@@ -121,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> tuple[str, MlflowClient]:
     uri = default_uri(args.tracking_uri)
-    preflight(uri, 10.0)
+    preflight(uri, PREFLIGHT_SECONDS, create=False)  # an empty new store would mislead
     return uri, MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -164,8 +167,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _model_dir_config(model_dir: Path, config: str | None) -> Path:
     path = Path(config) if config else model_dir.parent / "config.yaml"
     if not path.is_file():
-        raise ForecastError(f"no config at {str(path)!r}; pass --config with the file the model "
-                            "was trained with")
+        raise ConfigError(f"no config at {str(path)!r}; pass --config with the file the model "
+                          "was trained with")
     return path
 
 
@@ -184,6 +187,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if series.channels != bundle.meta.channels:
         raise DataError(f"data channels {series.channels} differ from the model's "
                         f"{bundle.meta.channels}")
+    if to_offset(series.freq) != to_offset(bundle.meta.freq):  # scored at the wrong step
+        raise DataError(f"data frequency {series.freq!r} differs from the model's "
+                        f"{bundle.meta.freq!r}; evaluate on data at the model's frequency")
     scaler = Scaler(bundle.mean, bundle.scale)
     prepared = prepare(series, cfg.split, cfg.windows, scaler)
     # --set eval.season scores seasonal naive and MASE at another season; else training's
@@ -261,6 +267,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_port(host: str, port: int) -> None:
+    """uvicorn reports a port in use on its own log and exits 3, the code for bad data."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another "
+                          "--port or --host, or stop what holds it") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -277,11 +296,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.settings import Settings
 
     try:
-        Settings()
+        settings = Settings()
     except ValidationError as err:  # one line, naming each variable, like every other error
         problems = "; ".join(f"FORECAST_{'_'.join(map(str, e['loc'])).upper()}: "
                              f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())
         raise ConfigError(f"invalid service settings: {problems}") from None
+    if settings.model_uri.startswith("models:/"):  # an unreachable server retries for minutes
+        preflight(default_uri(settings.tracking_uri), PREFLIGHT_SECONDS, create=False)
+    _check_port(args.host, args.port)
     print(f"serving {env['FORECAST_MODEL_URI']} on http://{args.host}:{args.port} "
           f"(docs at /docs)", flush=True)
     uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port,

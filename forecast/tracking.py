@@ -61,11 +61,21 @@ def resolve_uri(cfg: TrackingConfig, flag: str | None = None) -> str:
     return default_uri(flag or cfg.uri)
 
 
-def preflight(uri: str, timeout: float) -> None:
-    """Fail in seconds, before training, if the tracking store cannot be used."""
+# how long commands without a config (models, runs, batch forecasts, serve) wait for a server
+PREFLIGHT_SECONDS = 10.0
+
+
+def preflight(uri: str, timeout: float, create: bool = True) -> None:
+    """Fail in seconds, before training, if the tracking store cannot be used. With
+    create=False (commands that only read) a SQLite store that does not exist is an error,
+    not a new empty database."""
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
         db = Path(uri.removeprefix("sqlite:///"))
+        if not create and not db.is_file():
+            raise TrackingError(f"tracking store {uri}: no database at {str(db)!r}; check "
+                                "--tracking-uri or MLFLOW_TRACKING_URI (nothing was tracked "
+                                "there)")
         folder = db.parent if str(db.parent) else Path(".")
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingError(f"tracking store {uri}: folder {str(folder)!r} does not exist or "

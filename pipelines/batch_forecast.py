@@ -47,7 +47,7 @@ from forecast.errors import ConfigError, DataError, ForecastError
 from forecast.paths import writable_file
 from forecast.predictor import Forecaster
 from forecast.registry import ModelSource, load_model
-from forecast.tracking import default_uri
+from forecast.tracking import PREFLIGHT_SECONDS, default_uri, preflight
 
 log = logging.getLogger("pipelines.batch_forecast")  # not __name__: that is __main__ under -m
 
@@ -528,7 +528,11 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
     errors_path = output.with_name(f"{output.stem}.errors.csv")
     writable_file(errors_path, "--output's errors file")
     reader = _Reader(Path(options.input))
-    model = load_model(ModelSource.parse(options.model), default_uri(options.tracking_uri))
+    source = ModelSource.parse(options.model)
+    uri = default_uri(options.tracking_uri)
+    if not source.is_local:  # an unreachable server would be retried for minutes
+        preflight(uri, PREFLIGHT_SECONDS, create=False)
+    model = load_model(source, uri)
     forecaster = model.forecaster
     clash = set(OUTPUT_COLUMNS) & set(forecaster.channels)
     if clash:

@@ -313,8 +313,17 @@ def test_evaluate_without_config(trained, tmp_path, capsys):
     for f in (trained.run_dir / "model").iterdir():
         (lonely / f.name).write_bytes(f.read_bytes())
     rc = main(["evaluate", "--model", str(lonely)])
-    assert rc == 1
+    assert rc == 2  # a config file that is not there, as for train (it was 1)
     assert "no config at" in one_error_line(capsys.readouterr().err)
+
+
+def test_evaluate_refuses_data_at_another_frequency(trained, tmp_path, capsys, make_frame):
+    daily = tmp_path / "daily.csv"
+    make_frame(freq="D").to_csv(daily, index=False)
+    rc = main(["evaluate", "--model", str(trained.run_dir / "model"), "--data", str(daily)])
+    assert rc == 3  # it scored the hourly model on daily steps, exit 0
+    assert "data frequency 'D' differs from the model's 'h'" in one_error_line(
+        capsys.readouterr().err)
 
 
 def test_evaluate_missing_model_dir(tmp_path, capsys):
@@ -442,6 +451,42 @@ def test_bad_service_settings_are_one_line_exit_2_naming_each_variable(monkeypat
     assert err.count("\n") == 1  # it used to be pydantic's several-line dump, exit 1
     assert "FORECAST_API_TOKEN: FORECAST_API_TOKEN is set but empty" in err
     assert "; FORECAST_MAX_SERIES: Input should be greater than 0" in err
+
+
+def test_serve_on_a_port_in_use_is_exit_2_naming_it(trained, capsys):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        rc = main(["serve", "--model", str(trained.run_dir / "model"), "--port", str(port)])
+    assert rc == 2  # uvicorn's own log line and exit 3, the code for bad data
+    assert f"cannot listen on 127.0.0.1:{port}" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", [["models", "list", "m"],
+                                     ["runs", "compare", "--experiment", "x"],
+                                     ["serve", "--model", "models:/m@champion"]])
+def test_commands_that_read_a_store_do_not_create_one(tmp_path, capsys, command):
+    db = tmp_path / "nothere.db"
+    rc = main([*command, "--tracking-uri", f"sqlite:///{db}"])
+    assert rc == 5
+    assert f"no database at {str(db)!r}" in one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # an empty store and its lock file were left behind
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds(trained, tmp_path, capsys):
+    history = tmp_path / "h.csv"
+    trained_frame = pd.read_csv(trained.data).tail(30)
+    trained_frame.insert(0, "series_id", "s")
+    trained_frame.to_csv(history, index=False)
+    rc = main(["pipeline", "batch-forecast", "--model", "models:/m@champion", "--input",
+               str(history), "--output", str(tmp_path / "o.csv"), "--tracking-uri",
+               "http://127.0.0.1:1"])  # it retried for about four minutes
+    assert rc == 5
+    assert "tracking server http://127.0.0.1:1 is not reachable" in one_error_line(
+        capsys.readouterr().err)
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
