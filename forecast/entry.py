@@ -12,10 +12,19 @@ import sys
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as forecast.cli.main does
-    try:
-        from forecast.cli import main as run
-    except KeyboardInterrupt:
+    # A signal while importing is noted and acted on once the imports are done: raised inside
+    # them, a library's bare `except:` could swallow it and the command would run on
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
+            signal.signal(sig, lambda signum, frame: received.append(signum))
+    from forecast.cli import main as run
+
+    signal.signal(signal.SIGINT, previous[signal.SIGINT])
+    if previous[signal.SIGTERM] is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # as forecast.cli.main does
+    if received:
         _interrupted(sys.argv[1:])
         return 130
     return run()
