@@ -191,7 +191,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"data frequency {series.freq!r} differs from the model's "
                         f"{bundle.meta.freq!r}; evaluate on data at the model's frequency")
     scaler = Scaler(bundle.mean, bundle.scale)
-    prepared = prepare(series, cfg.split, cfg.windows, scaler)
+    try:
+        prepared = prepare(series, cfg.split, cfg.windows, scaler)
+    except ConfigError as err:  # its fix (shorten the lookback) is no fix for a saved model
+        raise DataError(f"{str(err).split('; ')[0]}: too few rows to score this model; give a "
+                        "longer data file (a saved model's lookback and horizon are fixed)"
+                        ) from None
     # --set eval.season scores seasonal naive and MASE at another season; else training's
     result = evaluate(bundle.model, prepared, cfg.eval, cfg.eval.season or bundle.meta.season,
                       args.block)

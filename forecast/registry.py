@@ -255,6 +255,9 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
     """Manual override: make `version` champion; record it as manual. Returns the previous
     champion's version (`version` itself when it already was, and then nothing changes)."""
     version = version_number(version, name)
+    if not client.search_model_versions(f"name = {filter_literal(name)}", max_results=1):
+        raise ForecastError(f"no registered model named {name!r}; see `forecast models list "
+                            "NAME` for a name that training registered")
     try:
         client.get_model_version(name, version)
     except MlflowException as err:

@@ -166,7 +166,8 @@ class _Reader:
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise DataError(f"input file {str(path)!r} not found; check --input")
+            what = "is a folder, not a file" if path.is_dir() else "not found"
+            raise DataError(f"input file {str(path)!r} {what}; check --input")
         kind = SUFFIXES.get(path.suffix.lower())
         if kind is None:
             raise DataError(f"input file {str(path)!r} has suffix {path.suffix!r}; use .csv, "

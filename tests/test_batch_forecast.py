@@ -317,6 +317,11 @@ def test_an_output_or_errors_file_that_is_a_folder_is_refused_before_any_work(mo
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
+def test_an_input_folder_is_named_as_one(model_dir, tmp_path):
+    with pytest.raises(DataError, match=r"input file .* is a folder, not a file; check --input"):
+        run(model_dir, tmp_path, tmp_path / "out.csv")  # it said "not found"
+
+
 def test_unknown_output_suffix_is_a_config_error(tmp_path):
     # Checked before the model is loaded: the model path need not exist.
     with pytest.raises(ConfigError, match=r"--output '.*out.xlsx': use a .parquet \(or .pq\) "

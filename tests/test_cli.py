@@ -317,6 +317,17 @@ def test_evaluate_without_config(trained, tmp_path, capsys):
     assert "no config at" in one_error_line(capsys.readouterr().err)
 
 
+def test_evaluate_on_too_short_data_is_a_data_error_with_a_fix_it_can_take(
+        trained, tmp_path, capsys, make_frame):
+    short = tmp_path / "short.csv"
+    make_frame().tail(20).to_csv(short, index=False)
+    rc = main(["evaluate", "--model", str(trained.run_dir / "model"), "--data", str(short)])
+    assert rc == 3  # exit 2 advising to shorten the lookback, which a saved model cannot
+    line = one_error_line(capsys.readouterr().err)
+    assert "too few rows to score this model; give a longer data file" in line
+    assert "shorten" not in line
+
+
 def test_evaluate_refuses_data_at_another_frequency(trained, tmp_path, capsys, make_frame):
     daily = tmp_path / "daily.csv"
     make_frame(freq="D").to_csv(daily, index=False)

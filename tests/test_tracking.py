@@ -147,6 +147,8 @@ def test_manual_promotion_is_recorded_and_listed(history: History,
     # a mistyped name or number is the user's error (1), not an unusable store (5)
     assert main(["models", "promote", NAME, "9", "--tracking-uri", history.uri]) == 1
     assert "has no version '9'" in capsys.readouterr().err
+    assert main(["models", "promote", "nope", "1", "--tracking-uri", history.uri]) == 1
+    assert "no registered model named 'nope'" in capsys.readouterr().err  # "has no version '1'"
     assert main(["models", "list", "nope", "--tracking-uri", history.uri]) == 1
     assert f"no registered model named 'nope' in the tracking store {history.uri}" in \
         capsys.readouterr().err
