@@ -178,11 +178,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.config = _model_dir_config(model_dir, args.config)
     cfg = _resolve(args)
     meta = bundle.meta
-    for key, given, fixed in (("windows.lookback", cfg.windows.lookback, meta.lookback),
-                              ("windows.horizon", cfg.windows.horizon, meta.horizon)):
-        if given != fixed:  # the weights fix both: a model cannot be scored at another
-            raise ConfigError(f"{key} is {given} but the model was trained with {fixed}; "
-                              f"leave {key} out (the model's own config sets it)")
+    # the weights fix the windows and the architecture: a model cannot be scored at others
+    fixed = {"windows.lookback": meta.lookback, "windows.horizon": meta.horizon,
+             **{f"model.{k}": v for k, v in meta.model.items()}}
+    given = cfg.flat()
+    for key, value in fixed.items():
+        if given.get(key, value) != value:
+            raise ConfigError(f"{key} is {given[key]} but the model was trained with {value}; "
+                              f"leave it out of --set and use the model's own config (the "
+                              "default) or one with the same setting")
     series = load_data(cfg)
     if series.channels != bundle.meta.channels:
         raise DataError(f"data channels {series.channels} differ from the model's "

@@ -297,7 +297,8 @@ def test_evaluate_takes_another_season(trained, capsys):
     assert row(daily, "transformer").split()[5] != row(half, "transformer").split()[5]
 
 
-@pytest.mark.parametrize("override", ["windows.lookback=12", "windows.horizon=3"])
+@pytest.mark.parametrize("override", ["windows.lookback=12", "windows.horizon=3",
+                                      "model.d_model=64"])  # it was silently ignored
 def test_evaluate_at_another_lookback_or_horizon_names_the_key(trained, capsys, override):
     # it used to end in a tensor-size RuntimeError traceback
     rc = main(["evaluate", "--model", str(trained.run_dir / "model"), "--set", override])
