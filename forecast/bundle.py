@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from forecast.config import ModelConfig
-from forecast.errors import ForecastError
+from forecast.errors import ForecastError, first_line
 from forecast.model import PatchTransformer, build_model
 
 FORMAT_VERSION = 1
@@ -74,9 +74,10 @@ def load_bundle(directory: str | Path) -> Bundle:
     if missing:
         raise ForecastError(f"{str(d)!r} is not a model directory: {missing} missing; "
                             "pass the model/ folder that `forecast train` wrote")
+
     def damaged(what: str, err: Exception) -> ForecastError:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return ForecastError(f"model directory {str(d)!r} is damaged: {what} ({reason[:300]}); "
+        return ForecastError(f"model directory {str(d)!r} is damaged: {what} "
+                             f"({first_line(err)[:300]}); "
                              "re-save the model with `forecast train`")
 
     try:

@@ -44,3 +44,9 @@ class StaleData(DataError):
     """The newest timestamp is older than the configured maximum age (the freshness gate)."""
 
     exit_code = 7
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first line for a one-line message (library errors span many), or its type."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -15,7 +15,7 @@ from forecast import outputs
 from forecast.bundle import Bundle, BundleMeta, save_bundle
 from forecast.config import Config, dump_config
 from forecast.data import SeriesSet, frame_to_series, load_series, season_for
-from forecast.errors import TrainingError
+from forecast.errors import TrainingError, first_line
 from forecast.evaluate import Evaluation, evaluate
 from forecast.model import PatchTransformer, build_model
 from forecast.paths import writable_dir
@@ -115,7 +115,7 @@ def train_model(cfg: Config, series: SeriesSet,
                      run_key(cfg, series.digest), on_epoch)
     except (MemoryError, RuntimeError) as err:
         # torch's CPU allocator raises a RuntimeError (CUDA's OutOfMemoryError is one too)
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
         if not isinstance(err, MemoryError) and not any(
                 sign in first for sign in ("allocate", "out of memory", "ALLOC_FAILED")):
             raise

@@ -29,7 +29,7 @@ from mlflow.entities.model_registry import ModelVersion
 from forecast.bundle import load_bundle
 from forecast.config import Config, TrackingConfig, dump_config
 from forecast.data import SeriesSet
-from forecast.errors import ConfigError, TrackingError
+from forecast.errors import ConfigError, TrackingError, first_line
 from forecast.packaging import log_pyfunc
 from forecast.paths import exclusive
 from forecast.plots import forecast_vs_actual, horizon_errors, training_curve
@@ -97,8 +97,7 @@ def preflight(uri: str, timeout: float, create: bool = True) -> None:
         with lock:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as err:  # any failure here means the store is unusable
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrackingError(f"tracking store {uri} cannot be used: {first}") from None
+        raise TrackingError(f"tracking store {uri} cannot be used: {first_line(err)}") from None
 
 
 def ensure_experiment(uri: str, name: str) -> Experiment:
