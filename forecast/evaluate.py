@@ -33,20 +33,22 @@ class Evaluation:
         block = "" if self.block == "test" else f"{self.block}_"  # test's names came first
         for name, scores in self.baselines.items():
             out.update(scores.as_metrics(f"{block}baseline_{name}_"))
-            out[f"{block}skill_{name}"] = skill(self.model.mse, scores.mse)
+            if scores.mse > 0:  # a perfect baseline leaves no share to remove: no skill
+                out[f"{block}skill_{name}"] = skill(self.model.mse, scores.mse)
         return out
 
     def table(self) -> str:
         rows = [("transformer", self.model), *self.baselines.items()]
         head = f"{'model':<16}{'MSE':>9}{'MAE':>9}{'MAE(orig)':>11}{'RMSE(orig)':>12}" \
-               f"{'MASE':>8}{'sMAPE%':>8}{'skill':>10}"
+               f"{'MASE':>8}{'sMAPE%':>8}{'skill':>12}"
         lines = [head, "-" * len(head)]
         for name, s in rows:
-            sk = "" if name == "transformer" else f"{100 * skill(self.model.mse, s.mse):+7.1f}%"
+            sk = "" if name == "transformer" else "n/a" if s.mse <= 0 else \
+                f"{100 * skill(self.model.mse, s.mse):+.1f}%"
             lines.append(f"{name:<16}{s.mse:>9.4f}{s.mae:>9.4f}{s.mae_orig:>11.4f}"
-                         f"{s.rmse_orig:>12.4f}{s.mase:>8.3f}{s.smape:>8.2f}{sk:>10}")
+                         f"{s.rmse_orig:>12.4f}{s.mase:>8.3f}{s.smape:>8.2f} {sk:>11}")
         lines.append(f"{self.model.windows} {self.block} windows scored; skill = share of the "
-                     "baseline's MSE the transformer removes")
+                     "baseline's MSE the transformer removes (n/a: the baseline's MSE is 0)")
         return "\n".join(lines)
 
 

@@ -123,13 +123,20 @@ def _last_rows(frame: pd.DataFrame, ts_col: str, lookback: int) -> pd.DataFrame:
     return frame.iloc[order[from_end < lookback]].reset_index(drop=True)
 
 
-def _parse_stamps(raw: pd.Series) -> pd.Series:
+def _parse_stamps(raw: pd.Series, source: str) -> pd.Series:
     """Timestamps as naive datetimes (aware ones in UTC, as forecast.data reads them); NaT
     where a value is missing or unparsable."""
     if isinstance(raw.dtype, pd.DatetimeTZDtype):
         return raw.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(raw.dtype):
         return raw
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        # pandas would read them as nanoseconds after 1970, every series a run of duplicates
+        first = raw.dropna().head(1).tolist()
+        shown = f" ({first[0]!r}, ...)" if first else ""
+        raise DataError(f"{source}: timestamp column {raw.name!r} holds numbers{shown}, not "
+                        "times; pass --timestamp-column naming the time column, or write the "
+                        "times as ISO 8601 (2024-01-31 13:00)")
     # as training reads them, except that a chunk of short histories may hold no day above
     # 12: such a chunk is read month-first, not refused
     parsed = to_datetime_column(raw, "the input", str(raw.name), refuse_ambiguous=False)
@@ -152,13 +159,15 @@ def _value_problem(raw: pd.Series, pos: int, column: str, row: int) -> str:
     return f"column {column!r} row {row} has {value!r}, which is not a number"
 
 
-def _reason(err: DataError, sid: str) -> str:
-    # The id is the errors file's first column; drop it from the message.
+def _reason(err: DataError, sid: str, channel: str | None) -> str:
+    """The message without the id, which is the errors file's first column. `channel`: the
+    model's channel, in the wide layout, where the file's column is the series itself."""
     msg = str(err)
     for prefix in (f"history: series {sid!r}: ", f"series {sid!r}: ", "history: "):
         if msg.startswith(prefix):
-            return msg[len(prefix):]
-    return msg
+            msg = msg[len(prefix):]
+            break
+    return msg if channel is None else msg.replace(f"column {channel!r}", f"column {sid!r}")
 
 
 class _Reader:
@@ -264,7 +273,7 @@ class _LongTails:
 
     def _parse(self, raw: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
         row0 = self.rows + 1
-        stamps = _parse_stamps(raw[self.ts_column])
+        stamps = _parse_stamps(raw[self.ts_column], self.source)
         no_time = stamps.isna().to_numpy()
         if no_time.any():
             col = raw[self.ts_column]
@@ -306,6 +315,13 @@ def _long_batches(reader: _Reader, forecaster: Forecaster, options: BatchOptions
     if not set(channels) <= have:
         problems.append(f"channel column(s) {[c for c in channels if c not in have]} missing: "
                         f"the model forecasts {channels}")
+    for flag, column in (("--id-column", options.id_column), ("--timestamp-column", ts_column)):
+        if column in channels:
+            problems.append(f"{flag} {column!r} is one of the model's channels {channels}; "
+                            f"pass {flag} naming another column")
+    if options.id_column == ts_column and ts_column not in channels:
+        problems.append(f"--id-column and --timestamp-column both name {ts_column!r}; the "
+                        "series ids and the times need a column each")
     if problems:
         raise DataError(f"{reader.path}: {'; '.join(problems)} (columns: {reader.columns[:20]})")
     tails = _LongTails(forecaster, options.id_column, ts_column, str(reader.path))
@@ -339,7 +355,7 @@ def _wide_batches(reader: _Reader, forecaster: Forecaster, options: BatchOptions
     # Rows per read so that a chunk holds about `read_rows` values however many series.
     per_read = max(16, options.read_rows // len(series))
     for raw in reader.chunks([ts_column, *series], per_read, text=[]):
-        parsed = _parse_stamps(raw[ts_column])
+        parsed = _parse_stamps(raw[ts_column], str(reader.path))
         if parsed.isna().any():
             pos = int(np.flatnonzero(parsed.isna().to_numpy())[0])
             raise DataError(f"{reader.path}: timestamp column {ts_column!r} row {rows + pos + 1} "
@@ -404,9 +420,11 @@ def _rebatch(batches: Iterable[_Batch], size: int) -> Iterator[_Batch]:
 
 
 def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_name: str,
-              model_version: str) -> tuple[pd.DataFrame | None, list[tuple[str, str]]]:
+              model_version: str, wide: bool) -> tuple[pd.DataFrame | None,
+                                                     list[tuple[str, str]]]:
     """Forecast a batch in one forward pass. If a series in it is bad, validate them one by
     one (no forward pass) and forecast the good ones together: the fast path stays batched."""
+    channel = forecaster.channels[0] if wide else None
     bad: list[tuple[str, str]] = []
     try:
         ids, values, stamps = forecaster.histories(tails)
@@ -421,7 +439,7 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
                 one_ids, one_values, one_stamps = forecaster.histories(tails.iloc[lo:hi])
                 forecaster.check_history(one_values[0], f"series {sid!r}")
             except DataError as err:
-                bad.append((sid, _reason(err, sid)))
+                bad.append((sid, _reason(err, sid, channel)))
                 continue
             ids += one_ids
             values += one_values
@@ -430,7 +448,8 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
         forecast = forecaster.unchecked_forecast(values, horizon, ids) if ids else np.empty(0)
         broken = [i for i in range(len(ids)) if not np.isfinite(forecast[i]).all()]
         for i in broken:
-            bad.append((ids[i], _reason(DataError(forecaster.overflow(values, ids, i)), ids[i])))
+            bad.append((ids[i], _reason(DataError(forecaster.overflow(values, ids, i)), ids[i],
+                                         channel)))
         keep = [i for i in range(len(ids)) if i not in set(broken)]
         if not keep:
             return None, bad
@@ -563,7 +582,7 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
             bad = list(batch.bad)
             if batch.tails is not None:
                 frame, more = _forecast(forecaster, batch.tails, horizon, model.name,
-                                        model.version)
+                                        model.version, options.layout == "wide")
                 if frame is not None and utc:
                     frame[[ORIGIN, TIMESTAMP]] = frame[[ORIGIN, TIMESTAMP]].apply(
                         lambda c: c.dt.tz_localize("UTC"))

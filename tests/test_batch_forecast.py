@@ -192,6 +192,19 @@ def test_wide_layout_single_channel(mono_dir, tmp_path, suffix):
     assert_matches(got, expected, ["a"])
 
 
+def test_wide_layout_reasons_name_the_files_column_not_the_models_channel(mono_dir, tmp_path):
+    wide = make_frame(n=40, channels=["north", "south"], seed=3)
+    wide.loc[35, "north"] = np.nan
+    summary, got = run(mono_dir, write(wide, tmp_path / "w.csv"), tmp_path / "o.csv",
+                       layout="wide")
+    assert summary.series_skipped == 1 and got["series_id"].unique().tolist() == ["south"]
+    errors = pd.read_csv(tmp_path / "o.errors.csv")
+    assert errors.to_dict("records") == [{
+        "series_id": "north",
+        "reason": f"column 'north' is missing a value at {wide['date'].iloc[35]} (1 missing in "
+                  "all); send a value for every step (a forecast fills no gaps)"}]
+
+
 def test_wide_layout_needs_a_single_channel_model(model_dir, tmp_path):
     inp = write(make_frame(n=40), tmp_path / "wide.csv")
     with pytest.raises(DataError, match=r"the model has channels \['a', 'b'\]; use --layout "
@@ -347,6 +360,37 @@ def test_options_horizon_and_column_names(model_dir, forecaster, tmp_path):
         batch_forecast(replace(options, id_column="series_id"))
 
 
+@pytest.mark.parametrize("id_column, timestamp_column, message", [
+    ("a", None, r"--id-column 'a' is one of the model's channels \['a', 'b'\]; pass "
+                r"--id-column naming another column"),
+    ("series_id", "b", r"--timestamp-column 'b' is one of the model's channels"),
+    ("date", None, r"--id-column and --timestamp-column both name 'date'; the series ids and "
+                   r"the times need a column each"),
+])
+def test_id_and_timestamp_columns_must_be_their_own(model_dir, tmp_path, id_column,
+                                                     timestamp_column, message):
+    inp = write(long_frame([30, 40]), tmp_path / "in.csv")
+    with pytest.raises(DataError, match=message):
+        batch_forecast(BatchOptions(str(model_dir), inp, tmp_path / "o.csv", id_column=id_column,
+                                    timestamp_column=timestamp_column))
+    no_output(tmp_path, "o.csv")
+
+
+@pytest.mark.parametrize("layout", ["long", "wide"])
+def test_a_timestamp_column_of_numbers_is_refused_not_read_as_1970(model_dir, mono_dir,
+                                                                    tmp_path, layout):
+    # numbers read as nanoseconds after 1970 made every series one run of duplicate times
+    frame = long_frame([30, 40]) if layout == "long" else make_frame(n=40, channels=["n", "s"])
+    frame["date"] = np.arange(len(frame)) * 3600
+    inp = write(frame, tmp_path / "in.csv")
+    model = model_dir if layout == "long" else mono_dir
+    with pytest.raises(DataError, match=r"in.csv: timestamp column 'date' holds numbers \(0, "
+                       r"\.\.\.\), not times; pass --timestamp-column naming the time column, or "
+                       r"write the times as ISO 8601"):
+        batch_forecast(BatchOptions(str(model), inp, tmp_path / "o.csv", layout=layout))
+    no_output(tmp_path, "o.csv")
+
+
 def test_model_source_parse():
     assert ModelSource.parse("models:/m@champion") == ModelSource("models:/m@champion", "m",
                                                                   alias="champion")
@@ -449,6 +493,8 @@ def test_day_first_input_timestamps_are_read_as_training_reads_them():
 
     # one format per column: 10/01 must not become 1 October beside 13/01 as 13 January
     raw = pd.Series(["10/01/2024", "11/01/2024", "12/01/2024", "13/01/2024"], name="date")
-    assert list(_parse_stamps(raw)) == list(pd.date_range("2024-01-10", periods=4, freq="D"))
+    days = pd.date_range("2024-01-10", periods=4, freq="D")
+    assert list(_parse_stamps(raw, "in.csv")) == list(days)
     # a chunk that reads both ways is read month-first, not refused
-    assert _parse_stamps(pd.Series(["01/02/2024"], name="date"))[0] == pd.Timestamp("2024-01-02")
+    one = pd.Series(["01/02/2024"], name="date")
+    assert _parse_stamps(one, "in.csv")[0] == pd.Timestamp("2024-01-02")

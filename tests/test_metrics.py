@@ -130,3 +130,23 @@ def test_evaluation_table_keeps_columns_apart_for_large_values():
     naive = next(line for line in table.splitlines() if line.startswith("naive"))
     assert naive.split() == ["naive", "0.0200", "0.5000", "1234.5678", "98765.4321", "12.345",
                              "26.28", "-4900.0%"]
+
+
+def test_a_perfect_baseline_has_no_skill_rather_than_nan():
+    from forecast.evaluate import Evaluation
+    from forecast.metrics import Scores
+
+    def scores(mse: float) -> Scores:
+        return Scores(mse=mse, mae=0.5, mae_orig=1.0, rmse_orig=1.0, mase=1.0, smape=1.0,
+                      windows=10, mse_per_step=[mse], mae_per_step=[0.5])
+
+    # constant data: naive is exact, so "the share of its MSE removed" is undefined; it printed
+    # +nan% and wrote NaN (not JSON) into metrics.json and MLflow; a 6-digit skill ran into sMAPE
+    result = Evaluation("test", 24, scores(1.0), {"naive": scores(0.0), "linear": scores(1e-6)})
+    rows = {line.split()[0]: line.split() for line in result.table().splitlines()[2:5]}
+    assert rows["naive"][-1] == "n/a"
+    assert rows["linear"][-2:] == ["1.00", "-99999900.0%"]
+    assert "n/a: the baseline's MSE is 0" in result.table()
+    metrics = result.metrics()
+    assert "skill_naive" not in metrics
+    assert metrics["skill_linear"] == pytest.approx(1 - 1 / 1e-6)
