@@ -172,6 +172,17 @@ def _model_dir_config(model_dir: Path, config: str | None) -> Path:
     return path
 
 
+def _channel_mismatch(have: list[str], want: list[str]) -> str:
+    missing = [c for c in want if c not in have]
+    extra = [c for c in have if c not in want]
+    what = "; ".join([*([f"missing {missing}"] if missing else []),
+                      *([f"{extra} not in the model"] if extra else [])]) or "in another order"
+    fix = f"--set 'data.columns={json.dumps(want)}'"
+    return (f"data channels {have} differ from the model's {want} ({what}); "
+            + (f"score a file that holds the model's channels, with {fix}" if missing
+               else f"pass {fix}"))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     bundle = load_bundle(model_dir)
@@ -188,9 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               f"leave it out of --set and use the model's own config (the "
                               "default) or one with the same setting")
     series = load_data(cfg)
-    if series.channels != bundle.meta.channels:
-        raise DataError(f"data channels {series.channels} differ from the model's "
-                        f"{bundle.meta.channels}")
+    if series.channels != meta.channels:
+        raise DataError(_channel_mismatch(series.channels, meta.channels))
     if to_offset(series.freq) != to_offset(bundle.meta.freq):  # scored at the wrong step
         raise DataError(f"data frequency {series.freq!r} differs from the model's "
                         f"{bundle.meta.freq!r}; evaluate on data at the model's frequency")

@@ -338,6 +338,33 @@ def test_evaluate_refuses_data_at_another_frequency(trained, tmp_path, capsys, m
         capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("change, said, fix", [
+    ({"b": "c"}, "(missing ['b']; ['c'] not in the model)",
+     "score a file that holds the model's channels, with "),
+    ({"extra": 1.0}, "(['extra'] not in the model)", "pass "),
+    ({"order": None}, "(in another order)", "pass "),
+])
+def test_evaluate_on_other_channels_says_which_and_how_to_select_them(
+        trained, tmp_path, capsys, make_frame, change, said, fix):
+    frame = make_frame()
+    if "b" in change:
+        frame = frame.rename(columns=change)
+    elif "extra" in change:
+        frame = frame.assign(**change)
+    else:
+        frame = frame[["date", "b", "a"]]
+    data = tmp_path / "other.csv"
+    frame.to_csv(data, index=False)
+    model = str(trained.run_dir / "model")
+    assert main(["evaluate", "--model", model, "--data", str(data)]) == 3
+    line = one_error_line(capsys.readouterr().err)
+    assert line.endswith(f"differ from the model's ['a', 'b'] {said}; {fix}"
+                         """--set 'data.columns=["a", "b"]'""")
+    if "b" not in change:  # the fix it gives works
+        assert main(["evaluate", "--model", model, "--data", str(data),
+                     "--set", 'data.columns=["a", "b"]']) == 0
+
+
 def test_evaluate_missing_model_dir(tmp_path, capsys):
     rc = main(["evaluate", "--model", str(tmp_path / "nothing")])
     assert rc == 1
