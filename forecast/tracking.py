@@ -97,6 +97,11 @@ def preflight(uri: str, timeout: float, create: bool = True) -> None:
         with lock:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as err:  # any failure here means the store is unusable
+        if scheme in ("", "file"):  # MLflow 3 refuses folder stores unless told otherwise
+            folder = uri.removeprefix("file://").rstrip("/") or "mlruns"
+            raise TrackingError(f"tracking store {uri} is a folder, which MLflow 3 does not "
+                                f"track into: pass a database, e.g. sqlite:///{folder}.db, "
+                                "or an http(s):// tracking server") from None
         raise TrackingError(f"tracking store {uri} cannot be used: {first_line(err)}") from None
 
 

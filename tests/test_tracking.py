@@ -309,6 +309,21 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> No
         preflight(f"sqlite:///{folder}", timeout=2)
 
 
+@pytest.mark.parametrize("form", ["plain", "file"])
+def test_a_folder_store_is_refused_with_the_database_uri_to_use(tmp_path: Path, form: str,
+                                                                monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = tmp_path / "mlruns"
+    uri = str(folder) if form == "plain" else f"file://{folder}"
+    # it ended with MLflow's paragraph on the file store's "maintenance mode"
+    with pytest.raises(TrackingError) as info:
+        preflight(uri, timeout=2)
+    assert str(info.value) == (f"tracking store {uri} is a folder, which MLflow 3 does not "
+                               f"track into: pass a database, e.g. sqlite:///{folder}.db, or an "
+                               "http(s):// tracking server")
+    assert not folder.exists()
+
+
 def _venv_env(uri: str) -> dict[str, str]:
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = uri
