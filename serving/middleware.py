@@ -1,6 +1,6 @@
 """Pure ASGI middleware (no per-request task overhead): the bearer token on /v1/ (401), body-size
-limit (413), request timeout (504), and request counts and latency for /metrics (a client that
-disconnects before its body arrives is counted as 499).
+limit (413), content codings (415), request timeout (504), and request counts and latency for
+/metrics (a client that disconnects before its body arrives is counted as 499).
 
 The token is checked here, not in a route dependency, because FastAPI reads and parses a body
 before it runs a route's dependencies: a client without the token must not get that far."""
@@ -78,6 +78,14 @@ class LimitsAndMetrics:
                 status["code"] = 401
                 await _reply(send, 401, "missing or invalid bearer token",
                              ((b"www-authenticate", b"Bearer"),))
+                return
+            coding = headers.get(b"content-encoding", b"identity").strip().lower()
+            if coding not in (b"", b"identity"):
+                # no coding is decoded here: a gzip body would be read as (bad) JSON, and an
+                # uncompressed one labelled gzip accepted, both against RFC 9110 (15.5.16)
+                status["code"] = 415
+                await _reply(send, 415, f"Content-Encoding {coding.decode('latin-1')!r} is not "
+                             "supported; send the body uncompressed (no Content-Encoding)")
                 return
             if length < 0:
                 status["code"] = 400

@@ -248,6 +248,24 @@ def test_limits_give_413(make_client: Any) -> None:
     assert reply.json()["detail"] == "request body exceeds 20000 bytes (FORECAST_MAX_BODY_BYTES)"
 
 
+def test_a_content_encoding_is_refused_with_415(client: TestClient) -> None:
+    import gzip
+
+    body = orjson.dumps({"series": [series(48)]})
+    # an uncompressed body labelled gzip was forecast as if unlabelled; a real gzip body was
+    # read as JSON and refused as "not valid JSON"
+    for content, coding in ((body, "gzip"), (gzip.compress(body), "gzip"), (body, "br")):
+        reply = client.post("/v1/forecast", content=content, headers={
+            "content-type": "application/json", "content-encoding": coding})
+        assert reply.status_code == 415
+        assert reply.json()["detail"] == (f"Content-Encoding '{coding}' is not supported; send "
+                                          "the body uncompressed (no Content-Encoding)")
+    for coding in ("identity", "Identity "):
+        reply = client.post("/v1/forecast", content=body, headers={
+            "content-type": "application/json", "content-encoding": coding})
+        assert reply.status_code == 200
+
+
 def test_errors_never_echo_unbounded_input(client: TestClient) -> None:
     ragged = series(48)
     ragged["history"].update({f"x{k}": [1.0] * (1 + k % 7) for k in range(3000)})
