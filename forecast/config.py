@@ -579,6 +579,10 @@ def _error_lines(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key; `forecast config` lists every key with its default"
+        elif isinstance(e.get("input"), str | int | float) and e["type"] != "value_error":
+            # the value as it arrived: `.nan` sent through a JSON override arrives as 'NaN'
+            shown = repr(e["input"])
+            msg += f" (got {shown[:61] + '...' if len(shown) > 64 else shown})"
         # Cross-field checks have no single location; their message names the fields.
         lines.append(f"{where}: {msg}" if where else msg)
     return "; ".join(lines)

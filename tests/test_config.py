@@ -273,6 +273,25 @@ def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str
     assert "list[any]" not in str(err.value)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.d_model=abc", "model.d_model: Input should be a valid integer, unable to parse "
+     "string as an integer (got 'abc')"),
+    ("train.lr=-1", "train.lr: Input should be greater than 0 (got -1)"),
+    # a NaN sent through a JSON override arrives as the text 'NaN': the message said only
+    # "unable to parse string", with no string shown
+    ('tune.space={"model.n_heads": [.nan]}', "model.n_heads: Input should be a valid integer, "
+     "unable to parse string as an integer (got 'NaN')"),
+    ("model.positional=" + "x" * 200, "model.positional: Input should be 'sinusoidal' or "
+     "'learned' (got '" + "x" * 60 + "...)"),  # a long value is cut
+])
+def test_type_errors_show_the_value_they_got(override: str, message: str) -> None:
+    from forecast.tune import check_space
+
+    with pytest.raises(ConfigError) as err:
+        check_space(load_config(None, [override]))
+    assert str(err.value).endswith(message)
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "pipelines" / "configs")
                                         .glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
