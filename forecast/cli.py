@@ -13,6 +13,7 @@ import sys
 import threading
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -369,8 +370,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line, like every other error (argparse prints the usage block
+    first), and names the --help that shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="forecast", description=__doc__)
+    parser = _OneLineParser(prog="forecast", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("--log-format", choices=["plain", "json"], default="plain",

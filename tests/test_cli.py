@@ -445,6 +445,23 @@ def test_counts_on_the_command_line_must_be_positive(
     assert fragment in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["train"], "error: forecast train: the following arguments are required: --config; see "
+                "`forecast train --help`"),
+    (["nosuch"], "error: forecast: argument command: invalid choice: 'nosuch' (choose from "),
+    (["pipeline", "batch-forecast", "--model", "m"], "error: forecast pipeline batch-forecast: "
+     "the following arguments are required: --input, --output; see `forecast pipeline "
+     "batch-forecast --help`"),
+])
+def test_usage_errors_are_one_line_like_other_errors(
+        argv: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(line)  # the usage block came first
+
+
 @pytest.mark.parametrize("argv", [
     # (serve shares the flag; on a regression it would start serving instead of failing)
     ["models", "list", "m", "--tracking-uri", " "],
