@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -178,7 +179,7 @@ def _channel_mismatch(have: list[str], want: list[str]) -> str:
     extra = [c for c in have if c not in want]
     what = "; ".join([*([f"missing {missing}"] if missing else []),
                       *([f"{extra} not in the model"] if extra else [])]) or "in another order"
-    fix = f"--set 'data.columns={json.dumps(want)}'"
+    fix = "--set " + shlex.quote(f"data.columns={json.dumps(want, ensure_ascii=False)}")
     return (f"data channels {have} differ from the model's {want} ({what}); "
             + (f"score a file that holds the model's channels, with {fix}" if missing
                else f"pass {fix}"))

@@ -19,6 +19,7 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 import pandas as pd
@@ -97,12 +98,22 @@ def preflight(uri: str, timeout: float, create: bool = True) -> None:
         with lock:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as err:  # any failure here means the store is unusable
-        if scheme in ("", "file"):  # MLflow 3 refuses folder stores unless told otherwise
-            folder = uri.removeprefix("file://").rstrip("/") or "mlruns"
-            raise TrackingError(f"tracking store {uri} is a folder, which MLflow 3 does not "
-                                f"track into: pass a database, e.g. sqlite:///{folder}.db, "
-                                "or an http(s):// tracking server") from None
+        if scheme in ("", "file") and "MLFLOW_ALLOW_FILE_STORE" in str(err):
+            raise TrackingError(_folder_store(uri)) from None
         raise TrackingError(f"tracking store {uri} cannot be used: {first_line(err)}") from None
+
+
+def _folder_store(uri: str) -> str:
+    """MLflow 3 refuses a folder (file) store unless MLFLOW_ALLOW_FILE_STORE is set: name the
+    database URI to use instead, and the ways to keep the runs already in the folder."""
+    parsed = urlparse(uri)
+    path = url2pathname(parsed.path) if parsed.scheme == "file" else uri
+    path = path.rstrip("/") or "mlruns"
+    db = path if path.endswith(".db") else f"{path}.db"
+    return (f"tracking store {uri} is a folder, which MLflow 3 does not track into by default: "
+            f"pass a database, e.g. sqlite:///{db}, or an http(s):// tracking server (runs "
+            "already in the folder: `mlflow migrate-filestore` moves them into a database, or "
+            "MLFLOW_ALLOW_FILE_STORE=true keeps using it)")
 
 
 def ensure_experiment(uri: str, name: str) -> Experiment:

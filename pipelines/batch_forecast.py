@@ -130,17 +130,26 @@ def _parse_stamps(raw: pd.Series, source: str) -> pd.Series:
         return raw.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(raw.dtype):
         return raw
-    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
-        # pandas would read them as nanoseconds after 1970, every series a run of duplicates
+    if pd.api.types.is_bool_dtype(raw.dtype) or pd.api.types.is_numeric_dtype(raw.dtype):
         first = raw.dropna().head(1).tolist()
-        shown = f" ({first[0]!r}, ...)" if first else ""
-        raise DataError(f"{source}: timestamp column {raw.name!r} holds numbers{shown}, not "
-                        "times; pass --timestamp-column naming the time column, or write the "
-                        "times as ISO 8601 (2024-01-31 13:00)")
+        # pandas would read numbers as nanoseconds after 1970, every series a run of
+        # duplicates. A chunk of empty values reads as float too: its series are named below.
+        if first:
+            kind = "true/false values" if pd.api.types.is_bool_dtype(raw.dtype) else "numbers"
+            raise DataError(f"{source}: timestamp column {raw.name!r} holds {kind} "
+                            f"({first[0]!r}, ...), not times; pass --timestamp-column naming "
+                            "the time column, or write the times as ISO 8601 (2024-01-31 13:00)")
+        return pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
     # as training reads them, except that a chunk of short histories may hold no day above
     # 12: such a chunk is read month-first, not refused
     parsed = to_datetime_column(raw, "the input", str(raw.name), refuse_ambiguous=False)
     return parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+
+
+def _stamp_problem(raw: pd.Series, pos: int, row: int) -> str:
+    value = raw.iloc[pos:pos + 1].tolist()[0]  # a Python value: nan, not np.float64(nan)
+    shown = "an empty value" if pd.isna(value) else repr(value)
+    return f"timestamp column {raw.name!r} row {row} has {shown}, which is not a timestamp"
 
 
 def _numbers(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -277,8 +286,7 @@ class _LongTails:
         no_time = stamps.isna().to_numpy()
         if no_time.any():
             col = raw[self.ts_column]
-            self._mark(ids, no_time, lambda p: f"timestamp column {self.ts_column!r} row "
-                       f"{row0 + p} has {col.iloc[p]!r}, which is not a timestamp")
+            self._mark(ids, no_time, lambda p: _stamp_problem(col, p, row0 + p))
         columns: dict[str, object] = {SERIES_ID: ids, self.ts_col: stamps.to_numpy()}
         for c in self.channels:
             num, bad = _numbers(raw[c])
@@ -319,7 +327,7 @@ def _long_batches(reader: _Reader, forecaster: Forecaster, options: BatchOptions
         if column in channels:
             problems.append(f"{flag} {column!r} is one of the model's channels {channels}; "
                             f"pass {flag} naming another column")
-    if options.id_column == ts_column and ts_column not in channels:
+    if options.id_column == ts_column and ts_column in have and ts_column not in channels:
         problems.append(f"--id-column and --timestamp-column both name {ts_column!r}; the "
                         "series ids and the times need a column each")
     if problems:
@@ -358,9 +366,8 @@ def _wide_batches(reader: _Reader, forecaster: Forecaster, options: BatchOptions
         parsed = _parse_stamps(raw[ts_column], str(reader.path))
         if parsed.isna().any():
             pos = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise DataError(f"{reader.path}: timestamp column {ts_column!r} row {rows + pos + 1} "
-                            f"has {raw[ts_column].iloc[pos]!r}, which is not a timestamp; fix "
-                            "the value or drop the row")
+            raise DataError(f"{reader.path}: {_stamp_problem(raw[ts_column], pos, rows + pos + 1)}"
+                            "; fix the value or drop the row")
         sub = raw[series]
         if all(pd.api.types.is_numeric_dtype(t) for t in sub.dtypes):
             block = sub.to_numpy(dtype=np.float64, na_value=np.nan)

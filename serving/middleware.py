@@ -40,6 +40,15 @@ def route_path(scope: Scope) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
+def _content_coding(raw_headers: list[tuple[bytes, bytes]]) -> str:
+    """The codings a body is declared in besides identity, from every Content-Encoding header
+    (a second header adds codings, it does not replace the first), cut to 64 characters."""
+    codings = [c.strip().lower() for name, value in raw_headers if name == b"content-encoding"
+               for c in value.split(b",")]
+    shown = ", ".join(c.decode("latin-1") for c in codings if c not in (b"", b"identity"))
+    return shown if len(shown) <= 64 else shown[:61] + "..."
+
+
 class LimitsAndMetrics:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int,
                  timeout_s: float, api_token: str | None) -> None:
@@ -79,13 +88,13 @@ class LimitsAndMetrics:
                 await _reply(send, 401, "missing or invalid bearer token",
                              ((b"www-authenticate", b"Bearer"),))
                 return
-            coding = headers.get(b"content-encoding", b"identity").strip().lower()
-            if coding not in (b"", b"identity"):
+            coding = _content_coding(scope["headers"])
+            if coding and (length > 0 or b"transfer-encoding" in headers):
                 # no coding is decoded here: a gzip body would be read as (bad) JSON, and an
                 # uncompressed one labelled gzip accepted, both against RFC 9110 (15.5.16)
                 status["code"] = 415
-                await _reply(send, 415, f"Content-Encoding {coding.decode('latin-1')!r} is not "
-                             "supported; send the body uncompressed (no Content-Encoding)")
+                await _reply(send, 415, f"Content-Encoding {coding!r} is not supported; send "
+                             "the body uncompressed (no Content-Encoding)")
                 return
             if length < 0:
                 status["code"] = 400

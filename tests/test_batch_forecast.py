@@ -366,6 +366,9 @@ def test_options_horizon_and_column_names(model_dir, forecaster, tmp_path):
     ("series_id", "b", r"--timestamp-column 'b' is one of the model's channels"),
     ("date", None, r"--id-column and --timestamp-column both name 'date'; the series ids and "
                    r"the times need a column each"),
+    ("nope", "nope", r"no timestamp column 'nope': pass --timestamp-column; no id column "
+                     r"'nope': pass --id-column, or --layout wide for a file with one column per "
+                     r"series \(columns"),  # not also "both name 'nope'"
 ])
 def test_id_and_timestamp_columns_must_be_their_own(model_dir, tmp_path, id_column,
                                                      timestamp_column, message):
@@ -389,6 +392,33 @@ def test_a_timestamp_column_of_numbers_is_refused_not_read_as_1970(model_dir, mo
                        r"write the times as ISO 8601"):
         batch_forecast(BatchOptions(str(model), inp, tmp_path / "o.csv", layout=layout))
     no_output(tmp_path, "o.csv")
+
+
+@pytest.mark.parametrize("read_rows", [30, 100_000])
+def test_a_read_chunk_of_empty_timestamps_skips_its_series_not_the_job(model_dir, tmp_path,
+                                                                        read_rows):
+    # with 30 rows a read, rows 61-70 are one chunk of empty times: pandas reads it as floats,
+    # which the numbers check refused for the whole file; the result must not hang on chunking
+    frame = long_frame([30, 30, 40])
+    frame["date"] = frame["date"].astype(str)
+    frame.loc[60:69, "date"] = ""
+    summary, got = run(model_dir, write(frame, tmp_path / "in.csv"), tmp_path / "o.csv",
+                       read_rows=read_rows)
+    assert summary.series_skipped == 1 and got["series_id"].unique().tolist() == ["s0", "s1"]
+    assert pd.read_csv(tmp_path / "o.errors.csv").to_dict("records") == [{
+        "series_id": "s2", "reason": "timestamp column 'date' row 61 has an empty value, which "
+                                     "is not a timestamp"}]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_timestamp_column_of_booleans_is_a_data_error_not_a_traceback(mono_dir, tmp_path,
+                                                                        suffix):
+    frame = long_frame([30, 40])
+    frame["date"] = np.arange(len(frame)) % 2 == 1  # a TypeError from tz_convert before
+    with pytest.raises(DataError, match=r"timestamp column 'date' holds true/false values "
+                       r"\(False, \.\.\.\), not times"):
+        batch_forecast(BatchOptions(str(mono_dir), write(frame, tmp_path / f"in{suffix}"),
+                                    tmp_path / "o.csv"))
 
 
 def test_model_source_parse():

@@ -365,6 +365,22 @@ def test_evaluate_on_other_channels_says_which_and_how_to_select_them(
                      "--set", 'data.columns=["a", "b"]']) == 0
 
 
+def test_the_channel_fix_survives_a_shell_with_quotes_and_accents() -> None:
+    import shlex
+
+    from forecast.cli import _channel_mismatch
+    from forecast.config import load_config
+
+    want = ["it's", "température"]
+    message = _channel_mismatch(["x"], want)
+    fix = message.split("with ", 1)[1]
+    # the quote in it's ended the shell word; the accent came out as \u00e9
+    assert "température" in fix
+    flag, value = shlex.split(fix)
+    assert flag == "--set"
+    assert load_config(None, [value]).data.columns == want
+
+
 def test_evaluate_missing_model_dir(tmp_path, capsys):
     rc = main(["evaluate", "--model", str(tmp_path / "nothing")])
     assert rc == 1

@@ -309,19 +309,33 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> No
         preflight(f"sqlite:///{folder}", timeout=2)
 
 
-@pytest.mark.parametrize("form", ["plain", "file"])
+@pytest.mark.parametrize("form", ["plain", "file://", "file:", "file://localhost", ".db"])
 def test_a_folder_store_is_refused_with_the_database_uri_to_use(tmp_path: Path, form: str,
                                                                 monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     folder = tmp_path / "mlruns"
-    uri = str(folder) if form == "plain" else f"file://{folder}"
+    uri = {"plain": str(folder), "file://": f"file://{folder}", "file:": f"file:{folder}",
+           "file://localhost": f"file://localhost{folder}", ".db": f"{folder}.db"}[form]
     # it ended with MLflow's paragraph on the file store's "maintenance mode"
     with pytest.raises(TrackingError) as info:
         preflight(uri, timeout=2)
-    assert str(info.value) == (f"tracking store {uri} is a folder, which MLflow 3 does not "
-                               f"track into: pass a database, e.g. sqlite:///{folder}.db, or an "
-                               "http(s):// tracking server")
+    assert str(info.value) == (
+        f"tracking store {uri} is a folder, which MLflow 3 does not track into by default: pass "
+        f"a database, e.g. sqlite:///{folder}.db, or an http(s):// tracking server (runs "
+        "already in the folder: `mlflow migrate-filestore` moves them into a database, or "
+        "MLFLOW_ALLOW_FILE_STORE=true keeps using it)")
     assert not folder.exists()
+
+
+def test_other_failures_of_a_path_store_keep_their_own_message(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(TrackingError) as info:  # it was called "a folder" too
+        preflight(str(afile), timeout=2)
+    assert str(info.value).startswith(f"tracking store {afile} cannot be used: ")
+    assert "is a folder" not in str(info.value)
 
 
 def _venv_env(uri: str) -> dict[str, str]:
