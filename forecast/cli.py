@@ -12,9 +12,10 @@ import signal
 import socket
 import sys
 import threading
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -34,7 +35,7 @@ from forecast.errors import (
     TrainingError,
 )
 from forecast.evaluate import evaluate
-from forecast.logs import setup_logging
+from forecast.logs import failure_line, json_requested, setup_logging
 from forecast.model import describe
 from forecast.paths import writable_file
 from forecast.predictor import Forecaster
@@ -373,14 +374,45 @@ def positive_float(text: str) -> float:
 
 class _OneLineParser(argparse.ArgumentParser):
     """A usage error is one line, like every other error (argparse prints the usage block
-    first), and names the --help that shows the usage."""
+    first), from the (sub)command it concerns, naming that command's --help; a JSON record
+    when the command line asks for JSON logs."""
+
+    def __init__(self, *args: Any, json_errors: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_errors = json_errors
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("parser_class", partial(_OneLineParser, json_errors=self.json_errors))
+        return super().add_subparsers(**kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        # argparse reports unknown flags from the top parser, whose --help does not list them
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            getattr(parsed, "parser", self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+        commands = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        if commands and message.endswith("required: COMMAND"):  # no command given: list them
+            message += f" (one of {', '.join(commands[0].choices)})"
+        line = f"error: {self.prog}: {message}; see `{self.prog} --help`"
+        self.exit(2, failure_line(line, 2, self.json_errors) + "\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="forecast", description=__doc__)
+def _commands(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command parser records itself in the namespace (for `parse_args`), and
+    errors call a subcommand COMMAND, not by its `dest` (pipeline_command)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.metavar = "COMMAND"
+            for child in action.choices.values():
+                child.set_defaults(parser=child)
+                _commands(child)
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="forecast", description=__doc__, json_errors=json_errors)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("--log-format", choices=["plain", "json"], default="plain",
@@ -494,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config file (default: built-in defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=cmd_config)
+    _commands(parser)
     return parser
 
 
@@ -508,7 +541,7 @@ def _failed(args: argparse.Namespace, message: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(json_requested(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     setup_logging(json_format=args.log_format == "json", quiet=args.quiet)
     # SIGTERM (Kubernetes, Airflow, systemd stopping a job) ends a command as Ctrl-C does, in

@@ -6,7 +6,6 @@ library is imported here."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 
@@ -32,14 +31,6 @@ def main() -> int:
 
 def _interrupted(argv: list[str]) -> None:
     """The line forecast.cli ends an interrupted command with, plain or as a JSON record."""
-    flag = "--log-format"
-    if f"{flag}=json" in argv or any(
-            a == flag and argv[i + 1:i + 2] == ["json"] for i, a in enumerate(argv)):
-        from forecast.logs import JsonFormatter  # standard library only until a record is logged
+    from forecast.logs import failure_line, json_requested  # standard library only
 
-        record = logging.LogRecord("forecast.cli", logging.ERROR, __file__, 0, "interrupted",
-                                   None, None)
-        record.status, record.exit_code, record.run_id = "failed", 130, "-"
-        print(JsonFormatter().format(record), file=sys.stderr)
-    else:
-        print("interrupted", file=sys.stderr)
+    print(failure_line("interrupted", 130, json_requested(argv)), file=sys.stderr)

@@ -19,6 +19,23 @@ PLAIN = "%(asctime)s %(levelname)s %(name)s [run %(run_id)s]: %(message)s"
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def json_requested(argv: list[str]) -> bool:
+    """Whether a command line asks for JSON logs, before (or without) argparse reading it."""
+    flag = "--log-format"
+    return f"{flag}=json" in argv or any(
+        a == flag and argv[i + 1:i + 2] == ["json"] for i, a in enumerate(argv))
+
+
+def failure_line(message: str, code: int, json_format: bool) -> str:
+    """The line a command that failed before logging was set up ends with: the message, or
+    the JSON record a log collector reads (status failed, the exit code)."""
+    if not json_format:
+        return message
+    record = logging.LogRecord("forecast.cli", logging.ERROR, __file__, 0, message, None, None)
+    record.status, record.exit_code, record.run_id = "failed", code, "-"
+    return JsonFormatter().format(record)
+
+
 class RunIdFilter(logging.Filter):
     """Sets record.run_id: an explicit `extra={"run_id": ...}`, else the active MLflow run."""
 

@@ -464,10 +464,18 @@ def test_counts_on_the_command_line_must_be_positive(
 @pytest.mark.parametrize("argv, line", [
     (["train"], "error: forecast train: the following arguments are required: --config; see "
                 "`forecast train --help`"),
-    (["nosuch"], "error: forecast: argument command: invalid choice: 'nosuch' (choose from "),
+    (["nosuch"], "error: forecast: argument COMMAND: invalid choice: 'nosuch' (choose from "),
     (["pipeline", "batch-forecast", "--model", "m"], "error: forecast pipeline batch-forecast: "
      "the following arguments are required: --input, --output; see `forecast pipeline "
      "batch-forecast --help`"),
+    # a missing subcommand was named by its dest ("pipeline_command"), not by its choices
+    ([], "error: forecast: the following arguments are required: COMMAND (one of train, demo, "
+         "evaluate, "),
+    (["pipeline"], "error: forecast pipeline: the following arguments are required: COMMAND "
+                   "(one of train, batch-forecast); see `forecast pipeline --help`"),
+    # an unknown flag was reported by `forecast`, whose --help does not list the flags
+    (["evaluate", "--model", "m", "--layot", "x"], "error: forecast evaluate: unrecognized "
+     "arguments: --layot x; see `forecast evaluate --help`"),
 ])
 def test_usage_errors_are_one_line_like_other_errors(
         argv: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -476,6 +484,17 @@ def test_usage_errors_are_one_line_like_other_errors(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(line)  # the usage block came first
+
+
+def test_a_usage_error_is_a_json_record_when_the_logs_are_json(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--log-format", "json", "pipeline", "train", "--confg", "x"])
+    assert exit_info.value.code == 2
+    record = json.loads(capsys.readouterr().err)
+    assert record["message"] == ("error: forecast pipeline train: the following arguments are "
+                                 "required: --config; see `forecast pipeline train --help`")
+    assert (record["status"], record["exit_code"], record["level"]) == ("failed", 2, "ERROR")
 
 
 @pytest.mark.parametrize("argv", [
