@@ -125,21 +125,18 @@ def _last_rows(frame: pd.DataFrame, ts_col: str, lookback: int) -> pd.DataFrame:
 
 def _parse_stamps(raw: pd.Series, source: str) -> pd.Series:
     """Timestamps as naive datetimes (aware ones in UTC, as forecast.data reads them); NaT
-    where a value is missing or unparsable."""
+    where a value is missing or unparsable. A column whose type holds no times (Parquet
+    numbers, booleans, durations; a CSV's is always text) is refused whole: pandas would read
+    numbers as nanoseconds after 1970, every series a run of duplicates."""
     if isinstance(raw.dtype, pd.DatetimeTZDtype):
         return raw.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(raw.dtype):
         return raw
-    if pd.api.types.is_bool_dtype(raw.dtype) or pd.api.types.is_numeric_dtype(raw.dtype):
-        first = raw.dropna().head(1).tolist()
-        # pandas would read numbers as nanoseconds after 1970, every series a run of
-        # duplicates. A chunk of empty values reads as float too: its series are named below.
-        if first:
-            kind = "true/false values" if pd.api.types.is_bool_dtype(raw.dtype) else "numbers"
-            raise DataError(f"{source}: timestamp column {raw.name!r} holds {kind} "
-                            f"({first[0]!r}, ...), not times; pass --timestamp-column naming "
-                            "the time column, or write the times as ISO 8601 (2024-01-31 13:00)")
-        return pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+    if (pd.api.types.is_bool_dtype(raw.dtype) or pd.api.types.is_numeric_dtype(raw.dtype)
+            or pd.api.types.is_timedelta64_dtype(raw.dtype)):
+        raise DataError(f"{source}: timestamp column {raw.name!r} is of type {raw.dtype}, "
+                        "which holds no times; pass --timestamp-column naming the time column, "
+                        "or write the times as ISO 8601 (2024-01-31 13:00)")
     # as training reads them, except that a chunk of short histories may hold no day above
     # 12: such a chunk is read month-first, not refused
     parsed = to_datetime_column(raw, "the input", str(raw.name), refuse_ambiguous=False)
@@ -148,8 +145,19 @@ def _parse_stamps(raw: pd.Series, source: str) -> pd.Series:
 
 def _stamp_problem(raw: pd.Series, pos: int, row: int) -> str:
     value = raw.iloc[pos:pos + 1].tolist()[0]  # a Python value: nan, not np.float64(nan)
-    shown = "an empty value" if pd.isna(value) else repr(value)
-    return f"timestamp column {raw.name!r} row {row} has {shown}, which is not a timestamp"
+    empty = pd.api.types.is_scalar(value) and pd.isna(value)
+    shown = "an empty value" if empty else repr(value)
+    hint = " (a number: does --timestamp-column name the time column?)" \
+        if not empty and _is_number(value) else ""
+    return f"timestamp column {raw.name!r} row {row} has {shown}, which is not a timestamp{hint}"
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _numbers(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -200,13 +208,16 @@ class _Reader:
         if kind == "csv":
             check_csv_header(path)
 
-    def chunks(self, columns: list[str], rows: int, text: list[str]) -> Iterator[pd.DataFrame]:
-        """`columns` only; `text` columns kept as strings (ids), NA markers only elsewhere."""
+    def chunks(self, columns: list[str], rows: int, text: list[str],
+               verbatim: list[str]) -> Iterator[pd.DataFrame]:
+        """`columns` only. In a CSV, `text` columns are read as strings, whatever a chunk
+        holds (a chunk of a time column can look like numbers), and NA markers apply to all but
+        the `verbatim` ones (ids: a series may be called "NA")."""
         try:
             if self.kind == "csv":
                 with pd.read_csv(self.path, usecols=columns, chunksize=rows,
                                  dtype={c: str for c in text}, keep_default_na=False,
-                                 na_values={c: NA_TOKENS for c in columns if c not in text},
+                                 na_values={c: NA_TOKENS for c in columns if c not in verbatim},
                                  ) as reader:
                     yield from reader
             else:
@@ -334,7 +345,8 @@ def _long_batches(reader: _Reader, forecaster: Forecaster, options: BatchOptions
         raise DataError(f"{reader.path}: {'; '.join(problems)} (columns: {reader.columns[:20]})")
     tails = _LongTails(forecaster, options.id_column, ts_column, str(reader.path))
     columns = list(dict.fromkeys([options.id_column, ts_column, *channels]))
-    for raw in reader.chunks(columns, options.read_rows, text=[options.id_column]):
+    for raw in reader.chunks(columns, options.read_rows, text=[options.id_column, ts_column],
+                             verbatim=[options.id_column]):
         if len(raw):
             yield tails.feed(raw)
     yield tails.finish()
@@ -362,7 +374,7 @@ def _wide_batches(reader: _Reader, forecaster: Forecaster, options: BatchOptions
     rows = 0
     # Rows per read so that a chunk holds about `read_rows` values however many series.
     per_read = max(16, options.read_rows // len(series))
-    for raw in reader.chunks([ts_column, *series], per_read, text=[]):
+    for raw in reader.chunks([ts_column, *series], per_read, text=[ts_column], verbatim=[]):
         parsed = _parse_stamps(raw[ts_column], str(reader.path))
         if parsed.isna().any():
             pos = int(np.flatnonzero(parsed.isna().to_numpy())[0])
@@ -577,7 +589,7 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
         reader, forecaster, options, ts_column)
     # timestamps with offsets are read in UTC; the output then says UTC, or it reads as local
     # time. The file's first rows decide, so that every chunk has one column type.
-    first = next(reader.chunks([ts_column], 1000, text=[ts_column]), None) \
+    first = next(reader.chunks([ts_column], 1000, text=[ts_column], verbatim=[]), None) \
         if ts_column in reader.columns else None
     utc = first is not None and has_utc_offset(first[ts_column])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -380,44 +381,67 @@ def test_id_and_timestamp_columns_must_be_their_own(model_dir, tmp_path, id_colu
 
 
 @pytest.mark.parametrize("layout", ["long", "wide"])
-def test_a_timestamp_column_of_numbers_is_refused_not_read_as_1970(model_dir, mono_dir,
-                                                                    tmp_path, layout):
+def test_a_csv_timestamp_column_of_numbers_is_not_read_as_1970(model_dir, mono_dir, tmp_path,
+                                                               layout):
     # numbers read as nanoseconds after 1970 made every series one run of duplicate times
     frame = long_frame([30, 40]) if layout == "long" else make_frame(n=40, channels=["n", "s"])
     frame["date"] = np.arange(len(frame)) * 3600
     inp = write(frame, tmp_path / "in.csv")
-    model = model_dir if layout == "long" else mono_dir
-    with pytest.raises(DataError, match=r"in.csv: timestamp column 'date' holds numbers \(0, "
-                       r"\.\.\.\), not times; pass --timestamp-column naming the time column, or "
-                       r"write the times as ISO 8601"):
-        batch_forecast(BatchOptions(str(model), inp, tmp_path / "o.csv", layout=layout))
+    said = ("timestamp column 'date' row 1 has '0', which is not a timestamp (a number: does "
+            "--timestamp-column name the time column?)")
+    if layout == "long":
+        with pytest.raises(DataError, match=r"all 2 series are bad, e.g. 's0': "
+                           + re.escape(said)):
+            batch_forecast(BatchOptions(str(model_dir), inp, tmp_path / "o.csv"))
+    else:
+        with pytest.raises(DataError, match=re.escape(f"in.csv: {said}; fix the value")):
+            batch_forecast(BatchOptions(str(mono_dir), inp, tmp_path / "o.csv", layout="wide"))
+    no_output(tmp_path, "o.csv")
+
+
+@pytest.mark.parametrize("values, dtype", [
+    (lambda n: np.arange(n) * 3600, "int64"),
+    (lambda n: np.arange(n) % 2 == 1, "bool"),  # a TypeError traceback from tz_convert before
+    (lambda n: pd.to_timedelta(np.arange(n), unit="h"), "timedelta64[us]"),
+])
+def test_a_parquet_timestamp_column_of_another_type_is_refused_whole(model_dir, tmp_path,
+                                                                     values, dtype):
+    frame = long_frame([30, 40])
+    frame["date"] = values(len(frame))
+    inp = write(frame, tmp_path / "in.parquet")
+    with pytest.raises(DataError, match=re.escape(
+            f"in.parquet: timestamp column 'date' is of type {dtype}, which holds no times; pass "
+            "--timestamp-column naming the time column, or write the times as ISO 8601")):
+        batch_forecast(BatchOptions(str(model_dir), inp, tmp_path / "o.csv", read_rows=30))
     no_output(tmp_path, "o.csv")
 
 
 @pytest.mark.parametrize("read_rows", [30, 100_000])
-def test_a_read_chunk_of_empty_timestamps_skips_its_series_not_the_job(model_dir, tmp_path,
-                                                                        read_rows):
-    # with 30 rows a read, rows 61-70 are one chunk of empty times: pandas reads it as floats,
-    # which the numbers check refused for the whole file; the result must not hang on chunking
+@pytest.mark.parametrize("bad", ["", "1704117", "[1, 2]"])
+def test_bad_times_in_one_series_skip_it_however_the_file_is_read(model_dir, tmp_path,
+                                                                  read_rows, bad):
+    # with 30 rows a read, rows 61-70 are one chunk: read as numbers, empty values and epoch
+    # numbers were refused for the whole file, while 100000 rows a read skipped one series
     frame = long_frame([30, 30, 40])
     frame["date"] = frame["date"].astype(str)
-    frame.loc[60:69, "date"] = ""
+    frame.loc[60:69, "date"] = bad
     summary, got = run(model_dir, write(frame, tmp_path / "in.csv"), tmp_path / "o.csv",
                        read_rows=read_rows)
     assert summary.series_skipped == 1 and got["series_id"].unique().tolist() == ["s0", "s1"]
+    shown = {"": "an empty value", "1704117": "'1704117'", "[1, 2]": "'[1, 2]'"}[bad]
+    hint = " (a number: does --timestamp-column name the time column?)" if bad == "1704117" \
+        else ""
     assert pd.read_csv(tmp_path / "o.errors.csv").to_dict("records") == [{
-        "series_id": "s2", "reason": "timestamp column 'date' row 61 has an empty value, which "
-                                     "is not a timestamp"}]
+        "series_id": "s2", "reason": f"timestamp column 'date' row 61 has {shown}, which is not "
+                                     f"a timestamp{hint}"}]
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_a_timestamp_column_of_booleans_is_a_data_error_not_a_traceback(mono_dir, tmp_path,
-                                                                        suffix):
+def test_a_parquet_timestamp_that_is_a_list_is_named_not_a_traceback(model_dir, tmp_path):
     frame = long_frame([30, 40])
-    frame["date"] = np.arange(len(frame)) % 2 == 1  # a TypeError from tz_convert before
-    with pytest.raises(DataError, match=r"timestamp column 'date' holds true/false values "
-                       r"\(False, \.\.\.\), not times"):
-        batch_forecast(BatchOptions(str(mono_dir), write(frame, tmp_path / f"in{suffix}"),
+    frame["date"] = [[1, 2]] * len(frame)
+    with pytest.raises(DataError, match=r"e.g. 's0': timestamp column 'date' row 1 has "
+                       r"array\(\[1, 2\]\), which is not a timestamp"):
+        batch_forecast(BatchOptions(str(model_dir), write(frame, tmp_path / "in.parquet"),
                                     tmp_path / "o.csv"))
 
 
