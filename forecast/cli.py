@@ -180,7 +180,10 @@ def _channel_mismatch(have: list[str], want: list[str]) -> str:
     extra = [c for c in have if c not in want]
     what = "; ".join([*([f"missing {missing}"] if missing else []),
                       *([f"{extra} not in the model"] if extra else [])]) or "in another order"
-    fix = "--set " + shlex.quote(f"data.columns={json.dumps(want, ensure_ascii=False)}")
+    # accents as they are, but control characters escaped: YAML refuses some raw (DEL)
+    listed = "".join(c if c.isprintable() else json.dumps(c)[1:-1]
+                     for c in json.dumps(want, ensure_ascii=False))
+    fix = "--set " + shlex.quote(f"data.columns={listed}")
     return (f"data channels {have} differ from the model's {want} ({what}); "
             + (f"score a file that holds the model's channels, with {fix}" if missing
                else f"pass {fix}"))

@@ -579,10 +579,12 @@ def _error_lines(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key; `forecast config` lists every key with its default"
-        elif isinstance(e.get("input"), str | int | float) and e["type"] != "value_error":
-            # the value as it arrived: `.nan` sent through a JSON override arrives as 'NaN'
-            shown = repr(e["input"])
-            msg += f" (got {shown[:61] + '...' if len(shown) > 64 else shown})"
+        elif isinstance(e.get("input"), str | int | float) and e["type"] not in (
+                "value_error", "int_from_float"):  # these say the value already
+            value = e["input"]
+            if isinstance(value, str) and len(value) > 64:
+                value = value[:61] + "..."
+            msg += f" (got {value!r})"
         # Cross-field checks have no single location; their message names the fields.
         lines.append(f"{where}: {msg}" if where else msg)
     return "; ".join(lines)
@@ -648,14 +650,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Set dotted keys from the command line (`model.d_model=32`) into a raw config dict."""
     for item in overrides:
         path, value = _parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[path[-1]] = value
+        set_dotted(raw, path, value, f"override {item!r}")
     return raw
+
+
+def set_dotted(raw: dict[str, Any], path: list[str], value: Any, where: str) -> None:
+    """raw[path[0]][path[1]]... = value, making sections on the way."""
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
 
 
 def build_config(raw: dict[str, Any], source: str = "configuration") -> Config:

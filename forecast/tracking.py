@@ -104,16 +104,23 @@ def preflight(uri: str, timeout: float, create: bool = True) -> None:
 
 
 def _folder_store(uri: str) -> str:
-    """MLflow 3 refuses a folder (file) store unless MLFLOW_ALLOW_FILE_STORE is set: name the
-    database URI to use instead, and the ways to keep the runs already in the folder."""
+    """MLflow 3 refuses a path (file store) unless MLFLOW_ALLOW_FILE_STORE is set: name the
+    database URI to use instead, and for a folder of runs, how to keep them."""
     parsed = urlparse(uri)
-    path = url2pathname(parsed.path) if parsed.scheme == "file" else uri
-    path = path.rstrip("/") or "mlruns"
-    db = path if path.endswith(".db") else f"{path}.db"
+    path = Path(os.path.expanduser(url2pathname(parsed.path) if parsed.scheme == "file"
+                                   else uri))
+    if path.suffix == ".db":  # a SQLite database given without its scheme
+        return (f"tracking store {uri} is a path, not a tracking URI: pass sqlite:///{path} "
+                "for that SQLite database, or an http(s):// tracking server")
+    if path.is_file():
+        return (f"tracking store {uri} is a file, not a tracking store: pass a database URI, "
+                "e.g. sqlite:///mlflow.db, or an http(s):// tracking server")
+    folder = str(path).rstrip("/") or "mlruns"
+    keep = (" (its runs: `mlflow migrate-filestore` moves them into a database, or "
+            "MLFLOW_ALLOW_FILE_STORE=true keeps using the folder)") if path.is_dir() else ""
     return (f"tracking store {uri} is a folder, which MLflow 3 does not track into by default: "
-            f"pass a database, e.g. sqlite:///{db}, or an http(s):// tracking server (runs "
-            "already in the folder: `mlflow migrate-filestore` moves them into a database, or "
-            "MLFLOW_ALLOW_FILE_STORE=true keeps using it)")
+            f"pass a database, e.g. sqlite:///{folder}.db, or an http(s):// tracking "
+            f"server{keep}")
 
 
 def ensure_experiment(uri: str, name: str) -> Experiment:

@@ -20,7 +20,7 @@ from typing import Any
 import mlflow
 import optuna
 
-from forecast.config import Config, Range, apply_overrides, build_config, integer_setting
+from forecast.config import Config, Range, build_config, integer_setting, set_dotted
 from forecast.data import SeriesSet, season_for
 from forecast.errors import ConfigError, TrainingError
 from forecast.evaluate import evaluate
@@ -135,9 +135,12 @@ def check_space(cfg: Config) -> None:
 
 def trial_config(base: Config, values: dict[str, Any], checkpoints: str) -> Config:
     """The base config with a trial's values; checkpoints in a scratch folder, never resumed."""
-    overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
-    overrides += ["train.resume=false", f"train.checkpoint_dir={json.dumps(checkpoints)}"]
-    return build_config(apply_overrides(base.to_dict(), overrides), "tune.space")
+    # the values themselves, not text to re-parse: a NaN came back as the string 'NaN'
+    raw = base.to_dict()
+    for key, value in {**values, "train.resume": False, "train.checkpoint_dir": checkpoints
+                       }.items():
+        set_dotted(raw, key.split("."), value, f"tune.space key {key!r}")
+    return build_config(raw, "tune.space")
 
 
 def _sampler(cfg: Config) -> optuna.samplers.BaseSampler:

@@ -371,14 +371,15 @@ def test_the_channel_fix_survives_a_shell_with_quotes_and_accents() -> None:
     from forecast.cli import _channel_mismatch
     from forecast.config import load_config
 
-    want = ["it's", "température"]
-    message = _channel_mismatch(["x"], want)
-    fix = message.split("with ", 1)[1]
-    # the quote in it's ended the shell word; the accent came out as \u00e9
-    assert "température" in fix
-    flag, value = shlex.split(fix)
-    assert flag == "--set"
-    assert load_config(None, [value]).data.columns == want
+    for want in (["it's", "température"], ["a\x7fb", "c\x85d", "tab\there"]):
+        message = _channel_mismatch(["x"], want)
+        fix = message.split("with ", 1)[1]
+        # the quote in it's ended the shell word; the accent came out as \u00e9; raw DEL
+        # was refused by YAML and a raw NEL read as a space
+        assert "température" in fix or "\\u007f" in fix
+        flag, value = shlex.split(fix)
+        assert flag == "--set"
+        assert load_config(None, [value]).data.columns == want
 
 
 def test_evaluate_missing_model_dir(tmp_path, capsys):

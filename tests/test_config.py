@@ -277,12 +277,14 @@ def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str
     ("model.d_model=abc", "model.d_model: Input should be a valid integer, unable to parse "
      "string as an integer (got 'abc')"),
     ("train.lr=-1", "train.lr: Input should be greater than 0 (got -1)"),
-    # a NaN sent through a JSON override arrives as the text 'NaN': the message said only
-    # "unable to parse string", with no string shown
-    ('tune.space={"model.n_heads": [.nan]}', "model.n_heads: Input should be a valid integer, "
-     "unable to parse string as an integer (got 'NaN')"),
+    # a NaN in tune.space arrived as the text 'NaN' (a JSON round trip): the message said only
+    # "unable to parse string"
+    ('tune.space={"model.n_heads": [.nan]}', "model.n_heads: Input should be a finite number "
+     "(got nan)"),
     ("model.positional=" + "x" * 200, "model.positional: Input should be 'sinusoidal' or "
-     "'learned' (got '" + "x" * 60 + "...)"),  # a long value is cut
+     "'learned' (got '" + "x" * 61 + "...')"),  # a long value is cut, inside its quotes
+    ("windows.lookback=1.5", "windows.lookback: Input should be a valid integer, got a number "
+     "with a fractional part"),  # not "... (got 1.5)" twice over
 ])
 def test_type_errors_show_the_value_they_got(override: str, message: str) -> None:
     from forecast.tune import check_space

@@ -309,22 +309,42 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> No
         preflight(f"sqlite:///{folder}", timeout=2)
 
 
-@pytest.mark.parametrize("form", ["plain", "file://", "file:", "file://localhost", ".db"])
+@pytest.mark.parametrize("form", ["plain", "file://", "file:", "file://localhost"])
+@pytest.mark.parametrize("exists", [False, True])
 def test_a_folder_store_is_refused_with_the_database_uri_to_use(tmp_path: Path, form: str,
-                                                                monkeypatch) -> None:
+                                                                exists: bool, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     folder = tmp_path / "mlruns"
+    if exists:
+        folder.mkdir()
     uri = {"plain": str(folder), "file://": f"file://{folder}", "file:": f"file:{folder}",
-           "file://localhost": f"file://localhost{folder}", ".db": f"{folder}.db"}[form]
+           "file://localhost": f"file://localhost{folder}"}[form]
     # it ended with MLflow's paragraph on the file store's "maintenance mode"
     with pytest.raises(TrackingError) as info:
         preflight(uri, timeout=2)
+    keep = (" (its runs: `mlflow migrate-filestore` moves them into a database, or "
+            "MLFLOW_ALLOW_FILE_STORE=true keeps using the folder)") if exists else ""
     assert str(info.value) == (
         f"tracking store {uri} is a folder, which MLflow 3 does not track into by default: pass "
-        f"a database, e.g. sqlite:///{folder}.db, or an http(s):// tracking server (runs "
-        "already in the folder: `mlflow migrate-filestore` moves them into a database, or "
-        "MLFLOW_ALLOW_FILE_STORE=true keeps using it)")
-    assert not folder.exists()
+        f"a database, e.g. sqlite:///{folder}.db, or an http(s):// tracking server{keep}")
+    assert folder.exists() == exists
+
+
+def test_a_database_or_file_path_store_is_not_called_a_folder(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    db, csv = tmp_path / "runs.db", tmp_path / "data.csv"
+    csv.write_text("a\n1\n")
+    with pytest.raises(TrackingError) as info:  # the user left out sqlite:///
+        preflight(str(db), timeout=2)
+    assert str(info.value) == (f"tracking store {db} is a path, not a tracking URI: pass "
+                               f"sqlite:///{db} for that SQLite database, or an http(s):// "
+                               "tracking server")
+    with pytest.raises(TrackingError) as info:
+        preflight(str(csv), timeout=2)
+    assert str(info.value) == (f"tracking store {csv} is a file, not a tracking store: pass a "
+                               "database URI, e.g. sqlite:///mlflow.db, or an http(s):// "
+                               "tracking server")
 
 
 def test_other_failures_of_a_path_store_keep_their_own_message(tmp_path: Path,
