@@ -13,7 +13,7 @@ import os
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -186,6 +186,19 @@ def input_example(series: SeriesSet, timestamp_column: str, rows: int) -> pd.Dat
     return frame
 
 
+@contextlib.contextmanager
+def artifact_store() -> Iterator[None]:
+    """Writing to the active run's artifact store: a store that cannot be written (a full
+    disk, no permission, a file where its folder should be) is a tracking failure, exit 5."""
+    try:
+        yield
+    except OSError as err:
+        where = f" at {err.filename!r}" if err.filename else ""
+        raise TrackingError(f"artifact store {mlflow.get_artifact_uri()} cannot be written"
+                            f"{where} ({err.strerror or err}); free or fix that location, or "
+                            "track into another store") from None
+
+
 def _log_artifacts(outcome: TrainOutcome, folder: Path) -> None:
     cfg = outcome.config
     (folder / "config.yaml").write_text(dump_config(cfg))
@@ -194,7 +207,8 @@ def _log_artifacts(outcome: TrainOutcome, folder: Path) -> None:
                    folder / "error_per_step.png")
     training_curve(outcome.fit.history, folder / "training_curve.png", cfg.train.loss,
                    cfg.train.val_metric)
-    mlflow.log_artifacts(str(folder))
+    with artifact_store():
+        mlflow.log_artifacts(str(folder))
 
 
 def close_run(status: str, error: str) -> None:
@@ -263,7 +277,8 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         with tempfile.TemporaryDirectory() as tmp:
             _log_artifacts(outcome, Path(tmp))
         example = input_example(series, cfg.data.timestamp_column, cfg.windows.lookback)
-        info = log_pyfunc(outcome.model_dir, example)
+        with artifact_store():
+            info = log_pyfunc(outcome.model_dir, example)
         version = decision = None
         if tracking.auto_register:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)

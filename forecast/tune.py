@@ -25,7 +25,14 @@ from forecast.data import SeriesSet, season_for
 from forecast.errors import ConfigError, TrainingError
 from forecast.evaluate import evaluate
 from forecast.runner import load_data, train_model
-from forecast.tracking import close_run, ensure_experiment, log_epoch, params, preflight
+from forecast.tracking import (
+    artifact_store,
+    close_run,
+    ensure_experiment,
+    log_epoch,
+    params,
+    preflight,
+)
 from forecast.train import EpochStats, resolve_device
 from forecast.windows import prepare
 
@@ -228,7 +235,8 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
                               tags={"tune.sweep": "true", "tune.sampler": cfg.tune.sampler,
                                     "data.sha256": series.digest})
     try:
-        mlflow.log_dict(cfg.tune.model_dump(mode="json"), "tune.json")
+        with artifact_store():
+            mlflow.log_dict(cfg.tune.model_dump(mode="json"), "tune.json")
         study.optimize(_Objective(cfg, series, records), n_trials=n_trials,
                        timeout=None if minutes is None else minutes * 60,
                        catch=(ConfigError, TrainingError))

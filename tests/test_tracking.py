@@ -476,3 +476,19 @@ def test_a_tracked_run_logs_no_library_warnings_or_progress_bars(tmp_path: Path)
     # download bars filled it on every run
     for noise in ("Warning", "Downloading artifacts"):
         assert noise not in proc.stderr, proc.stderr
+
+
+def test_an_artifact_store_that_cannot_be_written_is_exit_5_run_failed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "mlartifacts").write_text("")  # a file where the store's folder goes
+    cfg = config(tmp_path, series_csv(tmp_path / "series.csv"), train={"epochs": 1})
+    with pytest.raises(TrackingError) as info:  # it was a NotADirectoryError traceback, exit 1
+        train_tracked(cfg, uri)
+    assert info.value.exit_code == 5
+    message = str(info.value)
+    assert message.startswith(f"artifact store file://{tmp_path}/mlartifacts/")
+    assert "cannot be written at" in message and "(Not a directory)" in message
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert run.info.status == "FAILED"
+    assert client.search_registered_models() == []
