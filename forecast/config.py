@@ -146,12 +146,17 @@ class SplitConfig(_Section):
         return self
 
 
+MAX_STEPS = 2**31 - 1
+
+
 class WindowConfig(_Section):
     """Lookback/horizon windows over the scaled series."""
 
-    lookback: int = Field(96, gt=0, description="L: input steps the model sees.")
-    horizon: int = Field(24, gt=0, description="H: steps forecast ahead.")
-    stride: int = Field(1, gt=0, description="Step between training windows (eval uses 1).")
+    # bounded so that a mistyped 10**20 is a config error, not an overflow deep in numpy
+    lookback: int = Field(96, gt=0, le=MAX_STEPS, description="L: input steps the model sees.")
+    horizon: int = Field(24, gt=0, le=MAX_STEPS, description="H: steps forecast ahead.")
+    stride: int = Field(1, gt=0, le=MAX_STEPS,
+                        description="Step between training windows (eval uses 1).")
 
 
 class ModelConfig(_Section):
@@ -466,11 +471,16 @@ class TuneConfig(_Section):
             if key.startswith("data."):  # a sweep reads its data once, for every trial
                 raise ValueError(f"{key}: data settings cannot be searched (every trial trains "
                                  "on the data read once); run one sweep per data setting")
-            if key.startswith("split.") and not (isinstance(choice, list) and len(choice) < 2):
+            one = isinstance(choice, list) and len(choice) < 2
+            if key.startswith("split.") and not one:
                 # each trial would be scored on its own validation block: scores not comparable
                 raise ValueError(f"{key}: give one choice; split settings move the validation "
                                  "block, so trials with different splits cannot be compared "
                                  "(run one sweep per split)")
+            if key == "windows.horizon" and not one:  # a shorter horizon always scores better
+                raise ValueError(f"{key}: give one choice; trials at different horizons "
+                                 "forecast different targets and cannot be compared (run one "
+                                 "sweep per horizon)")
             if isinstance(choice, Range):
                 space[key] = choice
             elif isinstance(choice, list):

@@ -261,6 +261,12 @@ def test_dump_config_round_trips(tmp_path):
     ("model.skip_rank=false", "model.skip_rank: False is a boolean"),
     ("tune.space={train.lr: {low: true, high: 2}}", "low: True is a boolean"),
     ("tune.space={}", "tune.space: is empty: give at least one setting to search"),
+    # the sweep always "preferred" the shortest horizon, an easier target
+    ("tune.space={windows.horizon: [6, 12]}", "tune.space: windows.horizon: give one choice; "
+     "trials at different horizons forecast different targets"),
+    # an OverflowError traceback from numpy, which also ended a whole sweep
+    ("windows.stride=99999999999999999999", "windows.stride: Input should be less than or "
+     "equal to 2147483647"),
     ("tune.space.train.lr=[0.001]", "tune.space: train: keys of tune.space are whole dotted "
      "settings; give the space as one mapping, e.g. --set 'tune.space={train.lr: "),
     ("pipeline.max_data_age=6", "pipeline.max_data_age: 6 is a number, not a duration with a "
