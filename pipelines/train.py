@@ -23,7 +23,7 @@ from mlflow.entities import Run
 
 from forecast.config import Config
 from forecast.data import SeriesSet, file_sha256
-from forecast.errors import DataError, StaleData
+from forecast.errors import ConfigError, DataError, StaleData
 from forecast.paths import writable_dir
 from forecast.registry import filter_literal
 from forecast.runner import checkpoint_dir, config_digest, load_data, run_key
@@ -55,10 +55,16 @@ def data_digest(cfg: Config) -> str:
     return file_sha256(path)
 
 
-def freshness_gate(max_age: pd.Timedelta, now: pd.Timestamp) -> Callable[[SeriesSet], None]:
+def freshness_gate(max_age: pd.Timedelta, now: pd.Timestamp,
+                   as_of: bool = False) -> Callable[[SeriesSet], None]:
+    """Refuse data older than `max_age` at `now`; `as_of`: `now` is the user's --as-of, which
+    data newer than it contradicts (a backfill would train on what it could not have seen)."""
     def check(series: SeriesSet) -> None:
         newest = series.newest
         age = now - newest
+        if as_of and age < pd.Timedelta(0):
+            raise ConfigError(f"--as-of {now} is before the data's newest timestamp {newest}; "
+                              "pass a later --as-of, or cut the data at it")
         if age > max_age:
             raise StaleData(f"newest timestamp {newest} is {age} old at {now}, more than "
                             f"pipeline.max_data_age ({max_age}); check the upstream export, "
@@ -117,7 +123,11 @@ def run_job(cfg: Config, uri: str, force: bool = False,
         digest, settings = data_digest(cfg), config_digest(cfg)
         now = as_of if as_of is not None else pd.Timestamp.now(tz="UTC")
         max_age = cfg.pipeline.max_age
-        check = freshness_gate(max_age, now) if max_age is not None else None
+        check = freshness_gate(max_age, now, as_of is not None) if max_age is not None \
+            else None
+        if as_of is not None and max_age is None:
+            log.warning("--as-of is used only by the freshness gate, and pipeline.max_data_age "
+                        "is not set: it changes nothing")
         previous = last_success(client, cfg)
         if previous is not None and not force:
             tags = previous.data.tags

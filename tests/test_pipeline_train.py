@@ -155,6 +155,23 @@ def test_freshness_gate_refuses_old_data_before_training(
     assert versions(client) == 1
 
 
+def test_an_as_of_before_the_newest_data_is_refused_not_a_negative_age(
+        job: tuple[str, Path, MlflowClient], capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    uri, cfg_path, client = job
+    # newest 2024-02-03 07:00 UTC; 10:30+05:00 is 05:30 UTC: the gate passed "-1 days +22:30"
+    assert pipeline(uri, cfg_path, "--set", "pipeline.max_data_age=1h",
+                    "--as-of", "2024-02-03T10:30:00+05:00") == 2
+    assert ("error: --as-of 2024-02-03 10:30:00+05:00 is before the data's newest timestamp "
+            "2024-02-03 07:00:00+00:00; pass a later --as-of, or cut the data at it"
+            ) in capsys.readouterr().err
+    [run] = runs(client)
+    assert run.info.status == "FAILED" and versions(client) == 0
+    # without pipeline.max_data_age the flag changes nothing: said, not silently ignored
+    assert pipeline(uri, cfg_path, "--as-of", "2024-01-01") == 0
+    assert any("--as-of is used only by the freshness gate" in m for m in caplog.messages)
+
+
 @pytest.mark.slow
 def test_sigterm_after_the_epochs_ends_the_run_killed_and_registers_nothing(
         job: tuple[str, Path, MlflowClient]) -> None:
