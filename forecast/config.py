@@ -6,14 +6,16 @@ other module receives the resulting `Config` (or one of its sections) and trusts
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import pandas as pd
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,6 +26,10 @@ from pydantic import (
 )
 
 from forecast.errors import ConfigError
+
+# A path in a config is not seen by a shell: a leading ~ would name a folder called "~" in
+# the working directory (and two cron jobs in different folders would hold different locks)
+LocalPath = Annotated[str, AfterValidator(os.path.expanduser)]
 
 
 def _kinds(annotation: Any) -> set[Any]:
@@ -50,7 +56,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the series come from and how they are checked."""
 
-    path: str | None = Field(
+    path: LocalPath | None = Field(
         None, description="CSV or Parquet file; null means the built-in synthetic demo series."
     )
     layout: Literal["wide", "long"] = Field(
@@ -294,7 +300,7 @@ class TrainConfig(_Section):
     num_threads: int | None = Field(
         None, gt=0, le=256, description="torch intra-op threads; default: the cores available."
     )
-    checkpoint_dir: str | None = Field(
+    checkpoint_dir: LocalPath | None = Field(
         None, description="Where epoch checkpoints go; default <output_dir>/<name>/checkpoints."
     )
     resume: bool = Field(True, description="Continue from a checkpoint found in checkpoint_dir.")
@@ -371,7 +377,7 @@ class PipelineConfig(_Section):
         "Timedelta ('6h', '2D') before now (or --as-of); null: no freshness gate. Timestamps "
         "without a time zone are read as UTC.",
     )
-    lock_dir: str | None = Field(
+    lock_dir: LocalPath | None = Field(
         None,
         description="Folder for the job's lock file; default <output_dir>/locks. Every host "
         "that runs the job must see the same folder.",
@@ -511,7 +517,7 @@ class Config(_Section):
     """The whole resolved configuration of a run."""
 
     name: str = Field("forecast", description="Short name of this model/dataset configuration.")
-    output_dir: str = Field("outputs", description="Where runs write their files.")
+    output_dir: LocalPath = Field("outputs", description="Where runs write their files.")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     windows: WindowConfig = WindowConfig()

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from forecast.errors import LockHeld
+from forecast.errors import ConfigError, LockHeld
 
 
 def lock_path(folder: Path, pipeline: str, model: str) -> Path:
@@ -31,8 +31,13 @@ class JobLock:
         self._fd: int | None = None
 
     def __enter__(self) -> JobLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a folder in its place, no permission
+            raise ConfigError(f"lock file {self.path} cannot be opened ({err.strerror or err}); "
+                              "remove what is in its place or set pipeline.lock_dir to another "
+                              "folder") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

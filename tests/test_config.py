@@ -367,3 +367,13 @@ def test_model_sizes_are_bounded(override, limit):
     key = override.partition("=")[0]
     with pytest.raises(ConfigError, match=rf"{key}: Input should be less than or equal to {limit}"):
         load_config(None, [override])
+
+
+def test_a_leading_tilde_in_a_path_setting_is_the_home_folder(monkeypatch, tmp_path) -> None:
+    # it named a folder called "~" in the working directory; a lock there held nothing
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(None, ["data.path=~/x.csv", "output_dir=~/out", "pipeline.lock_dir=~/l",
+                             "train.checkpoint_dir=~/ck"])
+    assert (cfg.data.path, cfg.output_dir, cfg.pipeline.lock_dir, cfg.train.checkpoint_dir) == (
+        f"{tmp_path}/x.csv", f"{tmp_path}/out", f"{tmp_path}/l", f"{tmp_path}/ck")
+    assert load_config(None, ["output_dir=a~b"]).output_dir == "a~b"

@@ -232,6 +232,18 @@ def test_a_held_lock_makes_the_second_run_exit_at_once(
     assert pipeline(uri, cfg_path) == 0  # released: the next run goes ahead
 
 
+def test_a_folder_where_the_lock_file_goes_is_a_config_error(
+        job: tuple[str, Path, MlflowClient], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    uri, cfg_path, client = job
+    path = lock_path(tmp_path / "outputs" / "locks", "train", NAME)
+    path.mkdir(parents=True)
+    assert pipeline(uri, cfg_path) == 2  # an IsADirectoryError traceback, exit 1
+    assert (f"error: lock file {path} cannot be opened (Is a directory); remove what is in its "
+            "place or set pipeline.lock_dir to another folder") in capsys.readouterr().err
+    assert runs(client) == [] and versions(client) == 0
+
+
 def test_json_logs_carry_the_run_id(job: tuple[str, Path, MlflowClient],
                                     capfd: pytest.CaptureFixture[str]) -> None:
     uri, cfg_path, client = job
