@@ -163,7 +163,11 @@ def cmd_runs_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    print(dump_config(_resolve(args)), end="")
+    cfg = _resolve(args)
+    from forecast.tune import check_space  # optuna is only needed here
+
+    check_space(cfg)  # as `forecast tune` would, so that a config that prints also sweeps
+    print(dump_config(cfg), end="")
     return 0
 
 
@@ -364,6 +368,13 @@ def tracking_uri(text: str) -> str:
     return text.strip()
 
 
+def folder(text: str) -> str:
+    """argparse type: a folder to write into; an empty one would silently mean output_dir."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a folder or leave the flag out")
+    return text
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number above 0, with a message naming what was given."""
     try:
@@ -442,7 +453,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         tracking_flag(p, "tracking.uri, $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
         config_flags(p, required)
         if writes:  # tune's trials are MLflow runs only: it writes no output folder
-            p.add_argument("--output-dir",
+            p.add_argument("--output-dir", type=folder,
                            help="where runs write their files (overrides output_dir)")
 
     p = sub.add_parser("train", help="train, evaluate against baselines, save the model")
@@ -451,7 +462,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole job on built-in synthetic data, no files needed")
     tracking_flag(p)
-    p.add_argument("--output-dir", help="where the demo writes its files")
+    p.add_argument("--output-dir", type=folder, help="where the demo writes its files")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=cmd_demo, config=None, data=None)
 

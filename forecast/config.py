@@ -436,6 +436,10 @@ def _default_space() -> dict[str, list[Any] | Range]:
     }
 
 
+# train settings a sweep sets for every trial itself, or that change no score
+UNSEARCHED = ("train.checkpoint_dir", "train.resume", "train.progress")
+
+
 class TuneConfig(_Section):
     """Hyperparameter search (`forecast tune`), scored on the validation split only."""
 
@@ -464,7 +468,8 @@ class TuneConfig(_Section):
             raise ValueError("map dotted config keys to a list of choices or {low, high, log}")
         space: dict[str, list[Any] | Range] = {}
         for key, choice in raw.items():
-            if str(key).split(".")[0] in ("tune", "tracking", "pipeline", "output_dir", "name"):
+            if str(key).split(".")[0] in ("tune", "tracking", "pipeline", "output_dir", "name") \
+                    or key in UNSEARCHED:
                 raise ValueError(f"{key}: only settings that change the model can be searched")
             if isinstance(choice, dict) and "." not in str(key) \
                     and not set(choice) & {"low", "high", "log"}:

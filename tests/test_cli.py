@@ -498,6 +498,21 @@ def test_a_usage_error_is_a_json_record_when_the_logs_are_json(
     assert (record["status"], record["exit_code"], record["level"]) == ("failed", 2, "ERROR")
 
 
+@pytest.mark.parametrize("command", [["demo"], ["train", "--config", "c.yaml"]])
+def test_an_empty_output_dir_is_refused_not_read_as_the_default(
+        command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # it wrote into ./outputs
+        main([*command, "--output-dir", ""])
+    assert exit_info.value.code == 2
+    assert "argument --output-dir: is empty: give a folder" in capsys.readouterr().err
+
+
+def test_config_checks_a_tune_space_as_tune_does(capsys: pytest.CaptureFixture[str]) -> None:
+    # it printed a space whose "x" every trial of `forecast tune` would refuse
+    assert main(["config", "--set", 'tune.space={train.lr: [1e-3, "x"]}']) == 2
+    assert "tune.space: train.lr: Input should be a valid number" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     # (serve shares the flag; on a regression it would start serving instead of failing)
     ["models", "list", "m", "--tracking-uri", " "],

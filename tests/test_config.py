@@ -261,6 +261,10 @@ def test_dump_config_round_trips(tmp_path):
     ("model.skip_rank=false", "model.skip_rank: False is a boolean"),
     ("tune.space={train.lr: {low: true, high: 2}}", "low: True is a boolean"),
     ("tune.space={}", "tune.space: is empty: give at least one setting to search"),
+    # a sweep sets these itself for every trial, or they change no score
+    ("tune.space={train.checkpoint_dir: [a, b]}", "tune.space: train.checkpoint_dir: only "
+     "settings that change the model can be searched"),
+    ("tune.space={train.progress: [true, false]}", "tune.space: train.progress: only settings"),
     # the sweep always "preferred" the shortest horizon, an easier target
     ("tune.space={windows.horizon: [6, 12]}", "tune.space: windows.horizon: give one choice; "
      "trials at different horizons forecast different targets"),
