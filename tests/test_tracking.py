@@ -254,7 +254,7 @@ def test_run_failing_after_training_leaves_the_last_local_model_whole(
     blocker.write_text("")
     history.client.create_experiment("unwritable-artifacts",
                                      artifact_location=(blocker / "artifacts").as_uri())
-    with pytest.raises(OSError):
+    with pytest.raises(TrackingError, match="cannot be written"):  # exit 5, one line
         train_tracked(config(tmp_path, history.csv, train={"seed": 1}, tracking={
             "experiment": "unwritable-artifacts", "auto_register": False}), history.uri)
     exp = history.client.get_experiment_by_name("unwritable-artifacts")
