@@ -117,6 +117,13 @@ def load_series(cfg: DataConfig) -> SeriesSet:
     return series
 
 
+def shown_value(raw: pd.Series, pos: int) -> str:
+    """The value at `pos` as an error message quotes it: a Python value (nan, not
+    np.float64(nan)), "an empty value" for a missing one; a list cell stays a list."""
+    value = raw.iloc[pos:pos + 1].tolist()[0]
+    return "an empty value" if pd.api.types.is_scalar(value) and pd.isna(value) else repr(value)
+
+
 def _row_label(pos: int) -> str:
     # 1-based data rows, as a spreadsheet shows them (a CSV's file line is this plus 1).
     return f"row {pos + 1}"
@@ -200,8 +207,7 @@ def _parse_timestamps(frame: pd.DataFrame, column: str, source: str,
     bad = parsed.isna()
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])
-        value = raw.iloc[pos:pos + 1].tolist()[0]  # a Python value: nan, not np.float64(nan)
-        shown = "an empty value" if pd.isna(value) else repr(value)
+        shown = shown_value(raw, pos)
         raise DataError(
             f"{source}: column {column!r} {_row_label(pos)} has {shown}, "
             "which is not a timestamp; fix the value or drop the row "

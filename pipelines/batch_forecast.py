@@ -42,7 +42,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forecast.data import SUFFIXES, check_csv_header, has_utc_offset, to_datetime_column
+from forecast.data import (
+    SUFFIXES,
+    check_csv_header,
+    has_utc_offset,
+    shown_value,
+    to_datetime_column,
+)
 from forecast.errors import ConfigError, DataError, ForecastError
 from forecast.paths import writable_file
 from forecast.predictor import Forecaster
@@ -144,11 +150,9 @@ def _parse_stamps(raw: pd.Series, source: str) -> pd.Series:
 
 
 def _stamp_problem(raw: pd.Series, pos: int, row: int) -> str:
-    value = raw.iloc[pos:pos + 1].tolist()[0]  # a Python value: nan, not np.float64(nan)
-    empty = pd.api.types.is_scalar(value) and pd.isna(value)
-    shown = "an empty value" if empty else repr(value)
+    shown = shown_value(raw, pos)
     hint = " (a number: does --timestamp-column name the time column?)" \
-        if not empty and _is_number(value) else ""
+        if shown != "an empty value" and _is_number(raw.iloc[pos]) else ""
     return f"timestamp column {raw.name!r} row {row} has {shown}, which is not a timestamp{hint}"
 
 

@@ -390,3 +390,11 @@ def test_long_layout_series_with_different_frequencies():
                                               ("W", 52), ("B", 5)])
 def test_season_for(freq, season):
     assert season_for(freq) == season
+
+
+def test_a_time_column_of_lists_is_named_not_a_traceback() -> None:
+    # Parquet can hold a list per cell; pd.isna of a list is an array, whose truth value raised
+    frame = pd.DataFrame({"date": [[1, 2]] * 5, "a": range(5)})
+    with pytest.raises(DataError, match=r"column 'date' row 1 has \[1, 2\], which is not a "
+                       r"timestamp"):
+        frame_to_series(frame, DataConfig(columns=["a"]))
