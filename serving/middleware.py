@@ -88,10 +88,11 @@ class LimitsAndMetrics:
                 await _reply(send, 401, "missing or invalid bearer token",
                              ((b"www-authenticate", b"Bearer"),))
                 return
-            coding = _content_coding(scope["headers"])
-            if coding and (length > 0 or b"transfer-encoding" in headers):
-                # no coding is decoded here: a gzip body would be read as (bad) JSON, and an
-                # uncompressed one labelled gzip accepted, both against RFC 9110 (15.5.16)
+            # no coding is decoded here: a gzip body would be read as (bad) JSON, and an
+            # uncompressed one labelled gzip accepted, both against RFC 9110 (15.5.16)
+            coding = _content_coding(scope["headers"]) if b"content-encoding" in headers and (
+                length > 0 or b"transfer-encoding" in headers) else ""
+            if coding:
                 status["code"] = 415
                 await _reply(send, 415, f"Content-Encoding {coding!r} is not supported; send "
                              "the body uncompressed (no Content-Encoding)")

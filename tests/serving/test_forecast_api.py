@@ -271,6 +271,11 @@ def test_a_content_encoding_is_refused_with_415(client: TestClient) -> None:
                                           "the body uncompressed (no Content-Encoding)")
     for codings in (["identity"], ["Identity "], ["identity, identity"], ["identity", ""]):
         assert send(body, *codings).status_code == 200, codings
+    # a chunked body has no Content-Length: its coding is checked too
+    reply = client.post("/v1/forecast", content=iter([body[:100], body[100:]]), headers={
+        "content-type": "application/json", "content-encoding": "gzip"})
+    assert reply.request.headers.get("transfer-encoding") == "chunked"
+    assert reply.status_code == 415
     # a request without a body has nothing encoded: health probes must not fail on the header
     assert client.get("/healthz", headers={"content-encoding": "gzip"}).status_code == 200
     assert client.get("/v1/model", headers={"content-encoding": "gzip"}).status_code == 200
