@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -360,19 +361,19 @@ def tcp_port(text: str) -> int:
     return value
 
 
-def tracking_uri(text: str) -> str:
-    """argparse type: an MLflow URI; an empty one would silently mean ./mlflow.db."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: give a URI (e.g. sqlite:///mlflow.db or "
-                                         "http://host:5000) or leave the flag out")
-    return text.strip()
+def not_blank(what: str) -> Callable[[str], str]:
+    """argparse type: a value that may not be empty, since an empty flag would silently mean
+    its default (./mlflow.db, output_dir, the model's column); surrounding blanks dropped."""
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty: give {what} or leave the flag out")
+        return text.strip()
+    return check
 
 
-def folder(text: str) -> str:
-    """argparse type: a folder to write into; an empty one would silently mean output_dir."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: give a folder or leave the flag out")
-    return text
+tracking_uri = not_blank("a URI (e.g. sqlite:///mlflow.db or http://host:5000)")
+folder = not_blank("a folder")
+column = not_blank("a column name")
 
 
 def positive_float(text: str) -> float:

@@ -27,9 +27,17 @@ from pydantic import (
 
 from forecast.errors import ConfigError
 
-# A path in a config is not seen by a shell: a leading ~ would name a folder called "~" in
-# the working directory (and two cron jobs in different folders would hold different locks)
-LocalPath = Annotated[str, AfterValidator(os.path.expanduser)]
+
+def _local_path(value: str) -> str:
+    # an empty path read as "unset" sent files and locks to the default place without a word
+    if not value.strip():
+        raise ValueError("is empty: give a path, or leave the key out for the default")
+    # a config is not seen by a shell: a leading ~ would name a folder called "~" in the
+    # working directory (and two cron jobs in different folders would hold different locks)
+    return os.path.expanduser(value)
+
+
+LocalPath = Annotated[str, AfterValidator(_local_path)]
 
 
 def _kinds(annotation: Any) -> set[Any]:

@@ -655,7 +655,7 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `forecast pipeline batch-forecast`."""
-    from forecast.cli import positive_int, tracking_uri  # here: forecast.cli imports us
+    from forecast.cli import column, positive_int, tracking_uri  # forecast.cli imports us
 
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION "
                    "or a model directory written by `forecast train`")
@@ -673,8 +673,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model's)")
     p.add_argument("--tracking-uri", type=tracking_uri, help="MLflow tracking URI for models:/ "
                    "(default $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)")
-    p.add_argument("--timestamp-column", help="default: the model's timestamp column")
-    p.add_argument("--id-column", default="series_id", help="series id column (long layout)")
+    p.add_argument("--timestamp-column", type=column,
+                   help="default: the model's timestamp column")
+    p.add_argument("--id-column", type=column, default="series_id",
+                   help="series id column (long layout)")
     p.add_argument("--on-bad-series", choices=["skip", "fail"], default="skip",
                    help="skip (default): forecast the others and list the bad ones; fail: stop")
 

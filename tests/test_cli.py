@@ -507,6 +507,19 @@ def test_an_empty_output_dir_is_refused_not_read_as_the_default(
     assert "argument --output-dir: is empty: give a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, fix", [("--timestamp-column", "a column name"),
+                                       ("--id-column", "a column name"),
+                                       ("--tracking-uri", "a URI")])
+def test_batch_forecast_flags_may_not_be_empty(
+        flag: str, fix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # an empty --timestamp-column silently meant the model's column
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pipeline", "batch-forecast", "--model", "m", "--input", "i.csv", "--output",
+              "o.csv", flag, " "])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: is empty: give {fix}" in capsys.readouterr().err
+
+
 def test_config_checks_a_tune_space_as_tune_does(capsys: pytest.CaptureFixture[str]) -> None:
     # it printed a space whose "x" every trial of `forecast tune` would refuse
     assert main(["config", "--set", 'tune.space={train.lr: [1e-3, "x"]}']) == 2

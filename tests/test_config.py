@@ -261,6 +261,10 @@ def test_dump_config_round_trips(tmp_path):
     ("model.skip_rank=false", "model.skip_rank: False is a boolean"),
     ("tune.space={train.lr: {low: true, high: 2}}", "low: True is a boolean"),
     ("tune.space={}", "tune.space: is empty: give at least one setting to search"),
+    # an empty path meant "unset": files and locks went to the default place without a word
+    ("data.path=''", "data.path: is empty: give a path, or leave the key out for the default"),
+    ("output_dir=''", "output_dir: is empty: give a path"),
+    ("pipeline.lock_dir=''", "pipeline.lock_dir: is empty: give a path"),
     # a sweep sets these itself for every trial, or they change no score
     ("tune.space={train.checkpoint_dir: [a, b]}", "tune.space: train.checkpoint_dir: only "
      "settings that change the model can be searched"),
