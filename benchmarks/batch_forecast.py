@@ -1,4 +1,4 @@
-"""Batch-forecast benchmark: many synthetic hourly series through `pipelines.batch_forecast`.
+"""Batch-forecast benchmark: many synthetic hourly series through the batch-forecast job.
 
 Writes a long Parquet file of `--series` series x `--rows` hourly rows (daily and weekly
 cycles, a level and noise per series, each series ending at its own hour), trains a small
@@ -36,15 +36,6 @@ NAME = "batch-bench"
 CHANNEL = "load_0"  # the channel name of the model trained on the synthetic frame
 RSS_BUDGET_MB = 1536
 
-# The job as the CLI runs it, without depending on forecast/cli.py's wiring.
-JOB = """\
-import argparse, logging, sys
-from pipelines.batch_forecast import add_arguments, run_from_args
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-parser = argparse.ArgumentParser()
-add_arguments(parser)
-sys.exit(run_from_args(parser.parse_args(sys.argv[1:])))
-"""
 
 
 def write_series(path: Path, n_series: int, rows: int, seed: int = 0) -> None:
@@ -109,7 +100,8 @@ def main() -> None:
               f"{time.perf_counter() - t0:.1f}s", flush=True)
 
         out = work / "forecasts.parquet"
-        cmd = [sys.executable, "-c", JOB, "--model", f"models:/{NAME}@champion",
+        cmd = [sys.executable, "-m", "forecast", "pipeline", "batch-forecast",
+               "--model", f"models:/{NAME}@champion",
                "--tracking-uri", uri, "--input", str(data), "--output", str(out),
                "--chunk-size", str(args.chunk_size)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

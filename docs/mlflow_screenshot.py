@@ -1,4 +1,4 @@
-"""Re-take docs/mlflow-compare-runs.png: the MLflow UI comparing three training runs.
+"""Re-take docs/images/mlflow-compare-runs.png: the MLflow UI comparing three training runs.
 
 The script trains the demo model three times with different settings into a fresh SQLite
 tracking store in a temporary directory, starts a real `mlflow ui` on 127.0.0.1, opens the
@@ -10,7 +10,7 @@ removed. It takes two to three minutes on two CPU cores.
 Needs the project's virtual environment and Debian's Chromium (`apt-get install chromium`):
 
     export PATH=/work/main/.venv/bin:$PATH
-    python docs/mlflow_screenshot.py                     # writes docs/mlflow-compare-runs.png
+    python docs/mlflow_screenshot.py                     # writes docs/images/mlflow-compare-runs.png
     python docs/mlflow_screenshot.py --out /tmp/compare.png --chromium /usr/bin/chromium
 """
 
@@ -333,7 +333,7 @@ def screenshot(chromium: str, url: str, n_runs: int, out: Path, profile: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path,
-                        default=Path(__file__).with_name("mlflow-compare-runs.png"),
+                        default=Path(__file__).parent / "images" / "mlflow-compare-runs.png",
                         help="where to write the PNG (default: %(default)s)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium",
                         help="the Chromium binary (default: %(default)s)")

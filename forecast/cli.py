@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -52,8 +53,8 @@ from forecast.tracking import (
     train_tracked,
 )
 from forecast.windows import prepare
-from pipelines import batch_forecast
 from pipelines import train as train_pipeline
+from pipelines.batch_forecast import BatchOptions, batch_forecast
 
 log = logging.getLogger("forecast")
 
@@ -297,6 +298,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch_forecast(args: argparse.Namespace) -> int:
+    s = batch_forecast(BatchOptions(
+        model=args.model, input=Path(args.input), output=Path(args.output), layout=args.layout,
+        chunk_size=args.chunk_size, horizon=args.horizon, tracking_uri=args.tracking_uri,
+        timestamp_column=args.timestamp_column, id_column=args.id_column,
+        on_bad_series=args.on_bad_series, read_rows=args.read_rows))
+    skipped = f"{s.series_skipped:,} skipped (see {s.errors_file})" if s.series_skipped \
+        else "none skipped"
+    if args.log_format != "json":  # JSON: every line is one object
+        print(f"forecast {s.series_forecast:,} series with {s.model_name} (version "
+              f"{s.model_version}), "
+              f"{skipped}: {s.rows:,} rows in {s.output}, {s.seconds:.1f}s "
+              f"({s.series_per_second:,.0f} series/s, peak RSS {s.peak_rss_mb:.0f} MB)")
+    print(json.dumps(asdict(s)))
+    return 0
+
+
 def _check_port(host: str, port: int) -> None:
     """uvicorn reports a port in use on its own log and exits 3, the code for bad data."""
     try:
@@ -385,6 +403,32 @@ def positive_float(text: str) -> float:
     if not value > 0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"{value} is not above 0")
     return value
+
+
+def batch_forecast_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `forecast pipeline batch-forecast`; they map one to one to BatchOptions."""
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION "
+                   "or a model directory written by `forecast train`")
+    p.add_argument("--input", required=True, help="series file, .csv or .parquet")
+    p.add_argument("--output", required=True, help="forecast file, .parquet or .csv; bad "
+                   "series are listed in <stem>.errors.csv beside it")
+    p.add_argument("--layout", choices=["long", "wide"], default="long",
+                   help="long: id, timestamp, channel columns, a series' rows together; wide: "
+                   "timestamp plus one column per series (single-channel models)")
+    p.add_argument("--chunk-size", type=positive_int, default=2000,
+                   help="series per forward pass (default 2000)")
+    p.add_argument("--read-rows", type=positive_int, default=200_000,
+                   help="rows per read chunk (default 200000); bounds memory only")
+    p.add_argument("--horizon", type=positive_int, help="steps to forecast (default: the "
+                   "model's)")
+    p.add_argument("--tracking-uri", type=tracking_uri, help="MLflow tracking URI for models:/ "
+                   "(default $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)")
+    p.add_argument("--timestamp-column", type=column,
+                   help="default: the model's timestamp column")
+    p.add_argument("--id-column", type=column, default="series_id",
+                   help="series id column (long layout)")
+    p.add_argument("--on-bad-series", choices=["skip", "fail"], default="skip",
+                   help="skip (default): forecast the others and list the bad ones; fail: stop")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -514,9 +558,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline_train)
     p = pipeline.add_parser("batch-forecast", help="forecast many series from a file with a "
                             "registered model, in chunks")
-    batch_forecast.add_arguments(p)
+    batch_forecast_flags(p)
     log_format_flag(p)
-    p.set_defaults(func=batch_forecast.run_from_args)
+    p.set_defaults(func=cmd_batch_forecast)
 
     p = sub.add_parser("tune", help="hyperparameter search as nested MLflow runs (validation "
                        "split only)")

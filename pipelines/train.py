@@ -4,14 +4,13 @@
          → [MLflow run: validate data → freshness gate → split → train (resuming a killed
             run's checkpoint) → evaluate with baselines → log → register → champion gate]
 
-Run as `forecast pipeline train --config pipelines/configs/etth1.yaml` or
-`python -m pipelines.train --config ...`. Exit codes: see forecast/errors.py and the README.
+Run as `forecast pipeline train --config pipelines/configs/etth1.yaml`. Exit codes: see
+forecast/errors.py and docs/errors.md.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +161,3 @@ def run_job(cfg: Config, uri: str, force: bool = False,
                     "promoted": bool(decision and decision.promoted)})
     return JobResult("trained", tracked.run_id, tracked)
 
-
-if __name__ == "__main__":
-    from forecast.cli import main
-
-    sys.exit(main(["pipeline", "train", *sys.argv[1:]]))

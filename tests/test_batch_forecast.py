@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from forecast.bundle import load_bundle
-from forecast.cli import build_parser, main
+from forecast.cli import main
 from forecast.config import DataConfig, build_config
 from forecast.data import frame_to_series
 from forecast.errors import ConfigError, DataError, ForecastError, TrackingError
@@ -25,7 +25,7 @@ from forecast.predictor import Forecaster
 from forecast.registry import ModelSource, load_version_forecaster
 from forecast.runner import train_and_evaluate
 from forecast.tracking import train_tracked
-from pipelines.batch_forecast import BatchOptions, BatchSummary, batch_forecast, run_from_args
+from pipelines.batch_forecast import BatchOptions, BatchSummary, batch_forecast
 from tests.conftest import make_frame, tiny_raw
 from tests.tracked import NAME, config, series_csv
 
@@ -500,20 +500,6 @@ def test_tracking_uri_alone_names_the_store(registry, tmp_path):
     assert len(got) == 12
 
 
-def _cli_has_batch_forecast() -> bool:
-    try:
-        args = build_parser().parse_args(["pipeline", "batch-forecast", "--model", "m",
-                                          "--input", "i", "--output", "o"])
-    except SystemExit:
-        return False
-    return getattr(args, "func", None) is run_from_args
-
-
-needs_cli = pytest.mark.skipif(not _cli_has_batch_forecast(),
-                               reason="`forecast pipeline batch-forecast` is not wired yet")
-
-
-@needs_cli
 def test_cli_prints_a_summary_and_exits_0(model_dir, tmp_path, capsys):
     inp = write(long_frame(), tmp_path / "in.csv")
     code = main(["pipeline", "batch-forecast", "--model", str(model_dir), "--input", str(inp),
@@ -528,7 +514,6 @@ def test_cli_prints_a_summary_and_exits_0(model_dir, tmp_path, capsys):
     assert {"seconds", "series_per_second", "peak_rss_mb"} <= summary.keys()
 
 
-@needs_cli
 def test_cli_exit_codes(model_dir, tmp_path, capsys):
     frame, _ = bad_frame()
     inp = write(frame, tmp_path / "in.csv")
@@ -543,7 +528,7 @@ def test_cli_exit_codes(model_dir, tmp_path, capsys):
 
 
 def test_day_first_input_timestamps_are_read_as_training_reads_them():
-    from pipelines.batch_forecast import _parse_stamps
+    from pipelines.batch_input import _parse_stamps
 
     # one format per column: 10/01 must not become 1 October beside 13/01 as 13 January
     raw = pd.Series(["10/01/2024", "11/01/2024", "12/01/2024", "13/01/2024"], name="date")

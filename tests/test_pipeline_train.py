@@ -248,7 +248,7 @@ def test_json_logs_carry_the_run_id(job: tuple[str, Path, MlflowClient],
                                     capfd: pytest.CaptureFixture[str]) -> None:
     uri, cfg_path, client = job
     code = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", "--config", str(cfg_path), "--tracking-uri",
+        [sys.executable, "-m", "forecast", "pipeline", "train", "--config", str(cfg_path), "--tracking-uri",
          uri, "--log-format", "json"], capture_output=True, text=True, timeout=300)
     assert code.returncode == 0, code.stderr[-2000:]
     # every line is one JSON object, for a log shipper: MLflow's own log lines and Python
@@ -287,7 +287,7 @@ def test_overlapping_run_is_locked_out_and_a_killed_job_resumes_from_its_checkpo
     cfg_path.write_text(dump_config(cfg))
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     ckpt = tmp_path / "outputs" / "tiny" / "checkpoints" / CHECKPOINT
-    argv = [sys.executable, "-m", "pipelines.train", "--config", str(cfg_path),
+    argv = [sys.executable, "-m", "forecast", "pipeline", "train", "--config", str(cfg_path),
             "--tracking-uri", uri]
     first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from forecast.config import ConfigError, build_config, load_config
+from forecast.config import build_config, load_config
 from forecast.data import DataConfig, frame_to_series
+from forecast.errors import ConfigError
 from forecast.model import build_model
 from forecast.skip_fit import RIDGE, fit_linear_skip, reduce_rank
 from forecast.train import CHECKPOINT, fit

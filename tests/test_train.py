@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from forecast.config import ConfigError, TrainConfig, load_config
-from forecast.errors import TrainingError
+from forecast.config import TrainConfig, load_config
+from forecast.errors import ConfigError, TrainingError
 from forecast.model import build_model
 from forecast.train import (
     CHECKPOINT,
