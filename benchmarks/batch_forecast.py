@@ -7,10 +7,12 @@ on in a temporary SQLite store so that `models:/NAME@champion` exists, then runs
 in a subprocess, so that the peak RSS reported is the job's own.
 
     python benchmarks/batch_forecast.py [--series 10000] [--rows 500] [--chunk-size 2000]
+    python benchmarks/batch_forecast.py --series 50 --rows 300 --results /tmp/b.json   # smoke
 
 Prints the job's series/s, wall seconds and peak RSS (the budget is 1.5 GB), then one JSON
 line: {"series", "rows", "chunk_size", "series_forecast", "series_per_second",
-"job_seconds", "wall_seconds", "peak_rss_mb", "rss_budget_mb", "within_budget"}.
+"job_seconds", "wall_seconds", "peak_rss_mb", "rss_budget_mb", "within_budget"}, saved to
+benchmarks/results/batch_forecast.json (--results).
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks import record  # noqa: E402
 
 NAME = "batch-bench"
 CHANNEL = "load_0"  # the channel name of the model trained on the synthetic frame
 RSS_BUDGET_MB = 1536
-
 
 
 def write_series(path: Path, n_series: int, rows: int, seed: int = 0) -> None:
@@ -82,7 +84,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500, help="hourly rows per series")
     parser.add_argument("--chunk-size", type=int, default=2000)
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
+    record.add_argument(parser, "batch_forecast")
     args = parser.parse_args()
+    run = record.start("batch_forecast")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
@@ -122,13 +126,13 @@ def main() -> None:
           "interpreter start and imports)")
     print(f"peak RSS:       {peak:.0f} MB (largest child of this process: {children_mb:.0f} MB; "
           f"budget {RSS_BUDGET_MB} MB: {'OK' if ok else 'OVER'})")
-    print(json.dumps({
+    record.finish(run, {
         "series": args.series, "rows": args.rows, "chunk_size": args.chunk_size,
         "series_forecast": summary["series_forecast"],
         "series_per_second": summary["series_per_second"], "job_seconds": summary["seconds"],
         "wall_seconds": round(wall, 2), "peak_rss_mb": peak, "rss_budget_mb": RSS_BUDGET_MB,
         "within_budget": ok,
-    }))
+    }, args.results)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ Each (dataset, horizon, seed) trains in its own subprocess, so peak RSS is that 
 With --jobs N, N subprocesses run at once and share the cores (cores // N torch threads each):
 on a 2-core machine two 1-thread trainings finish about 1.2x sooner in total than one after
 the other at 2 threads, but each cell's train time and windows/s are then per-thread figures.
-Prints a table, then one JSON line (an object for one cell, a list for several).
+Prints a table, then one JSON line (an object for one cell, a list for several), saved to
+benchmarks/results/etth.json for a run of the whole table with the shipped configs, else to
+benchmarks/results/etth_partial.json (--results names another file).
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -38,12 +38,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks import record  # noqa: E402
 from forecast.metrics import MetricAccumulator  # noqa: E402
 from forecast.train import available_cores  # noqa: E402
 from forecast.windows import WindowSet  # noqa: E402
 
 HORIZONS = (96, 192, 336, 720)
 DATASETS = ("ETTh1", "ETTh2")
+SEEDS = [0, 1, 2]
 EXPECTED = {"rows": (8640, 2880, 2880)}
 
 # PatchTST/64 (L=512) published test MSE / MAE, from BENCHMARK.md.
@@ -153,6 +155,7 @@ def summarise(runs: list[dict]) -> dict:
     cell = {k: first[k] for k in ("dataset", "horizon", "lookback", "windows",
                                   "windows_drop_last", "params", "baselines", "config")}
     cell["seeds"] = [r["seed"] for r in runs]
+    cell["seed_mse"] = [round(r["mse"], 4) for r in runs]
     for key in ("mse", "mae", "mse_drop_last", "mae_drop_last", "train_seconds",
                 "train_windows_per_second"):
         vals = [r[key] for r in runs]
@@ -160,7 +163,6 @@ def summarise(runs: list[dict]) -> dict:
         if key in ("mse", "mae"):
             cell[f"{key}_std"] = round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0
     cell["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    cell["machine"] = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, CPU"
     return cell
 
 
@@ -201,7 +203,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, action="append")
     p.add_argument("--horizon", type=int, choices=HORIZONS, action="append")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--output-dir", type=Path,
                    default=Path(tempfile.gettempdir()) / "forecast-benchmarks")
@@ -214,13 +216,21 @@ def main() -> None:
     p.add_argument("--jobs", type=jobs_count, default=1, metavar="N",
                    help="trainings run at once, sharing the cores (default 1, at most the cores)")
     p.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--results", type=Path, metavar="PATH",
+                   help="where to save the result as JSON (default: benchmarks/results/"
+                   "etth.json for the whole table with the shipped configs and seeds, else "
+                   "etth_partial.json)")
     args = p.parse_args()
     require_data(args.data_dir, args.dataset or DATASETS)
+    whole = not (args.dataset or args.horizon or args.set or args.peer_config
+                 or args.seeds != SEEDS)
+    results = args.results or record.RESULTS_DIR / ("etth.json" if whole else "etth_partial.json")
 
     if args.cell:  # child process: one seed of one cell
         print(json.dumps(run_cell(args.dataset[0], args.horizon[0], args.seeds[0],
                                   args.data_dir, args.output_dir, args.set or [])))
         return
+    run = record.start("etth")
     if len(set(args.seeds)) < len(args.seeds):
         p.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed "
                 "would count the same run twice in the mean and std)")
@@ -239,7 +249,7 @@ def main() -> None:
     cells = [summarise([runs[(d, h, s)] for s in args.seeds]) for d, h in keys]
     print()
     print(table(cells))
-    print(json.dumps(cells[0] if len(cells) == 1 else cells))
+    record.finish(run, cells[0] if len(cells) == 1 else cells, results)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ second, and the other way round. Reads the validation block only, never the test
 
     python benchmarks/etth.py --dataset ETTh2 --output-dir runs/etth      # trains and saves
     python benchmarks/head_scale.py --dataset ETTh2 --output-dir runs/etth
+
+Prints a line per horizon, then one JSON line: a list of {dataset, horizon, seeds, val_mse_shipped,
+val_mse_linear, val_mse_cross_fitted, val_mse_hindsight, scales}, saved to
+benchmarks/results/head_scale.json (--results).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from seed_average import saved_cells  # noqa: E402  (beside this script)
+from seed_average import options, saved_cells  # noqa: E402  (beside this script)
 
+from benchmarks import record  # noqa: E402
 from forecast.bundle import load_bundle  # noqa: E402
 from forecast.config import load_config  # noqa: E402
 from forecast.model import PatchTransformer  # noqa: E402
@@ -93,7 +98,10 @@ def score(run_dir: Path, data_path: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    for dataset, horizon, dirs, data_path in saved_cells(__doc__):
+    args = options(__doc__, "head_scale")
+    run = record.start("head_scale")
+    results = []
+    for dataset, horizon, dirs, data_path in saved_cells(args):
         runs = [score(d, data_path) for d in dirs]
         mean = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
         scales = " ".join(f"{r['scale']:.2f}" for r in runs)
@@ -101,6 +109,11 @@ def main() -> None:
               f"{mean['linear']:.4f}, cross-fitted {mean['cross_fitted']:.4f} "
               f"({(mean['cross_fitted'] / mean['shipped'] - 1) * 100:+.2f}%), hindsight "
               f"{mean['hindsight']:.4f}; a per seed {scales}", flush=True)
+        results.append({"dataset": dataset, "horizon": horizon, "seeds": args.seeds,
+                         **{f"val_mse_{k}": round(mean[k], 4)
+                            for k in ("shipped", "linear", "cross_fitted", "hindsight")},
+                         "scales": [round(r["scale"], 4) for r in runs]})
+    record.finish(run, results, args.results)
 
 
 if __name__ == "__main__":

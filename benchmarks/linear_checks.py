@@ -30,7 +30,8 @@ by all channels, rows weighted by their own scale, full-rank lookback):
                 --period output steps is one convolution of the lookback, the same for every
                 phase, over lags within --offsets of a multiple of the period; with --delta
                 both it and a full-rank comparison row are fitted robustly
-Prints a table, then one JSON line: a list of {check, lookback, variant, val_mse}.
+Prints a table, then one JSON line: a list of {dataset, horizon, val_rows, check, lookback,
+variant, val_mse}, saved to benchmarks/results/linear_checks.json (--results).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -48,6 +48,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks import record  # noqa: E402
 from benchmarks.etth import DATASETS, HORIZONS, config_for, require_data  # noqa: E402
 from forecast.config import load_config  # noqa: E402
 from forecast.errors import ForecastError  # noqa: E402
@@ -319,7 +320,9 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=8640,
                         help="training rows; validation is the 2880 after them (5760: fold 2)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    record.add_argument(parser, "linear_checks")
     args = parser.parse_args()
+    run = record.start("linear_checks")
     if any(L <= 0 or L > 720 for L in args.lookbacks):
         parser.error("--lookbacks: each must be between 1 and 720 (the protocol's limit)")
     if args.train_rows not in (5760, 8640):
@@ -360,8 +363,8 @@ def main() -> None:
     print(f"{'L':>5}  {'variant':<32} {'val MSE':>8}")
     for r in results:
         print(f"{r['lookback']:>5}  {r['variant']:<32} {r['val_mse']:>8.4f}")
-    print(json.dumps([{"dataset": args.dataset, "horizon": args.horizon, "val_rows": val_rows, **r}
-                      for r in results]))
+    record.finish(run, [{"dataset": args.dataset, "horizon": args.horizon, "val_rows": val_rows,
+                         **r} for r in results], args.results)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ the record, test) MSE of the single models (their mean) and of the average of th
 
     python benchmarks/etth.py --dataset ETTh1 --output-dir runs/etth    # trains and saves
     python benchmarks/seed_average.py --dataset ETTh1 --output-dir runs/etth
+
+Prints a line per horizon, then one JSON line: a list of {dataset, horizon, seeds,
+val_mse_single, val_mse_averaged, test_mse_single, test_mse_averaged}, saved to
+benchmarks/results/seed_average.json (--results).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks import record  # noqa: E402
 from forecast.bundle import load_bundle  # noqa: E402
 from forecast.config import load_config  # noqa: E402
 from forecast.metrics import MetricAccumulator  # noqa: E402
@@ -51,9 +56,8 @@ def score(dirs: list[Path], data_path: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def saved_cells(description: str) -> Iterator[tuple[str, int, list[Path], Path]]:
-    """Parse the scripts' shared flags; yield (dataset, horizon, the seeds' run folders, data
-    file) for each horizon whose seed models are all in --output-dir."""
+def options(description: str, name: str) -> argparse.Namespace:
+    """The flags this script and head_scale.py share."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=("ETTh1", "ETTh2"), required=True)
@@ -61,9 +65,16 @@ def saved_cells(description: str) -> Iterator[tuple[str, int, list[Path], Path]]
                    help="the --output-dir the benchmark saved its cells to")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    record.add_argument(p, name)
     args = p.parse_args()
     if len(set(args.seeds)) < len(args.seeds):
         p.error("--seeds: each seed once (a repeated seed would weigh one model twice)")
+    return args
+
+
+def saved_cells(args: argparse.Namespace) -> Iterator[tuple[str, int, list[Path], Path]]:
+    """(dataset, horizon, the seeds' run folders, data file) for each horizon whose seed
+    models are all in --output-dir."""
     torch.set_num_threads(1)
     found = 0
     for horizon in (96, 192, 336, 720):
@@ -77,12 +88,20 @@ def saved_cells(description: str) -> Iterator[tuple[str, int, list[Path], Path]]
 
 
 def main() -> None:
-    for dataset, horizon, dirs, data_path in saved_cells(__doc__):
+    args = options(__doc__, "seed_average")
+    run = record.start("seed_average")
+    results = []
+    for dataset, horizon, dirs, data_path in saved_cells(args):
         scores = score(dirs, data_path)
         val, test = scores["val"], scores["test"]
         print(f"{dataset} H={horizon}: val MSE single {val[0]:.4f} averaged {val[1]:.4f} "
               f"({(val[1] / val[0] - 1) * 100:+.1f}%); test MSE single {test[0]:.4f} "
               f"averaged {test[1]:.4f}", flush=True)
+        results.append({"dataset": dataset, "horizon": horizon, "seeds": args.seeds,
+                        **{f"{split}_mse_{kind}": round(scores[split][i], 4)
+                           for split in ("val", "test")
+                           for i, kind in enumerate(("single", "averaged"))}})
+    record.finish(run, results, args.results)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ concurrency 1, 16 and 64, and a 256-series batch request. Every level is bounded
 count and in time. Both servers get the same histories; MLflow's as `dataframe_split` rows.
 
     python benchmarks/serving.py [--data-dir ../shared/data] [--requests 400]
+    python benchmarks/serving.py --data-dir DIR --requests 20 --batch-requests 2 \
+        --seconds 2 --skip-mlflow --set windows.lookback=48 --results /tmp/s.json   # smoke
 
-Prints a table, then one JSON line:
+Prints a table, then one JSON line, saved to benchmarks/results/serving.json (--results):
 {"ours": {"c1": {"p50_ms", "p95_ms", "p99_ms", "rps", "errors"}, "c16", "c64", "batch256"},
- "mlflow": {same keys}}
+ "mlflow": {same keys}}   ("mlflow" left out with --skip-mlflow)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks import record  # noqa: E402
 
 NAME = "etth1-serving-bench"
 
@@ -43,7 +46,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def register_model(data_dir: Path, uri: str, out: Path) -> None:
+def register_model(data_dir: Path, uri: str, out: Path, overrides: list[str]) -> None:
     from forecast.config import load_config
     from forecast.tracking import train_tracked
 
@@ -51,6 +54,7 @@ def register_model(data_dir: Path, uri: str, out: Path) -> None:
         f"data.path={data_dir / 'ETTh1.csv'}", f"output_dir={out}", "train.epochs=1",
         "train.max_windows_per_epoch=2048", "train.progress=false", "train.resume=false",
         f"tracking.registered_model={NAME}", "tracking.experiment=serving-benchmark",
+        *overrides,
     ])
     train_tracked(cfg, uri)
 
@@ -159,14 +163,21 @@ def main() -> None:
     p.add_argument("--batch-requests", type=int, default=20)
     p.add_argument("--seconds", type=float, default=45, help="time bound per level")
     p.add_argument("--workers", type=int, default=1, help="worker processes of each server")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the model's config (e.g. windows.lookback=48 for a "
+                   "small, quick model)")
+    p.add_argument("--skip-mlflow", action="store_true",
+                   help="load only our service, not `mlflow models serve`")
+    record.add_argument(p, "serving")
     args = p.parse_args()
+    run = record.start("serving")
     if not (args.data_dir / "ETTh1.csv").is_file():
         raise SystemExit(f"{args.data_dir / 'ETTh1.csv'} not found; pass --data-dir")
 
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     print(f"registering an ETTh1-shaped model in {uri} ...", flush=True)
-    register_model(args.data_dir, uri, tmp / "outputs")
+    register_model(args.data_dir, uri, tmp / "outputs", args.set)
     from forecast.registry import load_version_forecaster
 
     forecaster = load_version_forecaster(uri, NAME, "1")
@@ -176,20 +187,23 @@ def main() -> None:
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     bin_dir = Path(sys.executable).parent
-    servers = {
+    servers: dict[str, tuple[list[str], str, str]] = {
         "ours": ([str(bin_dir / "forecast"), "-q", "serve", "--model", f"models:/{NAME}/1",
                   "--workers", str(args.workers)], "/v1/forecast", "/readyz"),
         "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1",
                     "--env-manager", "local", "--workers", str(args.workers)],
                    "/invocations", "/ping"),
     }
+    if args.skip_mlflow:
+        del servers["mlflow"]
     results: dict[str, dict[str, Any]] = {}
     for name, (cmd, path, ready) in servers.items():
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = start([*cmd, "--host", "127.0.0.1", "--port", str(port)], env, base, ready)
         try:
-            asyncio.run(drive(port, path, payloads[name]["single"], 1, 30, 30))  # warm-up
+            warm_up = min(30, args.requests)
+            asyncio.run(drive(port, path, payloads[name]["single"], 1, warm_up, 30))
             results[name] = {}
             for level in (1, 16, 64):
                 results[name][f"c{level}"] = asyncio.run(drive(
@@ -212,12 +226,13 @@ def main() -> None:
         for level, r in levels.items():
             print(f"{name:<8}{level:<10}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                   f"{r['rps']:>9.1f}{r['errors']:>8}{r['requests']:>10}")
-    ratio = results["ours"]["c16"]["rps"] / max(results["mlflow"]["c16"]["rps"], 1e-9)
-    print(f"throughput at concurrency 16: ours / mlflow = {ratio:.1f}x; "
-          f"{os.cpu_count()} cores shared by both servers' clients")
+    if "mlflow" in results:
+        ratio = results["ours"]["c16"]["rps"] / max(results["mlflow"]["c16"]["rps"], 1e-9)
+        print(f"throughput at concurrency 16: ours / mlflow = {ratio:.1f}x; "
+              f"{os.cpu_count()} cores shared by both servers' clients")
     summary = {k: {lvl: {m: r[m] for m in ("p50_ms", "p95_ms", "p99_ms", "rps", "errors")}
                    for lvl, r in v.items()} for k, v in results.items()}
-    print(json.dumps(summary))
+    record.finish(run, summary, args.results)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ epoch of batches, then reports how much the process's peak RSS grew over the RSS
 the raw array alone. An N x L copy of the windows would need 10M x 608 x 4 B = 24 GB.
 
     python benchmarks/windows.py [--rows 10000000] [--batch-size 1024]
+    python benchmarks/windows.py --rows 100000 --results /tmp/windows.json    # a smoke run
 
-Prints a table, then one JSON line.
+Prints a table, then one JSON line; saves it to benchmarks/results/windows.json (--results).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import record  # noqa: E402
 from forecast.config import SplitConfig, WindowConfig  # noqa: E402
 from forecast.data import SeriesSet  # noqa: E402
 from forecast.windows import prepare  # noqa: E402
@@ -41,7 +42,9 @@ def main() -> None:
     p.add_argument("--lookback", type=int, default=512)
     p.add_argument("--horizon", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=1024)
+    record.add_argument(p, "windows")
     args = p.parse_args()
+    run = record.start("windows")
 
     rng = np.random.default_rng(0)
     raw = rng.standard_normal((args.rows, 1), dtype=np.float32).cumsum(0, dtype=np.float32)
@@ -66,12 +69,12 @@ def main() -> None:
           f"{'added peak RSS MB':>19}{'N x (L+H) copy GB':>19}{'seconds':>9}")
     print(f"{args.rows:>12}{args.lookback:>6}{args.horizon:>5}{len(train):>12}{n_batches:>9}"
           f"{raw_mb:>9.1f}{added:>19.1f}{naive_copy_gb:>19.1f}{seconds:>9.1f}")
-    print(json.dumps({
+    record.finish(run, {
         "rows": args.rows, "lookback": args.lookback, "horizon": args.horizon,
         "windows": len(train), "batches": n_batches, "batch_size": args.batch_size,
         "raw_mb": round(raw_mb, 1), "added_rss_mb": round(added, 1),
         "materialised_copy_gb": round(naive_copy_gb, 1), "seconds": round(seconds, 1),
-    }))
+    }, args.results)
 
 
 if __name__ == "__main__":
