@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 # `mlflow models serve --env-manager local` starts uvicorn from PATH: the venv's bin comes first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint docs install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,14 @@ demo: $(STAMP)
 	$(BIN)/forecast demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check forecast pipelines serving benchmarks tests
+	$(BIN)/ruff check forecast pipelines serving benchmarks tests docs
 
-test: lint
+# the docs site: every link and anchor checked (strict), built into site/
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) outputs mlflow.db .pytest_cache
+	rm -rf $(VENV) outputs mlflow.db .pytest_cache site

@@ -548,7 +548,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     pipeline = sub.add_parser("pipeline", help="scheduled batch jobs").add_subparsers(
         dest="pipeline_command", required=True)
     p = pipeline.add_parser("train", help="the unattended training job: lock, skip if "
-                            "unchanged, gates, train, register (exit codes: README)")
+                            "unchanged, gates, train, register (exit codes: docs/errors.md)")
     with_config(p, required=True)
     log_format_flag(p)
     p.add_argument("--force", action="store_true",
