@@ -9,8 +9,8 @@ removed. It takes two to three minutes on two CPU cores.
 
 Needs the project's virtual environment and Debian's Chromium (`apt-get install chromium`):
 
-    export PATH=/work/main/.venv/bin:$PATH
-    python docs/mlflow_screenshot.py                     # writes docs/images/mlflow-compare-runs.png
+    export PATH=$PWD/.venv/bin:$PATH
+    python docs/mlflow_screenshot.py       # writes docs/images/mlflow-compare-runs.png
     python docs/mlflow_screenshot.py --out /tmp/compare.png --chromium /usr/bin/chromium
 """
 

@@ -248,8 +248,9 @@ def test_json_logs_carry_the_run_id(job: tuple[str, Path, MlflowClient],
                                     capfd: pytest.CaptureFixture[str]) -> None:
     uri, cfg_path, client = job
     code = subprocess.run(
-        [sys.executable, "-m", "forecast", "pipeline", "train", "--config", str(cfg_path), "--tracking-uri",
-         uri, "--log-format", "json"], capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "forecast", "pipeline", "train", "--config", str(cfg_path),
+         "--tracking-uri", uri, "--log-format", "json"], capture_output=True, text=True,
+        timeout=300)
     assert code.returncode == 0, code.stderr[-2000:]
     # every line is one JSON object, for a log shipper: MLflow's own log lines and Python
     # warnings included, and no plain-text report on stdout (a crontab sends both to one file)
