@@ -40,7 +40,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--dataset", "ETTh1", "--horizon", "96",
-                           "--data-dir", str(data_dir), *args],
+                           "--data-dir", str(data_dir), "--results",
+                           str(data_dir / "linear_checks.json"), *args],
                           capture_output=True, text=True, timeout=300)
 
 

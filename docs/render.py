@@ -1,0 +1,361 @@
+"""Write the docs' generated pages from data: nothing in them is typed by hand.
+
+    python docs/render.py            # (re)write every generated file
+    python docs/render.py --check    # exit 1, naming them, if any would change
+
+Reads benchmarks/results/*.json (each script's saved result, see benchmarks/record.py),
+benchmarks/reference.json (the published and all-windows reference figures) and the pydantic
+config models, and writes:
+
+- docs/generated/etth.md, reference.md, windows.md, batch_forecast.md, serving.md: the
+  benchmark tables, each with a line saying which commit, date and machine measured it
+  (included into docs/benchmarks.md with `--8<-- "etth.md"` and so on);
+- docs/config-reference.md: every config key, its type, default, constraints and description;
+- README.md's headline table, between `<!-- table:headline -->` and `<!-- /table:headline -->`,
+  where README.md has those markers (otherwise README.md is left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results"
+REFERENCE = ROOT / "benchmarks" / "reference.json"
+GENERATED = ROOT / "docs" / "generated"
+CONFIG_REFERENCE = ROOT / "docs" / "config-reference.md"
+README = ROOT / "README.md"
+HEADLINE = re.compile(r"(<!-- table:headline -->\n).*?(<!-- /table:headline -->)", re.S)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def table(head: list[str], rows: list[list[Any]], align: str = "") -> str:
+    """A Markdown table; `align` gives each column's alignment, l or r (default: l, then r)."""
+    align = align or "l" + "r" * (len(head) - 1)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = [head, rule, *[[str(c) for c in row] for row in rows]]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
+
+
+def cell(text: Any) -> str:
+    """Text for a table cell: one line, pipes escaped, and outside `code` the < that Markdown
+    would read as an HTML tag (`<output_dir>/locks`)."""
+    parts = " ".join(str(text).split()).replace("|", "\\|").split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("<", "&lt;")
+    return "`".join(parts)
+
+
+def fixed(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def gap(ours: float, target: float) -> str:
+    """Ours minus the target, to the 4 decimals our figures have (negative: ours is lower)."""
+    return f"{ours - target:+.4f}"
+
+
+def when(date: str) -> str:
+    """'2026-12-04T22:16:13Z' -> '2026-12-04 22:16 UTC'; a bare date stays as it is."""
+    if "T" not in date:
+        return date
+    stamp = datetime.datetime.fromisoformat(date.replace("Z", "+00:00"))
+    return stamp.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def provenance(doc: dict[str, Any]) -> str:
+    """One line: the command, commit, date and machine a results file was measured with."""
+    commit = doc.get("commit")
+    if commit is None:
+        at = "outside git"
+    else:
+        sha, dirty = commit.removesuffix("+dirty"), commit.endswith("+dirty")
+        at = f"commit `{sha[:7]}`" + (" with uncommitted changes" if dirty else "")
+    m = doc["machine"]
+    parts = [f"{m['cores']} cores ({m['cpu']})", m["gpu"] or "no GPU"]
+    if m.get("memory_gb") is not None:
+        parts.append(f"{m['memory_gb']:g} GB memory")
+    if m.get("load_average_1m") is not None:
+        parts.append(f"load average {m['load_average_1m']:g} at the start")
+    line = f"Measured by `{doc['command']}` at {at}, {when(doc['date'])}; {', '.join(parts)}."
+    if doc.get("note"):
+        line += f" {doc['note']}"
+    return line + "\n"
+
+
+# --- ETTh and the reference figures ---------------------------------------------------------
+
+def reference_cells(reference: dict[str, Any], column: str) -> dict[tuple[str, int], dict]:
+    return {(r["dataset"], r["horizon"]): r for r in reference["all_windows"]
+            if r["column"] == column}
+
+
+def etth_page(etth: dict[str, Any], reference: dict[str, Any]) -> str:
+    ref = reference_cells(reference, "official")
+    rows = []
+    for c in etth["results"]:
+        target = ref[(c["dataset"], c["horizon"])]
+        rows.append([
+            c["dataset"], c["horizon"], c["lookback"],
+            f"{c['mse']:.4f} ± {c['mse_std']:.4f}", f"{c['mae']:.4f} ± {c['mae_std']:.4f}",
+            f"{target['mse']:.3f} / {target['mae']:.3f}", gap(c["mse"], target["mse"]),
+            fixed(c["baselines"]["linear"]["mse"], 3), c["windows"],
+            fixed(c["train_seconds"], 1), c["params"], fixed(c["peak_rss_mb"], 0)])
+    head = ["data", "H", "L", "test MSE", "test MAE",
+            f"PatchTST, every window (L={target['lookback']}) [F]", "MSE gap", "Ridge MSE",
+            "windows", "train s", "params", "peak RSS MB"]
+    return table(head, rows, "lrrrrrrrrrrr") + "\n" + provenance(etth)
+
+
+def headline(etth: dict[str, Any], reference: dict[str, Any]) -> str:
+    ref = reference_cells(reference, "official")
+    rows = []
+    for c in etth["results"]:
+        target = ref[(c["dataset"], c["horizon"])]["mse"]
+        rows.append([c["dataset"], c["horizon"], f"{c['mse']:.4f}", f"{target:.3f}",
+                     gap(c["mse"], target)])
+    return table(["data", "H", "test MSE (ours)", "PatchTST, every window", "gap"], rows)
+
+
+def lookback_text(lookback: int | list[int] | None) -> str:
+    if lookback is None:
+        return "L not given"
+    if isinstance(lookback, list):
+        return "L best of " + "/".join(map(str, lookback))
+    return f"L={lookback}"
+
+
+def figure(entry: dict[str, Any]) -> str:
+    mae = "" if entry["mae"] is None else f" / {entry['mae']:.3f}"
+    return f"{entry['mse']:.3f}{mae}"
+
+
+def reference_page(reference: dict[str, Any]) -> str:
+    published = reference["published"]
+    models = list(dict.fromkeys((r["model"], r["lookback"]) for r in published))
+    keys = list(dict.fromkeys((r["dataset"], r["horizon"]) for r in published))
+    by_cell = {(r["dataset"], r["horizon"], r["model"]): r for r in published}
+    rows = [[d, h, *(figure(by_cell[(d, h, m)]) if (d, h, m) in by_cell else ""
+                     for m, _ in models)] for d, h in keys]
+    head = ["data", "H", *(f"{m} (L={L})" for m, L in models)]
+    out = ["Published test MSE / MAE, from the papers' own tables (scored with `drop_last`, "
+           "so up to 127 of the last test windows are left out):\n\n", table(head, rows)]
+    used = dict.fromkeys(r["source"] for r in published)
+    out.append("\nSources: " + "; ".join(f"{s}: {reference['sources'][s]}" for s in used)
+               + ".\n")
+
+    every = reference["all_windows"]
+    keys = list(dict.fromkeys((r["dataset"], r["horizon"]) for r in every))
+    rows = []
+    for d, h in keys:
+        entries = [r for r in every if (r["dataset"], r["horizon"]) == (d, h)]
+        column = {r["column"]: r for r in entries if r["column"] != "also"}
+        best = column["best_known"]
+        known = (f"{figure(best)} ({best['model']}, {lookback_text(best['lookback'])} "
+                 f"[{best['source']}])")
+        also = [f"{r['model']} {figure(r)} [{r['source']}]" for r in entries
+                if r["column"] == "also"]
+        rows.append([d, h, figure(column["official"]), figure(column["best_lookback"]),
+                     "; ".join([known, *also])])
+    head = ["data", "H", cell(reference["columns"]["official"]),
+            cell(reference["columns"]["best_lookback"]), "best known, every window"]
+    out += ["\nTest MSE / MAE with every test window scored, as here:\n\n", table(head, rows)]
+    used = dict.fromkeys(r["source"] for r in every)
+    out.append("\nSources: " + "; ".join(f"[{s}] {reference['sources'][s]}" for s in used)
+               + ".\n")
+    return "".join(out)
+
+
+# --- the other benchmarks -------------------------------------------------------------------
+
+def windows_page(doc: dict[str, Any]) -> str:
+    r = doc["results"]
+    head = ["rows", "L", "H", "windows", "batches", "raw MB", "added peak RSS MB",
+            "copy of every window GB", "seconds"]
+    row = [f"{r['rows']:,}", r["lookback"], r["horizon"], f"{r['windows']:,}", r["batches"],
+           r["raw_mb"], r["added_rss_mb"], r["materialised_copy_gb"], r["seconds"]]
+    return table(head, [row], "r" * len(head)) + "\n" + provenance(doc)
+
+
+def batch_forecast_page(doc: dict[str, Any]) -> str:
+    r = doc["results"]
+    head = ["series", "rows each", "chunk", "forecast", "series/s", "job s", "wall s",
+            "peak RSS MB", "budget MB"]
+    row = [f"{r['series']:,}", r["rows"], f"{r['chunk_size']:,}", f"{r['series_forecast']:,}",
+           f"{r['series_per_second']:,.0f}", f"{r['job_seconds']:.1f}",
+           f"{r['wall_seconds']:.1f}", f"{r['peak_rss_mb']:.0f}",
+           f"{r['rss_budget_mb']} ({'within' if r['within_budget'] else 'over'})"]
+    return table(head, [row], "r" * len(head)) + "\n" + provenance(doc)
+
+
+LOADS = {"c1": "1 series, concurrency 1", "c16": "1 series, concurrency 16",
+         "c64": "1 series, concurrency 64", "batch256": "256 series, concurrency 1"}
+SERVERS = {"ours": "ours (`forecast serve`)", "mlflow": "`mlflow models serve`"}
+
+
+def serving_page(doc: dict[str, Any]) -> str:
+    rows = [[SERVERS.get(server, server), LOADS.get(level, level), f"{r['p50_ms']:.1f}",
+             f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['rps']:.1f}", r["errors"]]
+            for server, levels in doc["results"].items() for level, r in levels.items()]
+    head = ["server", "request, load", "p50 ms", "p95 ms", "p99 ms", "requests/s", "errors"]
+    return table(head, rows, "llrrrrr") + "\n" + provenance(doc)
+
+
+# --- the config reference -------------------------------------------------------------------
+
+def local_path(metadata: Any) -> bool:
+    """Whether a field's validators include forecast.config.fields' local-path check."""
+    return any(getattr(getattr(m, "func", None), "__name__", "") == "_local_path"
+               for m in metadata)
+
+
+def field_type(field: Any) -> str:
+    return "path" if local_path(field.metadata) else type_text(field.annotation)
+
+
+def type_text(annotation: Any) -> str:
+    """A type in words: `int or null`, `"wide" or "long"`, `path`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if annotation is Any:
+        return "any"
+    if origin is typing.Annotated:
+        return "path" if local_path(args[1:]) else type_text(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_text(a) for a in args)
+    if origin is typing.Literal:
+        return " or ".join(json.dumps(a) for a in args)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(type_text(a) for a in args)}]" if args else \
+            origin.__name__
+    return getattr(annotation, "__name__", str(annotation))
+
+
+CONSTRAINTS: dict[str, Callable[[Any], str]] = {
+    "gt": lambda v: f"> {v}", "ge": lambda v: f"≥ {v}", "lt": lambda v: f"< {v}",
+    "le": lambda v: f"≤ {v}", "min_length": lambda v: f"at least {v} item(s)",
+    "max_length": lambda v: f"at most {v} item(s)",
+}
+
+
+def constraints(field: Any) -> str:
+    """gt/ge/lt/le/min_length of a field, from its metadata (and that of an optional type's
+    Annotated part)."""
+    metadata = list(field.metadata)
+    for arg in typing.get_args(field.annotation):
+        if typing.get_origin(arg) is typing.Annotated:
+            metadata += typing.get_args(arg)[1:]
+    found = [render(getattr(m, name)) for m in metadata for name, render in CONSTRAINTS.items()
+             if getattr(m, name, None) is not None]
+    return ", ".join(found)
+
+
+def default_text(field: Any) -> str:
+    from pydantic_core import PydanticUndefined, to_jsonable_python
+
+    if field.default_factory is not None:
+        value = field.default_factory()
+    elif field.default is PydanticUndefined:
+        return "required"
+    else:
+        value = field.default
+    return f"`{json.dumps(to_jsonable_python(value))}`"
+
+
+def key_rows(model: Any, prefix: str) -> list[list[str]]:
+    """One row per leaf key of a pydantic model, nested models walked into."""
+    from pydantic import BaseModel
+
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows += key_rows(field.annotation, key + ".")
+            continue
+        rows.append([f"`{key}`", cell(field_type(field)), default_text(field),
+                     cell(constraints(field)), cell(field.description or "")])
+    return rows
+
+
+def config_page() -> str:
+    from pydantic import BaseModel
+
+    from forecast.config import Config
+
+    out = ["# Every config key\n\n",
+           "Generated by `python docs/render.py` from the pydantic models in `forecast/config/`: "
+           "do not edit it by hand.\n"]
+    for name, field in Config.model_fields.items():
+        out.append(f"\n## `{name}`\n\n")
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            doc = (section.__doc__ or "").strip().split("\n\n")[0]
+            if doc:
+                out.append(" ".join(doc.split()) + "\n\n")
+            rows = key_rows(section, f"{name}.")
+        else:
+            rows = [[f"`{name}`", cell(field_type(field)), default_text(field),
+                     cell(constraints(field)), cell(field.description or "")]]
+        out.append(table(["key", "type", "default", "constraints", "description"], rows,
+                         "lllll"))
+    return "".join(out)
+
+
+# --- writing and checking -------------------------------------------------------------------
+
+def pages() -> dict[Path, str]:
+    """Every generated file and the text it should hold."""
+    reference = load(REFERENCE)
+    etth = load(RESULTS / "etth.json")
+    out = {
+        GENERATED / "etth.md": etth_page(etth, reference),
+        GENERATED / "reference.md": reference_page(reference),
+        GENERATED / "windows.md": windows_page(load(RESULTS / "windows.json")),
+        GENERATED / "batch_forecast.md": batch_forecast_page(load(RESULTS / "batch_forecast.json")),
+        GENERATED / "serving.md": serving_page(load(RESULTS / "serving.json")),
+        CONFIG_REFERENCE: config_page(),
+    }
+    if README.is_file():
+        text = README.read_text()
+        if HEADLINE.search(text):
+            block = headline(etth, reference)
+            out[README] = HEADLINE.sub(lambda m: f"{m[1]}\n{block}\n{m[2]}", text, count=1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 naming each file that is out of date")
+    args = parser.parse_args(argv)
+    wanted = pages()
+    stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is out of date: run python docs/render.py",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(wanted[path])
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
