@@ -156,25 +156,8 @@ def bodies(frame: pd.DataFrame, channels: list[str], lookback: int) -> dict[str,
             "mlflow": {"single": mlflow([single]), "batch": mlflow(batch)}}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--requests", type=int, default=400, help="single-series requests per level")
-    p.add_argument("--batch-requests", type=int, default=20)
-    p.add_argument("--seconds", type=float, default=45, help="time bound per level")
-    p.add_argument("--workers", type=int, default=1, help="worker processes of each server")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the model's config (e.g. windows.lookback=48 for a "
-                   "small, quick model)")
-    p.add_argument("--skip-mlflow", action="store_true",
-                   help="load only our service, not `mlflow models serve`")
-    record.add_argument(p, "serving")
-    args = p.parse_args()
-    run = record.start("serving")
-    if not (args.data_dir / "ETTh1.csv").is_file():
-        raise SystemExit(f"{args.data_dir / 'ETTh1.csv'} not found; pass --data-dir")
-
-    tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+def measure(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
+    """Register the model in a store under `tmp`, start each server, drive every load level."""
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     print(f"registering an ETTh1-shaped model in {uri} ...", flush=True)
     register_model(args.data_dir, uri, tmp / "outputs", args.set)
@@ -217,6 +200,29 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
 
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--requests", type=int, default=400, help="single-series requests per level")
+    p.add_argument("--batch-requests", type=int, default=20)
+    p.add_argument("--seconds", type=float, default=45, help="time bound per level")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of each server")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the model's config (e.g. windows.lookback=48 for a "
+                   "small, quick model)")
+    p.add_argument("--skip-mlflow", action="store_true",
+                   help="load only our service, not `mlflow models serve`")
+    record.add_argument(p, "serving")
+    args = p.parse_args()
+    run = record.start("serving")
+    if not (args.data_dir / "ETTh1.csv").is_file():
+        raise SystemExit(f"{args.data_dir / 'ETTh1.csv'} not found; pass --data-dir")
+
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
+        results = measure(args, Path(tmp))
     head = f"{'server':<8}{'load':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}" \
            f"{'errors':>8}{'requests':>10}"
     print()
