@@ -48,13 +48,10 @@ DATASETS = ("ETTh1", "ETTh2")
 SEEDS = [0, 1, 2]
 EXPECTED = {"rows": (8640, 2880, 2880)}
 
-# PatchTST/64 (L=512) published test MSE / MAE, from BENCHMARK.md.
-PATCHTST64 = {
-    ("ETTh1", 96): (0.370, 0.400), ("ETTh1", 192): (0.413, 0.429),
-    ("ETTh1", 336): (0.422, 0.440), ("ETTh1", 720): (0.447, 0.468),
-    ("ETTh2", 96): (0.274, 0.337), ("ETTh2", 192): (0.341, 0.382),
-    ("ETTh2", 336): (0.329, 0.384), ("ETTh2", 720): (0.379, 0.422),
-}
+# PatchTST/64 (L=512) published test MSE / MAE, from benchmarks/reference.json (BENCHMARK.md).
+PATCHTST64 = {(r["dataset"], r["horizon"]): (r["mse"], r["mae"])
+              for r in json.loads((ROOT / "benchmarks" / "reference.json").read_text())["published"]
+              if r["model"] == "PatchTST/64"}
 
 
 # PatchTST's test loader (batch 128, drop_last=True) scores whole batches only: the published
