@@ -104,31 +104,39 @@ def reference_cells(reference: dict[str, Any], column: str) -> dict[tuple[str, i
             if r["column"] == column}
 
 
+def targets(reference: dict[str, Any]) -> dict[tuple[str, int], float]:
+    """Each cell's target: the better (lower) test MSE of PatchTST's two all-windows re-runs."""
+    official, best = (reference_cells(reference, c) for c in ("official", "best_lookback"))
+    return {key: min(official[key]["mse"], best[key]["mse"]) for key in official}
+
+
+TARGET = "PatchTST target [F]/[T]"
+
+
 def etth_page(etth: dict[str, Any], reference: dict[str, Any]) -> str:
-    ref = reference_cells(reference, "official")
+    goal = targets(reference)
     rows = []
     for c in etth["results"]:
-        target = ref[(c["dataset"], c["horizon"])]
+        target = goal[(c["dataset"], c["horizon"])]
         rows.append([
             c["dataset"], c["horizon"], c["lookback"],
             f"{c['mse']:.4f} ± {c['mse_std']:.4f}", f"{c['mae']:.4f} ± {c['mae_std']:.4f}",
-            f"{target['mse']:.3f} / {target['mae']:.3f}", gap(c["mse"], target["mse"]),
+            f"{target:.3f}", gap(c["mse"], target),
             fixed(c["baselines"]["linear"]["mse"], 3), c["windows"],
             fixed(c["train_seconds"], 1), c["params"], fixed(c["peak_rss_mb"], 0)])
-    head = ["data", "H", "L", "test MSE", "test MAE",
-            f"PatchTST, every window (L={target['lookback']}) [F]", "MSE gap", "Ridge MSE",
+    head = ["data", "H", "L", "test MSE", "test MAE", TARGET, "MSE gap", "Ridge MSE",
             "windows", "train s", "params", "peak RSS MB"]
     return table(head, rows, "lrrrrrrrrrrr") + "\n" + provenance(etth)
 
 
 def headline(etth: dict[str, Any], reference: dict[str, Any]) -> str:
-    ref = reference_cells(reference, "official")
+    goal = targets(reference)
     rows = []
     for c in etth["results"]:
-        target = ref[(c["dataset"], c["horizon"])]["mse"]
+        target = goal[(c["dataset"], c["horizon"])]
         rows.append([c["dataset"], c["horizon"], f"{c['mse']:.4f}", f"{target:.3f}",
                      gap(c["mse"], target)])
-    return table(["data", "H", "test MSE (ours)", "PatchTST, every window", "gap"], rows)
+    return table(["data", "H", "test MSE (ours, mean of 3 seeds)", TARGET, "gap"], rows)
 
 
 def lookback_text(lookback: int | list[int] | None) -> str:
