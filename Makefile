@@ -25,7 +25,7 @@ lint: $(STAMP)
 
 # the docs site: every link and anchor checked (strict), built into site/
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint docs
 	$(BIN)/python -m pytest

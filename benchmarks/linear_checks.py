@@ -1,9 +1,9 @@
 """Validation checks of the least-squares linear skip alone (the shipped models' "epoch 0").
 
 Every figure is the validation MSE (scaled values, all windows) of a linear forecast solved in
-closed form on the training windows, as `forecast/skip_fit.py` solves the model's skip. The
-README's benchmark section quotes these figures for variants of the fit that were checked and
-not shipped; the test block is never read.
+closed form on the training windows, as `forecast/skip_fit.py` solves the model's skip.
+docs/design-notes.md quotes these figures for variants of the fit that are not shipped; the
+test block is never read.
 
     python benchmarks/linear_checks.py --dataset ETTh1 --horizon 336 --check ridge
     python benchmarks/linear_checks.py --dataset ETTh2 --horizon 720 --check band
