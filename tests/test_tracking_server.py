@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +26,10 @@ from mlflow import MlflowClient
 from forecast.bundle import load_bundle
 from forecast.cli import main
 from forecast.config import dump_config
+from forecast.errors import TrackingError
 from forecast.packaging import bundle_path
 from forecast.predictor import Forecaster
-from forecast.registry import CHAMPION
+from forecast.registry import CHAMPION, gate_lock
 from tests.servers import MlflowServer, Postgres, free_port
 from tests.tracked import EXPERIMENT, NAME, config, series_csv
 
@@ -246,3 +248,40 @@ def test_no_metric_row_is_written_twice_and_the_server_never_failed(stack: Stack
         assert " ERROR: " not in log, log[-3000:]
     server_log = stack.server.log()
     assert "Traceback" not in server_log, server_log[-3000:]
+
+
+def test_the_gate_lock_lets_one_challenger_decide_at_a_time(stack: Stack) -> None:
+    name, inside, seen = f"race-{stack.backend}", [0], []
+    start = threading.Barrier(4)
+
+    def challenger(i: int) -> None:
+        client = MlflowClient(tracking_uri=stack.uri, registry_uri=stack.uri)
+        start.wait()  # all four ask for the gate at the same moment
+        with gate_lock(client, name, f"job-{i}"):
+            inside[0] += 1
+            seen.append(inside[0])
+            time.sleep(0.3)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=challenger, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert seen == [1, 1, 1, 1]  # each entered alone
+    assert not stack.client.search_registered_models(f"name = '{name}.gate-lock'")
+
+
+def test_a_lock_left_by_a_dead_job_is_taken_over(stack: Stack) -> None:
+    name = f"stale-{stack.backend}"
+    stack.client.create_registered_model(f"{name}.gate-lock")  # its holder died
+    began = time.monotonic()
+    with gate_lock(stack.client, name, "next-job", wait_s=30, stale_s=1):
+        waited = time.monotonic() - began
+    assert 1 <= waited < 15
+    assert not stack.client.search_registered_models(f"name = '{name}.gate-lock'")
+    # a lock held longer than a job may wait is a one-line tracking error (exit 5)
+    stack.client.create_registered_model(f"{name}-busy.gate-lock")
+    with pytest.raises(TrackingError, match=r"stayed locked for 1s"):  # noqa: SIM117
+        with gate_lock(stack.client, f"{name}-busy", "job", wait_s=1, stale_s=60):
+            pass
