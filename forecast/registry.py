@@ -6,8 +6,12 @@ service, batch forecasting."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +23,12 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 
 from forecast.baselines import naive
 from forecast.bundle import load_bundle
 from forecast.config import TrackingConfig
-from forecast.errors import ConfigError, ForecastError, TrackingError
+from forecast.errors import ConfigError, ForecastError, TrackingError, first_line
 from forecast.metrics import MetricAccumulator, Scores, mase_scale
 from forecast.packaging import bundle_path
 from forecast.predictor import Forecaster
@@ -32,6 +37,8 @@ from forecast.windows import Prepared
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# the gate's critical section (score the champion, register) takes seconds
+GATE_LOCK_WAIT_S, GATE_LOCK_STALE_S = 600.0, 120.0
 
 
 @dataclass
@@ -220,15 +227,70 @@ def decide(client: MlflowClient, uri: str, cfg: TrackingConfig, name: str,
                         f"margin {cfg.margin:g}: {mine:.4f} vs {theirs:.4f}", **base)
 
 
-def register(client: MlflowClient, name: str, model_uri: str, run_id: str,
+def _lock_name(name: str) -> str:
+    return f"{name}.gate-lock"
+
+
+@contextlib.contextmanager
+def gate_lock(client: MlflowClient, name: str, owner: str, wait_s: float = GATE_LOCK_WAIT_S,
+              stale_s: float = GATE_LOCK_STALE_S) -> Iterator[None]:
+    """Hold the gate of registered model `name`: one challenger at a time reads the champion,
+    decides, registers and moves the aliases, so two deciding at once cannot both replace the
+    same champion. The lock is a registered model `NAME.gate-lock`: creating a name is atomic
+    in every MLflow store (its primary key), so it works through any tracking server, with no
+    access to the database behind it. A lock this waiter has seen held by the same holder for
+    `stale_s` is taken as left by a job that died, and removed."""
+    lock, deadline = _lock_name(name), time.monotonic() + wait_s
+    seen: tuple[int, float] | None = None  # the holder's creation time, when first seen
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"forecast.lock_owner": owner},
+                                           description="held while a `forecast train` job "
+                                           f"runs the promotion gate of {name!r}")
+            break
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            created = client.get_registered_model(lock).creation_timestamp
+        except MlflowException:
+            continue  # released in between: try again at once
+        now = time.monotonic()
+        if seen is None or seen[0] != created:
+            seen = (created, now)
+        elif now - seen[1] > stale_s:
+            log.warning("removing the gate lock of %r: held by the same job for over %.0fs",
+                        name, stale_s)
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(lock)
+            continue
+        if now > deadline:
+            raise TrackingError(f"the promotion gate of {name!r} stayed locked for {wait_s:.0f}s"
+                                f" (registered model {lock!r}); if no job is registering, "
+                                "delete that registered model")
+        time.sleep(random.uniform(0.1, 0.4))
+    try:
+        yield
+    finally:
+        try:
+            client.delete_registered_model(lock)
+        except MlflowException as err:  # the next job takes it over once stale
+            log.error("could not release the gate lock %r: %s", lock, first_line(err))
+
+
+def register(client: MlflowClient, name: str, model: ModelInfo, run_id: str,
              decision: GateDecision) -> ModelVersion:
-    """Create the version, tag it, alias it; on any failure remove it again (never half-done)."""
+    """Create the version, tag it, alias it; on any failure remove it again (never half-done).
+    Call it holding `gate_lock`."""
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Forecast models registered by "
                                        "`forecast train`; see the champion alias.")
-    version = client.create_model_version(name, model_uri, run_id=run_id)
+    # MLflow 3's logged model is `models:/m-<id>`: a tracking server accepts it as a version's
+    # source only with its model id
+    version = client.create_model_version(name, model.model_uri, run_id=run_id,
+                                          model_id=model.model_id)
     try:
         for key, value in decision.tags().items():
             client.set_model_version_tag(name, version.version, key, value)
@@ -265,15 +327,16 @@ def promote(client: MlflowClient, name: str, version: str) -> str | None:
             raise  # the store failed (exit 5), not the user's name or number
         raise ForecastError(f"model {name!r} has no version {version!r}; see "
                             f"`forecast models list {name}`") from None
-    previous = champion_version(client, name)
-    if previous is not None and str(previous.version) == str(version):
-        return str(version)  # already champion: its gate record stays as it was
-    client.set_registered_model_alias(name, CHAMPION, version)
-    stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    client.set_model_version_tag(name, version, "gate.decision", "manual")
-    client.set_model_version_tag(
-        name, version, "gate.reason",
-        f"promoted by hand at {stamp}" + (f", replacing v{previous.version}" if previous else ""))
+    with gate_lock(client, name, "forecast models promote"):  # not amid a gate's decision
+        previous = champion_version(client, name)
+        if previous is not None and str(previous.version) == str(version):
+            return str(version)  # already champion: its gate record stays as it was
+        client.set_registered_model_alias(name, CHAMPION, version)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        client.set_model_version_tag(name, version, "gate.decision", "manual")
+        client.set_model_version_tag(
+            name, version, "gate.reason", f"promoted by hand at {stamp}"
+            + (f", replacing v{previous.version}" if previous else ""))
     return str(previous.version) if previous else None
 
 

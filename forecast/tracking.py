@@ -35,7 +35,7 @@ from forecast.packaging import log_pyfunc
 from forecast.paths import exclusive
 from forecast.plots import forecast_vs_actual, horizon_errors, training_curve
 from forecast.predictor import Forecaster
-from forecast.registry import GateDecision, decide, register
+from forecast.registry import GateDecision, decide, gate_lock, register
 from forecast.runner import (
     TrainOutcome,
     config_digest,
@@ -223,6 +223,19 @@ def close_run(status: str, error: str) -> None:
         log.error("could not mark the run %s: %s", status, err)
 
 
+def _log_step0_metrics(outcome: TrainOutcome, model_id: str | None) -> None:
+    """The scores (step 0) once the model is logged, linked to it. Logging a model re-sends
+    the run's step-0 metrics to link them; on PostgreSQL each such row already stored fails
+    the metric_pk constraint, so none may exist yet."""
+    metrics = {**outcome.metrics, **outcome.fit.metrics(),
+               "params_count": float(outcome.model.n_params())}
+    if outcome.fit.linear_val_loss is not None:
+        # the least-squares forecast alone is "epoch 0", which the best epoch can be: the
+        # val_loss curve starts there, so that it shows the weights that were kept
+        metrics["val_loss"] = outcome.fit.linear_val_loss
+    mlflow.log_metrics(metrics, step=0, model_id=model_id)
+
+
 @dataclass
 class TrackedOutcome:
     outcome: TrainOutcome
@@ -252,6 +265,7 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         tags["git.commit"] = commit
     run = mlflow.start_run(run_name=run_name(cfg), tags=tags)
     outcome: TrainOutcome | None = None
+    scored = False
     try:
         mlflow.log_params(params(cfg))
         series = load_data(cfg)
@@ -261,37 +275,38 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         _log_dataset(series)
         if check is not None:
             check(series)
-        outcome = train_and_evaluate(cfg, series, log_epoch, staged=True)
-        if outcome.fit.linear_val_loss is not None:
-            # the least-squares forecast alone is "epoch 0", which the best epoch can be: the
-            # val_loss curve starts there, so that it shows the weights that were kept
-            mlflow.log_metric("val_loss", outcome.fit.linear_val_loss, step=0)
+        outcome = train_and_evaluate(cfg, series, log_epoch, staged=True)  # steps 1, 2, ...
         resumed = outcome.fit.resumed_from_epoch
         if resumed:
             # Epochs trained before the restart come from the checkpoint: the curves stay whole.
             mlflow.set_tag("train.resumed_from_epoch", str(resumed))
             for stats in outcome.fit.history[:resumed]:
                 log_epoch(stats)
-        mlflow.log_metrics({**outcome.metrics, **outcome.fit.metrics(),
-                            "params_count": outcome.model.n_params()})
         with tempfile.TemporaryDirectory() as tmp:
             _log_artifacts(outcome, Path(tmp))
         example = input_example(series, cfg.data.timestamp_column, cfg.windows.lookback)
         with artifact_store():
             info = log_pyfunc(outcome.model_dir, example)
+        _log_step0_metrics(outcome, info.model_id)
+        scored = True
         version = decision = None
         if tracking.auto_register:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             challenger = Forecaster(load_bundle(outcome.model_dir))
-            decision = decide(client, uri, tracking, cfg.registered_model, challenger,
-                              outcome.prepared)
-            mlflow.set_tags(decision.tags())
-            mlflow.log_metric("gate_promoted", float(decision.promoted))
-            version = register(client, cfg.registered_model, info.model_uri, run.info.run_id,
-                               decision)
+            with gate_lock(client, cfg.registered_model, run.info.run_id):
+                decision = decide(client, uri, tracking, cfg.registered_model, challenger,
+                                  outcome.prepared)
+                mlflow.set_tags(decision.tags())
+                mlflow.log_metric("gate_promoted", float(decision.promoted), step=0,
+                                  model_id=info.model_id)
+                version = register(client, cfg.registered_model, info, run.info.run_id,
+                                   decision)
             mlflow.set_tag("model.version", version.version)
     except BaseException as err:
         if outcome is not None:
+            if not scored:  # failed while logging its files: the run still shows its scores
+                with contextlib.suppress(Exception):
+                    _log_step0_metrics(outcome, None)
             discard(outcome)
         if isinstance(err, KeyboardInterrupt):
             close_run("KILLED", "interrupted (KeyboardInterrupt)")

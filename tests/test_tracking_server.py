@@ -1,0 +1,287 @@
+"""Every command against a real `mlflow server` on 127.0.0.1 with proxied artifacts (clients
+know only MLFLOW_TRACKING_URI), once over a SQLite backend and once over a throwaway
+PostgreSQL: train, demo, pipeline train, tune, models list/promote, runs compare, evaluate,
+batch forecasting and `forecast serve` from models:/NAME@ALIAS, `mlflow models serve`, and
+the notebooks. One server per backend serves the whole module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from forecast.bundle import load_bundle
+from forecast.cli import main
+from forecast.config import dump_config
+from forecast.errors import TrackingError
+from forecast.packaging import bundle_path
+from forecast.predictor import Forecaster
+from forecast.registry import CHAMPION, gate_lock
+from tests.servers import MlflowServer, Postgres, free_port
+from tests.tracked import EXPERIMENT, NAME, config, series_csv
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+# the demo's synthetic year, trained for seconds
+DEMO_FAST = ["windows.lookback=24", "windows.horizon=6", "model.patch_len=8",
+             "model.patch_stride=4", "model.d_model=8", "model.n_heads=2", "model.n_layers=1",
+             "model.d_ff=16", "train.epochs=1", "train.max_windows_per_epoch=512",
+             "train.num_threads=1", "train.progress=false", "eval.linear_max_windows=500"]
+
+
+@dataclass
+class Stack:
+    backend: str
+    server: MlflowServer
+    postgres: Postgres | None
+    root: Path
+    csv: Path
+    cfg_path: Path
+    client: MlflowClient
+
+    @property
+    def uri(self) -> str:
+        return self.server.uri
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp(request.param)
+    pg = Postgres() if request.param == "postgresql" else None
+    backend = pg.uri if pg else f"sqlite:///{root / 'server.db'}"
+    server = MlflowServer(backend, str(root / "artifacts"), root / "server", workers=1)
+    csv = series_csv(root / "series.csv", n=800)
+    cfg_path = root / "job.yaml"
+    cfg_path.write_text(dump_config(config(root, csv, train={"epochs": 1})))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", server.uri)
+            yield Stack(request.param, server, pg, root, csv, cfg_path,
+                        MlflowClient(tracking_uri=server.uri, registry_uri=server.uri))
+    finally:
+        server.stop(signal.SIGKILL)  # nothing of it is needed after the module
+        if pg is not None:
+            pg.remove()
+
+
+def sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer in {timeout}s")
+
+
+def champion_forecaster(stack: Stack) -> Forecaster:
+    """The champion's bundle, downloaded through the server's artifact proxy."""
+    version = stack.client.get_model_version_by_alias(NAME, CHAMPION)
+    folder = stack.root / f"champion-v{version.version}"
+    if not folder.is_dir():
+        mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version.version}",
+                                            dst_path=str(folder), tracking_uri=stack.uri)
+    return Forecaster(load_bundle(bundle_path(folder)))
+
+
+def test_demo_logs_and_registers_through_the_server(stack: Stack,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--output-dir", str(stack.root / "out"), *sets(DEMO_FAST)]) == 0
+    out = capsys.readouterr().out
+    assert "registry: forecast-demo v1 promoted to champion" in out
+    version = stack.client.get_model_version("forecast-demo", "1")
+    # the version points at MLflow 3's logged model, not at a run-relative path
+    assert version.source.startswith("models:/m-")
+    model_id = version.source.removeprefix("models:/")
+    run = stack.client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
+    assert {a.path for a in stack.client.list_artifacts(run.info.run_id)} >= {
+        "config.yaml", "training_curve.png"}
+    # every metric once: epoch 0 (least squares) and 1 of val_loss, each written a single time
+    steps = [m.step for m in stack.client.get_metric_history(run.info.run_id, "val_loss")]
+    assert sorted(steps) == [0, 1]
+    # the scores are linked to the logged model the version was made from
+    logged = stack.client.get_logged_model(model_id)
+    assert {"test_mse", "val_loss", "gate_promoted"} <= {m.key for m in logged.metrics}
+
+
+def test_pipeline_train_and_train_register_with_gate_decisions(
+        stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pipeline", "train", "--config", str(stack.cfg_path)]) == 0
+    assert main(["train", "--config", str(stack.cfg_path), "--set", "train.seed=1"]) == 0
+    versions = stack.client.search_model_versions(f"name = '{NAME}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert all(v.tags.get("gate.decision") in ("promoted", "rejected") for v in versions)
+    assert stack.client.get_model_version_by_alias(NAME, "challenger").version == "2"
+    # the gate lock is released once each job has registered
+    assert not stack.client.search_registered_models(f"name = '{NAME}.gate-lock'")
+
+
+def test_models_list_promote_and_runs_compare(stack: Stack,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    other = "1" if stack.client.get_model_version_by_alias(NAME, CHAMPION).version == "2" \
+        else "2"
+    assert main(["models", "promote", NAME, other]) == 0
+    assert stack.client.get_model_version_by_alias(NAME, CHAMPION).version == other
+    assert stack.client.get_model_version(NAME, other).tags["gate.decision"] == "manual"
+    capsys.readouterr()
+    assert main(["models", "list", NAME]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert "champion" in next(r for r in rows if r.split()[0] == other)
+    assert main(["runs", "compare", "--experiment", EXPERIMENT]) == 0
+    table = capsys.readouterr().out
+    assert "champion: * marks the run" in table and len(table.splitlines()) >= 4
+
+
+def test_evaluate_scores_the_demo_model(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", str(stack.root / "out" / "demo" / "model")]) == 0
+    assert "naive" in capsys.readouterr().out
+
+
+def test_tune_logs_nested_trials_on_the_server(stack: Stack) -> None:
+    assert main(["tune", "--config", str(stack.cfg_path), "--trials", "2", "--set",
+                 "tracking.experiment=sweep", "--set",
+                 "tune.space={train.lr: {low: 1e-3, high: 1e-2, log: true}}"]) == 0
+    exp = stack.client.get_experiment_by_name("sweep")
+    runs = stack.client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tune.sweep") == "true"]
+    assert len(parents) == 1 and len(runs) == 3
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sum(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+               for r in runs) == 2
+
+
+def test_batch_forecast_from_the_champion_alias(stack: Stack) -> None:
+    out, long = stack.root / "batch.csv", stack.root / "long.csv"
+    frame = pd.read_csv(stack.csv, parse_dates=["date"])
+    frame.assign(series_id="s").to_csv(long, index=False)
+    assert main(["pipeline", "batch-forecast", "--model", f"models:/{NAME}@{CHAMPION}",
+                 "--input", str(long), "--timestamp-column", "date", "--output", str(out)]) == 0
+    got = pd.read_csv(out)
+    expected = champion_forecaster(stack).predict_frame(frame)
+    assert got["step"].tolist() == list(range(1, 13))
+    np.testing.assert_allclose(got[["a", "b"]].to_numpy(), expected[["a", "b"]].to_numpy(),
+                               rtol=1e-5)
+
+
+def test_forecast_serve_answers_from_the_registry(stack: Stack) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "forecast"), "serve", "--model", f"models:/{NAME}@{CHAMPION}", "--host",
+         "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": stack.uri}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{base}/readyz", proc)
+        ready = httpx.get(f"{base}/readyz").json()
+        frame = pd.read_csv(stack.csv).iloc[-48:]
+        body = {"series": [{"id": "s", "history": {c: frame[c].tolist() for c in ("a", "b")}}]}
+        reply = httpx.post(f"{base}/v1/forecast", json=body, timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    champion = stack.client.get_model_version_by_alias(NAME, CHAMPION).version
+    assert ready["model"] == {"name": NAME, "version": champion, "alias": CHAMPION}
+    assert reply.status_code == 200, reply.text
+    forecast = reply.json()["forecasts"][0]
+    expected = champion_forecaster(stack).predict_frame(frame[["a", "b"]])
+    np.testing.assert_allclose(forecast["values"]["a"], expected["a"].to_numpy(), rtol=1e-5)
+
+
+def test_mlflow_models_serve_answers_from_the_registry(stack: Stack) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@{CHAMPION}",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": stack.uri,
+             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    frame = pd.read_csv(stack.csv, parse_dates=["date"]).iloc[-60:]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{base}/ping", proc)
+        as_json = frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+        body = {"dataframe_split": as_json.to_dict(orient="split", index=False),
+                "params": {"horizon": 4}}
+        reply = httpx.post(f"{base}/invocations", json=body, timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert reply.status_code == 200, reply.text
+    got = pd.DataFrame(reply.json()["predictions"])
+    expected = champion_forecaster(stack).predict_frame(frame, 4)
+    np.testing.assert_allclose(got[["a", "b"]].to_numpy(), expected[["a", "b"]].to_numpy(),
+                               rtol=1e-5)
+    assert got["step"].tolist() == [1, 2, 3, 4]
+
+
+def test_no_metric_row_is_written_twice_and_the_server_never_failed(stack: Stack) -> None:
+    # PostgreSQL refuses a whole batch that re-sends a stored metric (key, timestamp, step,
+    # value); the server then answers from its retry path. None may happen.
+    if stack.postgres is not None:
+        log = stack.postgres.log()
+        assert "duplicate key" not in log, log[-3000:]
+        assert " ERROR: " not in log, log[-3000:]
+    server_log = stack.server.log()
+    assert "Traceback" not in server_log, server_log[-3000:]
+
+
+def test_the_gate_lock_lets_one_challenger_decide_at_a_time(stack: Stack) -> None:
+    name, inside, seen = f"race-{stack.backend}", [0], []
+    start = threading.Barrier(4)
+
+    def challenger(i: int) -> None:
+        client = MlflowClient(tracking_uri=stack.uri, registry_uri=stack.uri)
+        start.wait()  # all four ask for the gate at the same moment
+        with gate_lock(client, name, f"job-{i}"):
+            inside[0] += 1
+            seen.append(inside[0])
+            time.sleep(0.3)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=challenger, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert seen == [1, 1, 1, 1]  # each entered alone
+    assert not stack.client.search_registered_models(f"name = '{name}.gate-lock'")
+
+
+def test_a_lock_left_by_a_dead_job_is_taken_over(stack: Stack) -> None:
+    name = f"stale-{stack.backend}"
+    stack.client.create_registered_model(f"{name}.gate-lock")  # its holder died
+    began = time.monotonic()
+    with gate_lock(stack.client, name, "next-job", wait_s=30, stale_s=1):
+        waited = time.monotonic() - began
+    assert 1 <= waited < 15
+    assert not stack.client.search_registered_models(f"name = '{name}.gate-lock'")
+    # a lock held longer than a job may wait is a one-line tracking error (exit 5)
+    stack.client.create_registered_model(f"{name}-busy.gate-lock")
+    with pytest.raises(TrackingError, match=r"stayed locked for 1s"):  # noqa: SIM117
+        with gate_lock(stack.client, f"{name}-busy", "job", wait_s=1, stale_s=60):
+            pass
