@@ -6,11 +6,17 @@ library is imported here."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def main() -> int:
+    # MLflow's usage telemetry sets and removes an environment variable from a thread; a
+    # request reading the environment meanwhile failed with KeyError
+    # '_MLFLOW_TELEMETRY_SESSION_ID' (1 of 16 jobs at once against a server). It also calls
+    # out to the internet. Off unless the user asks for it.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # A signal while importing is noted and acted on once the imports are done: raised inside
     # them, a library's bare `except:` could swallow it and the command would run on
     received: list[int] = []

@@ -1,8 +1,8 @@
 """Every command against a real `mlflow server` on 127.0.0.1 with proxied artifacts (clients
 know only MLFLOW_TRACKING_URI), once over a SQLite backend and once over a throwaway
 PostgreSQL: train, demo, pipeline train, tune, models list/promote, runs compare, evaluate,
-batch forecasting and `forecast serve` from models:/NAME@ALIAS, `mlflow models serve`, and
-the notebooks. One server per backend serves the whole module."""
+batch forecasting and `forecast serve` from models:/NAME@ALIAS, `mlflow models serve`; and
+the gate's lock. One server per backend serves the whole module."""
 
 from __future__ import annotations
 
