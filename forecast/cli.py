@@ -41,7 +41,7 @@ from forecast.logs import failure_line, json_requested, setup_logging
 from forecast.model import describe
 from forecast.paths import writable_file
 from forecast.predictor import Forecaster
-from forecast.registry import list_versions, promote, version_number
+from forecast.registry import below_baselines, list_versions, promote, version_number
 from forecast.runner import TrainOutcome, load_data, train_and_evaluate
 from forecast.scaling import Scaler
 from forecast.tracking import (
@@ -79,8 +79,14 @@ def _report(outcome: TrainOutcome) -> None:
     print(f"trained {len(fit.history)} epochs ({stop}; best epoch {fit.best_epoch}, "
           f"val loss {fit.best_val_loss:.4f}) in {fit.seconds:.1f}s, "
           f"{fit.windows_per_second:,.0f} windows/s")
+    if outcome.linear_only:
+        print("note: validation kept the least-squares linear forecast alone (best epoch 0): "
+              "on this data the Transformer adds nothing to it; its head is zero")
     print()
     print(outcome.evaluation.table())
+    below = below_baselines(outcome.validation, outcome.config.tracking.metric)
+    if below:
+        print(f"warning: {below}")
     print()
     for note in outcome.series.notes:
         print(f"note: {note}")

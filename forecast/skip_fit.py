@@ -18,6 +18,9 @@ zeros.
 
 With a rank r the solution is then projected onto the r principal directions of its fitted
 training forecasts (reduced-rank regression): the H horizon steps share r shapes.
+
+Per channel (model.skip_per_channel), every step is the same with a leading channel dimension:
+each channel's rows make their own normal equations and their own solution.
 """
 
 from __future__ import annotations
@@ -42,49 +45,63 @@ Rows = Iterable[tuple[torch.Tensor, torch.Tensor]]
 RowWeight = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def window_rows(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor,
-                std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def window_rows(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                per_channel: bool = False, level: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One least-squares row per window and channel: features [x - mean, std] [(B*C) x (L+1)]
-    and targets y - mean [(B*C) x H], from x [B x L x C], y [B x H x C], mean/std [B x 1 x C]."""
-    features = torch.cat([x - mean, std], dim=1).transpose(1, 2).reshape(-1, x.shape[1] + 1)
-    return features, (y - mean).transpose(1, 2).reshape(-1, y.shape[1])
+    and targets y - mean [(B*C) x H], from x [B x L x C], y [B x H x C], mean/std [B x 1 x C].
+    per_channel: each channel's rows apart, [C x B x (L+1)] and [C x B x H]. level: the mean
+    as a feature too, before std ([x - mean, mean, std]): the skip's level input, mean / std,
+    times the std the forecast is scaled by."""
+    parts = [x - mean, mean, std] if level else [x - mean, std]
+    features = torch.cat(parts, dim=1).permute(2, 0, 1)  # [C x B x P]
+    targets = (y - mean).permute(2, 0, 1)  # [C x B x H]
+    if per_channel:
+        return features, targets
+    # window-major rows, as the shared fit has always summed them
+    return (features.transpose(0, 1).reshape(-1, features.shape[-1]),
+            targets.transpose(0, 1).reshape(-1, y.shape[1]))
 
 
 def normal_equations(
     rows: Rows, weight: RowWeight | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Accumulate F'F and F'T (float64) over batches of (features, targets), each row's squared
-    error multiplied by `weight` if given; also the total weight (the row count unweighted)."""
-    gram = cross = None
-    count = 0.0
+    error multiplied by `weight` if given; also the total weight (the row count unweighted).
+    Rows may carry a leading channel dimension ([C x N x P]): then one system per channel."""
+    gram = cross = count = None
     for features, targets in rows:
         features, targets = features.double(), targets.double()
         if weight is None:
-            count += len(features)
+            n = torch.full(features.shape[:-2], float(features.shape[-2]), dtype=torch.float64)
         else:
-            w = weight(features, targets)
-            count += float(w.sum())
-            root = w.sqrt()[:, None]
+            w = weight(features, targets)  # one per row
+            n = w.sum(-1)
+            root = w.sqrt()[..., None]
             features, targets = features * root, targets * root
+        f_t = features.transpose(-1, -2)
         if gram is None:
-            gram, cross = features.T @ features, features.T @ targets
+            gram, cross, count = f_t @ features, f_t @ targets, n
         else:
-            gram += features.T @ features
-            cross += features.T @ targets
-    if gram is None:
+            gram += f_t @ features
+            cross += f_t @ targets
+            count += n
+    if gram is None or cross is None or count is None:
         raise ValueError("no windows to fit the linear skip on")
     return gram, cross, count
 
 
-def solve(gram: torch.Tensor, cross: torch.Tensor, count: float,
+def solve(gram: torch.Tensor, cross: torch.Tensor, count: torch.Tensor | float,
           ridge: float = RIDGE) -> torch.Tensor:
-    """Ridge solution [P x H]; the last feature (the bias, scaled by std) is not shrunk."""
-    penalty = torch.full((len(gram),), ridge * count, dtype=gram.dtype)
-    penalty[-1] = 0.0
-    return torch.linalg.solve(gram + torch.diag(penalty), cross)
+    """Ridge solution [P x H] (per channel: [C x P x H]); the last feature (the bias, scaled
+    by std) is not shrunk."""
+    scale = ridge * torch.as_tensor(count, dtype=gram.dtype)[..., None]  # [1] or [C x 1]
+    penalty = scale * torch.ones(gram.shape[-1], dtype=gram.dtype)
+    penalty[..., -1] = 0.0
+    return torch.linalg.solve(gram + torch.diag_embed(penalty), cross)
 
 
-Solver = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+Solver = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def huber_solve(rows: Callable[[], Rows], delta: float, steps: int = IRLS_STEPS,
@@ -96,7 +113,7 @@ def huber_solve(rows: Callable[[], Rows], delta: float, steps: int = IRLS_STEPS,
     for _ in range(steps):
         def huber(features: torch.Tensor, targets: torch.Tensor,
                   fitted: torch.Tensor = solution) -> torch.Tensor:
-            rms = ((features @ fitted - targets) ** 2).mean(1).sqrt()
+            rms = ((features @ fitted - targets) ** 2).mean(-1).sqrt()
             return (delta / rms.clamp_min(1e-12)).clamp(max=1.0)
         solution = solver(*normal_equations(rows(), huber))
     return solution
@@ -106,8 +123,9 @@ def reduce_rank(solution: torch.Tensor, gram: torch.Tensor, rank: int) -> torch.
     """The solution [P x H] projected onto the top-`rank` eigenvectors of B' G B, the horizon
     cross-product of its fitted forecasts over the rows whose F'F is `gram`."""
     # eigh reads one triangle only, so rounding asymmetry in the product does not matter
-    basis = torch.linalg.eigh(solution.T @ gram @ solution).eigenvectors[:, -rank:]
-    return solution @ basis @ basis.T
+    s_t = solution.transpose(-1, -2)
+    basis = torch.linalg.eigh(s_t @ gram @ solution).eigenvectors[..., -rank:]
+    return solution @ basis @ basis.transpose(-1, -2)
 
 
 @torch.no_grad()
@@ -127,6 +145,7 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
         raise ValueError("RevIN's affine has moved from the identity: solve the skip before "
                          "training, on a newly built model")
     min_history = model.cfg.shortest_history
+    per_channel = model.cfg.skip_per_channel
 
     def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)  # the same padding on every pass
@@ -140,17 +159,17 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
                 mean, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
             if pad is not None:  # x - mean is then 0 there, as the forward pass's zeroed steps
                 x = torch.where(pad[..., None], mean, x)
-            yield window_rows(x, y, mean, std)
+            yield window_rows(x, y, mean, std, per_channel, model.cfg.skip_level)
 
     gram, cross, count = normal_equations(rows())
-    solution = solve(gram, cross, count)  # [(L+1) x H]
+    solution = solve(gram, cross, count)  # [P x H], per channel [C x P x H]
     if model.cfg.skip_huber_delta is not None:
         solution = huber_solve(rows, model.cfg.skip_huber_delta, plain=solution)
     if model.cfg.skip_rank is not None:
         solution = reduce_rank(solution, gram, model.cfg.skip_rank)
-    L = model.lookback
-    model.skip.weight.copy_(solution[:L].T)
-    model.skip.bias.copy_(solution[L])
+    # the skip's inputs are the lags (and the level); the std feature's row is its bias
+    model.skip.weight.copy_(solution[..., :-1, :].transpose(-1, -2))
+    model.skip.bias.copy_(solution[..., -1, :])
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
     return len(train)

@@ -236,6 +236,13 @@ def _log_step0_metrics(outcome: TrainOutcome, model_id: str | None) -> None:
     mlflow.log_metrics(metrics, step=0, model_id=model_id)
 
 
+def encoder_tags(outcome: TrainOutcome) -> dict[str, str]:
+    """`model.linear_only`: "true" when validation kept the least-squares linear forecast
+    alone, so the Transformer adds nothing (shown by `models list` and `runs compare`)."""
+    linear_only = outcome.linear_only
+    return {} if linear_only is None else {"model.linear_only": str(linear_only).lower()}
+
+
 @dataclass
 class TrackedOutcome:
     outcome: TrainOutcome
@@ -276,6 +283,7 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         if check is not None:
             check(series)
         outcome = train_and_evaluate(cfg, series, log_epoch, staged=True)  # steps 1, 2, ...
+        mlflow.set_tags(encoder_tags(outcome))
         resumed = outcome.fit.resumed_from_epoch
         if resumed:
             # Epochs trained before the restart come from the checkpoint: the curves stay whole.
@@ -295,12 +303,12 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
             challenger = Forecaster(load_bundle(outcome.model_dir))
             with gate_lock(client, cfg.registered_model, run.info.run_id):
                 decision = decide(client, uri, tracking, cfg.registered_model, challenger,
-                                  outcome.prepared)
+                                  outcome.prepared, outcome.validation)
                 mlflow.set_tags(decision.tags())
                 mlflow.log_metric("gate_promoted", float(decision.promoted), step=0,
                                   model_id=info.model_id)
                 version = register(client, cfg.registered_model, info, run.info.run_id,
-                                   decision)
+                                   decision, encoder_tags(outcome))
             mlflow.set_tag("model.version", version.version)
     except BaseException as err:
         if outcome is not None:
