@@ -235,11 +235,14 @@ class TrackedOutcome:
 
 
 def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
-                  check: Callable[[SeriesSet], None] | None = None) -> TrackedOutcome:
+                  check: Callable[[SeriesSet], None] | None = None,
+                  run_id: str | None = None) -> TrackedOutcome:
     """Train, evaluate, log, package, gate and register one configuration as one MLflow run.
 
     `check` runs on the loaded data inside the run (a gate that raises ends the run FAILED
-    before training); `tags` are added to the run's own."""
+    before training); `tags` are added to the run's own. `run_id`: continue that unfinished run
+    (its job was restarted by its launcher) instead of starting one; epochs it has logged are
+    not logged again."""
     tracking = cfg.tracking
     preflight(uri, tracking.timeout_seconds)
     mlflow.set_tracking_uri(uri)
@@ -250,7 +253,10 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
-    run = mlflow.start_run(run_name=run_name(cfg), tags=tags)
+    run = mlflow.start_run(run_id=run_id, tags=tags) if run_id else \
+        mlflow.start_run(run_name=run_name(cfg), tags=tags)
+    if "error" in run.data.tags:  # the failure of the attempt this one continues
+        MlflowClient(tracking_uri=uri).delete_tag(run.info.run_id, "error")
     outcome: TrainOutcome | None = None
     try:
         mlflow.log_params(params(cfg))
@@ -262,7 +268,9 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         if check is not None:
             check(series)
         outcome = train_and_evaluate(cfg, series, log_epoch, staged=True)
-        if outcome.fit.linear_val_loss is not None:
+        logged = {m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(
+            run.info.run_id, "val_loss")} if run_id else set()
+        if outcome.fit.linear_val_loss is not None and 0 not in logged:
             # the least-squares forecast alone is "epoch 0", which the best epoch can be: the
             # val_loss curve starts there, so that it shows the weights that were kept
             mlflow.log_metric("val_loss", outcome.fit.linear_val_loss, step=0)
@@ -271,7 +279,8 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
             # Epochs trained before the restart come from the checkpoint: the curves stay whole.
             mlflow.set_tag("train.resumed_from_epoch", str(resumed))
             for stats in outcome.fit.history[:resumed]:
-                log_epoch(stats)
+                if stats.epoch not in logged:
+                    log_epoch(stats)
         mlflow.log_metrics({**outcome.metrics, **outcome.fit.metrics(),
                             "params_count": outcome.model.n_params()})
         with tempfile.TemporaryDirectory() as tmp:
