@@ -255,10 +255,10 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         tags["git.commit"] = commit
     run = mlflow.start_run(run_id=run_id, tags=tags) if run_id else \
         mlflow.start_run(run_name=run_name(cfg), tags=tags)
-    if "error" in run.data.tags:  # the failure of the attempt this one continues
-        MlflowClient(tracking_uri=uri).delete_tag(run.info.run_id, "error")
     outcome: TrainOutcome | None = None
     try:
+        if "error" in run.data.tags:  # the failure of the attempt this one continues
+            MlflowClient(tracking_uri=uri).delete_tag(run.info.run_id, "error")
         mlflow.log_params(params(cfg))
         series = load_data(cfg)
         mlflow.set_tags({"data.sha256": series.digest, "data.source": series.source,
