@@ -65,7 +65,7 @@ def train(config: str, procs: int, sets: list[str], out: Path) -> dict[str, Any]
     metrics = json.loads((out / name / "metrics.json").read_text())
     return {"procs": procs, "epochs": epochs, "train_seconds": float(rate[1]),
             "windows_per_second": float(rate[2].replace(",", "")), "wall_seconds": wall,
-            "test_mse": metrics["mse"], "params": metrics["params"]}
+            "test_mse": metrics["test_mse"], "params": metrics["params"]}
 
 
 def time_to(epochs: list[tuple[int, float, float]], target: float) -> float:
@@ -111,8 +111,14 @@ def paper_model(params: int, step_seconds: float) -> dict[str, Any]:
         best = max(range(len(NODES)), key=lambda i: speedups[i])
         out[name] = {"speedup": dict(zip(map(str, NODES), [round(s, 2) for s in speedups],
                                          strict=True)),
-                     "gain_stops_after_nodes": NODES[best]}
+                     # None: still gaining at the largest node count worked out
+                     "gain_stops_after_nodes": None if best == len(NODES) - 1 else NODES[best]}
     return out
+
+
+def stops(nodes: int | None) -> str:
+    return f"still gaining at {NODES[-1]} nodes" if nodes is None \
+        else f"gain stops after {nodes} nodes"
 
 
 def main() -> None:
@@ -164,7 +170,7 @@ def main() -> None:
         for name in NETWORKS:
             s = model[name]["speedup"]
             print(f"  {name:>9}: speed-up " + "  ".join(f"{n}:{v}" for n, v in s.items())
-                  + f"  -> gain stops after {model[name]['gain_stops_after_nodes']} nodes")
+                  + f"  -> {stops(model[name]['gain_stops_after_nodes'])}")
     record.finish(run, {"config": args.config, "epochs": args.epochs,
                         "max_windows_per_epoch": args.max_windows, "global_batch": batch,
                         "target_val_loss": target, "runs": runs, "paper": paper},
