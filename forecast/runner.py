@@ -15,7 +15,8 @@ from forecast import outputs
 from forecast.bundle import Bundle, BundleMeta, save_bundle
 from forecast.config import Config, dump_config
 from forecast.data import SeriesSet, frame_to_series, load_series, season_for
-from forecast.errors import TrainingError, first_line
+from forecast.distributed import Dist, Stop, await_start
+from forecast.errors import DataError, TrainingError, first_line
 from forecast.evaluate import Evaluation, evaluate, fit_linear_baseline
 from forecast.model import PatchTransformer, build_model
 from forecast.paths import writable_dir
@@ -135,6 +136,22 @@ def train_model(cfg: Config, series: SeriesSet,
                             "model.d_model, model.d_ff, model.n_layers, windows.lookback or "
                             "train.batch_size") from None
     return Trained(prepared, model, result)
+
+
+def follow(cfg: Config, dist: Dist) -> None:
+    """A rank other than 0: train in step with rank 0 once it says so, writing nothing (rank 0
+    alone tracks, checkpoints, scores and saves)."""
+    word = await_start(dist)
+    if isinstance(word, Stop):
+        log.info("rank %d: rank 0 stopped before training (%s)", dist.rank,
+                 word.error or "nothing to train")
+        return
+    series = load_data(cfg)
+    if series.digest != word.data_digest:
+        raise DataError(f"data.path: rank {dist.rank} read other data than rank 0 (sha256 "
+                        f"{series.digest[:12]}… against {word.data_digest[:12]}…); every rank "
+                        "must read the same file")
+    train_model(cfg, series)
 
 
 def train_and_evaluate(

@@ -21,6 +21,10 @@ training forecasts (reduced-rank regression): the H horizon steps share r shapes
 
 Per channel (model.skip_per_channel), every step is the same with a leading channel dimension:
 each channel's rows make their own normal equations and their own solution.
+
+Trained on several processes, each rank accumulates the normal equations of its share of the
+windows and the sums are all-reduced: every rank then solves the whole training set's system,
+the one a single process would, to float rounding.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from forecast.distributed import SINGLE, Dist
 from forecast.model import PatchTransformer
 from forecast.windows import WindowSet, random_pad_mask
 
@@ -43,6 +48,9 @@ IRLS_STEPS = 3
 Rows = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # a weight per least-squares row, from that batch's (features, targets)
 RowWeight = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (F'F, F'T, total weight) of some rows, optionally weighted
+Equations = Callable[[Rows, RowWeight | None],
+                     tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def window_rows(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -91,6 +99,16 @@ def normal_equations(
     return gram, cross, count
 
 
+def summed_over(dist: Dist) -> Equations:
+    """`normal_equations` of this rank's rows summed over every rank's: the whole training
+    set's system (the plain one without a process group)."""
+    def equations(rows: Rows, weight: RowWeight | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        gram, cross, count = normal_equations(rows, weight)
+        return dist.all_reduce_sum(gram), dist.all_reduce_sum(cross), dist.all_reduce_sum(count)
+    return equations
+
+
 def solve(gram: torch.Tensor, cross: torch.Tensor, count: torch.Tensor | float,
           ridge: float = RIDGE) -> torch.Tensor:
     """Ridge solution [P x H] (per channel: [C x P x H]); the last feature (the bias, scaled
@@ -105,17 +123,19 @@ Solver = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def huber_solve(rows: Callable[[], Rows], delta: float, steps: int = IRLS_STEPS,
-                plain: torch.Tensor | None = None, solver: Solver = solve) -> torch.Tensor:
+                plain: torch.Tensor | None = None, solver: Solver = solve,
+                equations: Equations = normal_equations) -> torch.Tensor:
     """The `solver` solution (the ridge one by default) under Huber row weights
     min(1, delta / RMS residual), by iteratively reweighted least squares from the unweighted
-    one (solved here unless given as `plain`); `rows` is read once per step."""
-    solution = solver(*normal_equations(rows())) if plain is None else plain
+    one (solved here unless given as `plain`); `rows` is read once per step and summed by
+    `equations`."""
+    solution = solver(*equations(rows(), None)) if plain is None else plain
     for _ in range(steps):
         def huber(features: torch.Tensor, targets: torch.Tensor,
                   fitted: torch.Tensor = solution) -> torch.Tensor:
             rms = ((features @ fitted - targets) ** 2).mean(-1).sqrt()
             return (delta / rms.clamp_min(1e-12)).clamp(max=1.0)
-        solution = solver(*normal_equations(rows(), huber))
+        solution = solver(*equations(rows(), huber))
     return solution
 
 
@@ -130,10 +150,12 @@ def reduce_rank(solution: torch.Tensor, gram: torch.Tensor, rank: int) -> torch.
 
 @torch.no_grad()
 def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: float = 0.0,
-                    seed: int = 0, batch_size: int = 1024) -> int:
+                    seed: int = 0, batch_size: int = 1024, dist: Dist = SINGLE) -> int:
     """Solve the skip in closed form (robustly with model.skip_huber_delta, reduced to
     model.skip_rank) and zero the head; returns windows used. `pad_augment` is the share of
-    windows left-padded as in training, drawn from `seed`. Called before training: the fit
+    windows left-padded as in training, drawn from `seed`. With a process group (`dist`) each
+    rank reads its share of the windows and all solve the summed system. Called before
+    training: the fit
     assumes RevIN's affine is still the identity. (A model built with model.skip_fit
     'least_squares' has its skip frozen, so training leaves it as solved.)"""
     if model.skip is None:
@@ -146,12 +168,18 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
                          "training, on a newly built model")
     min_history = model.cfg.shortest_history
     per_channel = model.cfg.skip_per_channel
+    equations = summed_over(dist)
 
     def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)  # the same padding on every pass
-        for x, y in train.batches(batch_size):
+        batches = train.batches(batch_size, rank=dist.rank, world=dist.world)
+        for lo, (x, y) in zip(range(0, len(train), batch_size), batches, strict=True):
             x, y = x.double(), y.double()  # [B x L x C], [B x H x C]
-            pad = random_pad_mask(len(x), x.shape[1], min_history, pad_augment, generator)
+            # drawn for the whole batch, as one process draws it, then this rank's share
+            pad = random_pad_mask(min(batch_size, len(train) - lo), x.shape[1], min_history,
+                                  pad_augment, generator)
+            if pad is not None and dist.world > 1:
+                pad = pad[dist.rank::dist.world]
             valid = torch.ones_like(x[:, :, :1]) if pad is None else (~pad)[..., None].double()
             if model.revin is not None:  # the statistics the forward pass normalises with
                 mean, std = model.revin.statistics(x, valid)
@@ -161,10 +189,11 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
                 x = torch.where(pad[..., None], mean, x)
             yield window_rows(x, y, mean, std, per_channel, model.cfg.skip_level)
 
-    gram, cross, count = normal_equations(rows())
+    gram, cross, count = equations(rows(), None)
     solution = solve(gram, cross, count)  # [P x H], per channel [C x P x H]
     if model.cfg.skip_huber_delta is not None:
-        solution = huber_solve(rows, model.cfg.skip_huber_delta, plain=solution)
+        solution = huber_solve(rows, model.cfg.skip_huber_delta, plain=solution,
+                               equations=equations)
     if model.cfg.skip_rank is not None:
         solution = reduce_rank(solution, gram, model.cfg.skip_rank)
     # the skip's inputs are the lags (and the level); the std feature's row is its bias

@@ -255,11 +255,14 @@ class TrackedOutcome:
 
 
 def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
-                  check: Callable[[SeriesSet], None] | None = None) -> TrackedOutcome:
+                  check: Callable[[SeriesSet], None] | None = None,
+                  run_id: str | None = None) -> TrackedOutcome:
     """Train, evaluate, log, package, gate and register one configuration as one MLflow run.
 
     `check` runs on the loaded data inside the run (a gate that raises ends the run FAILED
-    before training); `tags` are added to the run's own."""
+    before training); `tags` are added to the run's own. `run_id`: continue that unfinished run
+    (its job was restarted by its launcher) instead of starting one; epochs it has logged are
+    not logged again."""
     tracking = cfg.tracking
     preflight(uri, tracking.timeout_seconds)
     mlflow.set_tracking_uri(uri)
@@ -270,10 +273,13 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
-    run = mlflow.start_run(run_name=run_name(cfg), tags=tags)
+    run = mlflow.start_run(run_id=run_id, tags=tags) if run_id else \
+        mlflow.start_run(run_name=run_name(cfg), tags=tags)
     outcome: TrainOutcome | None = None
     scored = False
     try:
+        if "error" in run.data.tags:  # the failure of the attempt this one continues
+            MlflowClient(tracking_uri=uri).delete_tag(run.info.run_id, "error")
         mlflow.log_params(params(cfg))
         series = load_data(cfg)
         mlflow.set_tags({"data.sha256": series.digest, "data.source": series.source,
@@ -284,12 +290,16 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
             check(series)
         outcome = train_and_evaluate(cfg, series, log_epoch, staged=True)  # steps 1, 2, ...
         mlflow.set_tags(encoder_tags(outcome))
+        # a continued run (torchrun's restart) already holds the epochs its first attempt logged
+        logged = {m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(
+            run.info.run_id, "val_loss")} if run_id else set()
         resumed = outcome.fit.resumed_from_epoch
         if resumed:
             # Epochs trained before the restart come from the checkpoint: the curves stay whole.
             mlflow.set_tag("train.resumed_from_epoch", str(resumed))
             for stats in outcome.fit.history[:resumed]:
-                log_epoch(stats)
+                if stats.epoch not in logged:
+                    log_epoch(stats)
         with tempfile.TemporaryDirectory() as tmp:
             _log_artifacts(outcome, Path(tmp))
         example = input_example(series, cfg.data.timestamp_column, cfg.windows.lookback)
