@@ -4,6 +4,8 @@ configuration that trains in well under a second on a CPU."""
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,18 @@ import torch
 from forecast.config import Config, DataConfig, build_config
 from forecast.data import SeriesSet, frame_to_series
 from forecast.windows import Prepared, prepare
+
+
+@pytest.fixture(autouse=True)
+def _own_environment() -> Iterator[None]:
+    """Each test starts from the same environment: a command run in-process can set variables
+    (`forecast serve` hands its settings to uvicorn's workers as FORECAST_* variables), and a
+    later test's subprocess would inherit them."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
 
 # Small enough for every test that trains: 400 hourly rows → 280 train / 40 val / 80 test.
 N_ROWS = 400

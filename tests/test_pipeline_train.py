@@ -184,7 +184,7 @@ def test_sigterm_after_the_epochs_ends_the_run_killed_and_registers_nothing(
         # scoring, model logging and registration come after the epoch loop, where SIGTERM
         # used to kill the process and leave its run RUNNING
         for line in proc.stderr:
-            if "scoring the test block" in line:
+            if "scoring the validation and test blocks" in line:
                 proc.send_signal(signal.SIGTERM)
                 break
         tail = proc.stderr.read()
