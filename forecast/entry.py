@@ -10,6 +10,17 @@ import os
 import signal
 import sys
 
+# MLflow retries a failed request to a tracking server 7 times with backoff factor 2, and waits
+# 120 s for each answer: about four minutes per request, so a job whose server died hung for
+# many minutes on every call it made while failing (log, tag, end the run). These give up
+# after about 10 s on a refused connection (3 retries sleeping 0, 2, 4 s plus jitter) and
+# 30 s on a silent server; a variable the user set is left as it is.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
 
 def main() -> int:
     # MLflow's usage telemetry sets and removes an environment variable from a thread; a
@@ -17,6 +28,8 @@ def main() -> int:
     # '_MLFLOW_TELEMETRY_SESSION_ID' (1 of 16 jobs at once against a server). It also calls
     # out to the internet. Off unless the user asks for it.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     # A signal while importing is noted and acted on once the imports are done: raised inside
     # them, a library's bare `except:` could swallow it and the command would run on
     received: list[int] = []
