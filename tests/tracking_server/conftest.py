@@ -29,10 +29,9 @@ class Backend:
     def uri(self) -> str:
         return self.server.uri
 
-    def another_server(self, root: Path, **kwargs: object) -> MlflowServer:
+    def another_server(self, root: Path) -> MlflowServer:
         """A second server on the same database and artifact folder (killed by fault tests)."""
-        return MlflowServer(self.postgres.uri, str(self.artifacts), root, workers=1,
-                            **kwargs)  # type: ignore[arg-type]
+        return MlflowServer(self.postgres.uri, str(self.artifacts), root, workers=1)
 
 
 @pytest.fixture(scope="session")
