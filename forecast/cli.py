@@ -17,8 +17,9 @@ from dataclasses import asdict
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
+import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -28,7 +29,8 @@ from pydantic import ValidationError
 from forecast.bundle import load_bundle
 from forecast.compare import compare_runs
 from forecast.config import Config, dump_config, load_config
-from forecast.data import read_table
+from forecast.data import SeriesSet, read_table
+from forecast.distributed import Leader, process_group
 from forecast.errors import (
     ConfigError,
     DataError,
@@ -41,8 +43,8 @@ from forecast.logs import failure_line, json_requested, setup_logging
 from forecast.model import describe
 from forecast.paths import writable_file
 from forecast.predictor import Forecaster
-from forecast.registry import list_versions, promote, version_number
-from forecast.runner import TrainOutcome, load_data, train_and_evaluate
+from forecast.registry import below_baselines, list_versions, promote, version_number
+from forecast.runner import TrainOutcome, follow, load_data, train_and_evaluate
 from forecast.scaling import Scaler
 from forecast.tracking import (
     PREFLIGHT_SECONDS,
@@ -52,6 +54,7 @@ from forecast.tracking import (
     resolve_uri,
     train_tracked,
 )
+from forecast.train import resolve_device
 from forecast.windows import prepare
 from pipelines import train as train_pipeline
 from pipelines.batch_forecast import BatchOptions, batch_forecast
@@ -79,8 +82,14 @@ def _report(outcome: TrainOutcome) -> None:
     print(f"trained {len(fit.history)} epochs ({stop}; best epoch {fit.best_epoch}, "
           f"val loss {fit.best_val_loss:.4f}) in {fit.seconds:.1f}s, "
           f"{fit.windows_per_second:,.0f} windows/s")
+    if outcome.linear_only:
+        print("note: validation kept the least-squares linear forecast alone (best epoch 0): "
+              "on this data the Transformer adds nothing to it; its head is zero")
     print()
     print(outcome.evaluation.table())
+    below = below_baselines(outcome.validation, outcome.config.tracking.metric)
+    if below:
+        print(f"warning: {below}")
     print()
     for note in outcome.series.notes:
         print(f"note: {note}")
@@ -88,13 +97,42 @@ def _report(outcome: TrainOutcome) -> None:
     print(f"metrics: {outcome.output_dir / 'metrics.json'}")
 
 
+T = TypeVar("T")
+
+
+def _ranked(cfg: Config, lead: Callable[[Leader], T]) -> T | None:
+    """Run `lead` on rank 0 (the only process without a launcher); any other rank of a
+    torchrun (or other launcher's) job trains in step with it and returns None."""
+    with process_group(resolve_device(cfg.train)) as dist:
+        if not dist.is_main:
+            logging.getLogger("forecast").setLevel(logging.WARNING)  # rank 0 alone logs
+            follow(cfg, dist)
+            return None
+        with Leader(dist) as leader:
+            return lead(leader)
+
+
+def _start_ranks(leader: Leader) -> Callable[[SeriesSet], None]:
+    """The last check before training: tell the other ranks to start, with the run's id."""
+    def check(series: SeriesSet) -> None:
+        run = mlflow.active_run()
+        leader.go(series.digest, run.info.run_id if run else None)
+    return check
+
+
 def _train(args: argparse.Namespace) -> TrackedOutcome | None:
     cfg = _resolve(args)
+    return _ranked(cfg, partial(_train_main, args, cfg))
+
+
+def _train_main(args: argparse.Namespace, cfg: Config, leader: Leader) -> TrackedOutcome | None:
     if not cfg.tracking.enabled:
-        _report(train_and_evaluate(cfg))
+        series = load_data(cfg)
+        _start_ranks(leader)(series)
+        _report(train_and_evaluate(cfg, series))
         return None
     uri = resolve_uri(cfg.tracking, args.tracking_uri)
-    tracked = train_tracked(cfg, uri)
+    tracked = train_tracked(cfg, uri, check=_start_ranks(leader))
     _report(tracked.outcome)
     print(f"mlflow:  run {tracked.run_id} in experiment {cfg.tracking.experiment!r} at {uri}")
     if tracked.version is not None and tracked.decision is not None:
@@ -273,8 +311,10 @@ def cmd_pipeline_train(args: argparse.Namespace) -> int:
         raise ConfigError("tracking.enabled is false: the training pipeline records every run "
                           "and registers its model in MLflow; use `forecast train` instead")
     uri = resolve_uri(cfg.tracking, args.tracking_uri)
-    result = train_pipeline.run_job(cfg, uri, force=args.force, as_of=_as_of(args.as_of))
-    if result.tracked is not None and args.log_format != "json":  # JSON: the log lines only
+    as_of = _as_of(args.as_of)
+    result = _ranked(cfg, lambda leader: train_pipeline.run_job(
+        cfg, uri, force=args.force, as_of=as_of, ready=_start_ranks(leader)))
+    if result is not None and result.tracked is not None and args.log_format != "json":
         _report(result.tracked.outcome)
     return 0
 

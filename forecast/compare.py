@@ -12,7 +12,7 @@ from forecast.registry import champion_version
 KEY_PARAMS = ("windows.lookback", "windows.horizon", "model.d_model", "model.n_layers",
               "model.patch_len", "train.lr", "train.epochs")
 KEY_METRICS = ("test_mse", "test_mae", "test_mase", "test_smape", "skill_naive",
-               "skill_seasonal_naive", "skill_linear", "train_seconds")
+               "skill_seasonal_naive", "skill_linear", "val_skill_linear", "train_seconds")
 
 
 def compare_runs(uri: str, experiment: str, last: int) -> pd.DataFrame:
@@ -40,6 +40,9 @@ def compare_runs(uri: str, experiment: str, last: int) -> pd.DataFrame:
         "status": runs["status"],
         "version": runs.get("tags.model.version", pd.Series([None] * len(runs))).fillna("-"),
         "champion": ["*" if r in champions else "" for r in runs["run_id"]],
+        # no: validation kept the least-squares linear forecast alone, the encoder adds nothing
+        "encoder": runs.get("tags.model.linear_only", pd.Series([None] * len(runs)))
+        .map({"true": "no", "false": "yes"}).fillna("-"),
     })
     for key in KEY_PARAMS:
         table[key.split(".", 1)[1]] = runs.get(f"params.{key}")

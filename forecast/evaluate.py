@@ -52,9 +52,16 @@ class Evaluation:
         return "\n".join(lines)
 
 
+def fit_linear_baseline(prepared: Prepared, cfg: EvalConfig) -> LinearBaseline:
+    return LinearBaseline().fit(prepared.windows("train"), cfg.linear_max_windows)
+
+
 @torch.inference_mode()
 def evaluate(model: PatchTransformer, prepared: Prepared, cfg: EvalConfig, season: int,
-             block: str = "test", device: torch.device | None = None) -> Evaluation:
+             block: str = "test", device: torch.device | None = None,
+             linear: LinearBaseline | None = None) -> Evaluation:
+    """Score the model and the baselines on `block`'s windows. `linear`: the Ridge baseline
+    already fitted on the training windows (scoring two blocks fits it once)."""
     device = device or next(model.parameters()).device
     model.eval()
     windows = prepared.windows(block)
@@ -71,7 +78,7 @@ def evaluate(model: PatchTransformer, prepared: Prepared, cfg: EvalConfig, seaso
         return MetricAccumulator(H, scaler.mean, scaler.scale, denom)
 
     acc = {"transformer": accumulator(), **{b: accumulator() for b in BASELINES}}
-    linear = LinearBaseline().fit(prepared.windows("train"), cfg.linear_max_windows)
+    linear = linear or fit_linear_baseline(prepared, cfg)
     use_seasonal = season <= prepared.lookback
     for x, y in windows.batches(cfg.batch_size):
         pred = model(x.to(device)).float().cpu()

@@ -164,6 +164,21 @@ class Block(nn.Module):
         return self.norm2(z + self.ff(z))
 
 
+class ChannelLinear(nn.Module):
+    """One linear map per channel: [B x C x L] → [B x C x H]."""
+
+    def __init__(self, n_channels: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        # nn.Linear's initialisation, per channel
+        bound = in_features ** -0.5
+        self.weight = nn.Parameter(
+            torch.empty(n_channels, out_features, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_channels, out_features).uniform_(-bound, bound))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bcl,chl->bch", h, self.weight) + self.bias  # [B x C x H]
+
+
 class PatchTransformer(nn.Module):
     """Encoder-only Transformer regressor: [B x L x C] history → [B x H x C] forecast."""
 
@@ -189,8 +204,13 @@ class PatchTransformer(nn.Module):
         out = horizon if cfg.channel_independent else horizon * n_channels
         self.head_drop = Dropout(cfg.head_dropout)
         self.head = nn.Linear(self.n_patches * cfg.d_model, out)
-        # one lookback → horizon map shared by all channels (RLinear, Li et al. 2023)
-        self.skip = nn.Linear(lookback, horizon) if cfg.linear_skip else None
+        # a lookback → horizon map shared by all channels (RLinear, Li et al. 2023), or one per
+        # channel where the channels' dynamics differ (what the per-channel Ridge baseline fits)
+        self.skip: nn.Module | None = None
+        if cfg.linear_skip:
+            inputs = lookback + int(cfg.skip_level)  # the level is one more input
+            self.skip = ChannelLinear(n_channels, inputs, horizon) \
+                if cfg.skip_per_channel else nn.Linear(inputs, horizon)
         if self.skip is not None and cfg.skip_fit == "least_squares":
             self.skip.requires_grad_(False)  # solved in closed form (forecast.skip_fit) instead
 
@@ -242,7 +262,10 @@ class PatchTransformer(nn.Module):
         else:
             y = y.view(B, self.horizon, C)
         if self.skip is not None:
-            y = y + self.skip(history.transpose(1, 2)).transpose(1, 2)  # [B x H x C]
+            skip_in = history.transpose(1, 2)  # [B x C x L]
+            if self.cfg.skip_level:  # the window's level in its own scale: mean / std
+                skip_in = torch.cat([skip_in, (mean / std).transpose(1, 2)], dim=2)
+            y = y + self.skip(skip_in).transpose(1, 2)  # [B x H x C]
         if self.revin is not None:
             y = self.revin.denormalize(y, mean, std)
         return y
@@ -257,9 +280,11 @@ def build_model(cfg: ModelConfig, lookback: int, horizon: int, n_channels: int) 
 def describe(model: PatchTransformer) -> str:
     c = model.cfg
     mode = "channel-independent" if c.channel_independent else "channel-mixing"
+    skip = "" if not c.linear_skip else \
+        f"{'per-channel ' if c.skip_per_channel else ''}linear skip, "
     return (
         f"PatchTransformer({model.n_patches} tokens of {c.patch_len} steps, d_model={c.d_model}, "
         f"{c.n_layers} layers x {c.n_heads} heads, {mode}, {c.positional} positions, "
-        f"{'linear skip, ' if c.linear_skip else ''}"
+        f"{skip}"
         f"{model.n_params():,} params, ~{math.ceil(model.n_params() * 4 / 1024)} KiB)"
     )

@@ -1,8 +1,8 @@
 """Model registry: register a run's model as `challenger`, and move `champion` only when the
-challenger beats both the current champion (re-scored now, on the challenger's evaluation
-windows) and the naive baseline. Also where a model URI (`models:/NAME@ALIAS`,
-`models:/NAME/VERSION` or a bundle directory) is parsed and loaded, for every consumer: the
-service, batch forecasting."""
+challenger beats its own run's linear and seasonal-naive baselines on validation, the current
+champion (re-scored now, on the challenger's evaluation windows) and the naive baseline. Also
+where a model URI (`models:/NAME@ALIAS`, `models:/NAME/VERSION` or a bundle directory) is
+parsed and loaded, for every consumer: the service, batch forecasting."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from forecast.baselines import naive
 from forecast.bundle import load_bundle
 from forecast.config import TrackingConfig
 from forecast.errors import ConfigError, ForecastError, TrackingError, first_line
+from forecast.evaluate import Evaluation
 from forecast.metrics import MetricAccumulator, Scores, mase_scale
 from forecast.packaging import bundle_path
 from forecast.predictor import Forecaster
@@ -195,20 +196,39 @@ def load_model(source: ModelSource | str, tracking_uri: str) -> ResolvedModel:
                          run_id)
 
 
+def below_baselines(validation: Evaluation, metric: str) -> str:
+    """The baselines that the model scores worse than on validation, in words ('' if none):
+    the linear (Ridge per channel) and seasonal-naive forecasts the same run scored."""
+    mine = getattr(validation.model, metric)
+    worse = [f"the {name.replace('_', '-')} baseline ({getattr(scores, metric):.4f})"
+             for name, scores in validation.baselines.items()
+             if name in ("linear", "seasonal_naive") and mine > getattr(scores, metric)]
+    return f"{metric} {mine:.4f} on validation loses to {' and '.join(worse)}" if worse else ""
+
+
 def decide(client: MlflowClient, uri: str, cfg: TrackingConfig, name: str,
-           challenger: Forecaster, prepared: Prepared) -> GateDecision:
-    """Compare the challenger with the current champion on the same windows."""
+           challenger: Forecaster, prepared: Prepared, validation: Evaluation) -> GateDecision:
+    """Compare the challenger with its own baselines on validation, then with the current
+    champion on the same test windows."""
     metric = cfg.metric
     ours, naive_scores = score_on_windows(challenger, prepared)
     mine, naive_score = getattr(ours, metric), getattr(naive_scores, metric)
     base = dict(metric=metric, challenger_score=mine, naive_score=naive_score)
     beats_naive = mine < naive_score
+    below = below_baselines(validation, metric)
+    if below and not cfg.allow_below_baselines:
+        # a model worse than a forecast the run could ship instead is never served, not even
+        # as the first version: serving nothing is plainer than serving that
+        return GateDecision(False, f"{below}; train a model that beats them (e.g. "
+                            "model.linear_skip with skip_fit least_squares), or set "
+                            "tracking.allow_below_baselines=true to promote it anyway", **base)
+    caveat = f" (allowed below baselines: {below})" if below else ""
     current = champion_version(client, name)
     if current is None:
-        # The first model is champion whatever its score, so that serving has a model;
-        # the reason says plainly when it is worse than naive.
-        caveat = "" if beats_naive else f" (warning: worse than naive, {mine:.4f} vs " \
-                                        f"{naive_score:.4f})"
+        # The first model is champion, so that serving has a model; the reason says plainly
+        # when it is worse than naive.
+        if not beats_naive:
+            caveat += f" (warning: worse than naive, {mine:.4f} vs {naive_score:.4f})"
         return GateDecision(True, f"first model: no champion yet{caveat}", **base)
     if not beats_naive:
         return GateDecision(False, f"does not beat the naive baseline on {metric} "
@@ -224,7 +244,7 @@ def decide(client: MlflowClient, uri: str, cfg: TrackingConfig, name: str,
     needed = theirs * (1 - cfg.margin)
     if mine < needed:
         return GateDecision(True, f"beats champion v{current.version} on {metric}: {mine:.4f} < "
-                            f"{theirs:.4f} x (1 - margin {cfg.margin:g})", **base)
+                            f"{theirs:.4f} x (1 - margin {cfg.margin:g}){caveat}", **base)
     return GateDecision(False, f"not better than champion v{current.version} on {metric} by "
                         f"margin {cfg.margin:g}: {mine:.4f} vs {theirs:.4f}", **base)
 
@@ -281,7 +301,7 @@ def gate_lock(client: MlflowClient, name: str, owner: str, wait_s: float = GATE_
 
 
 def register(client: MlflowClient, name: str, model: ModelInfo, run_id: str,
-             decision: GateDecision) -> ModelVersion:
+             decision: GateDecision, tags: dict[str, str] | None = None) -> ModelVersion:
     """Create the version, tag it, alias it; on any failure remove it again (never half-done).
     Call it holding `gate_lock`."""
     try:
@@ -294,7 +314,7 @@ def register(client: MlflowClient, name: str, model: ModelInfo, run_id: str,
     version = client.create_model_version(name, model.model_uri, run_id=run_id,
                                           model_id=model.model_id)
     try:
-        for key, value in decision.tags().items():
+        for key, value in {**decision.tags(), **(tags or {})}.items():
             client.set_model_version_tag(name, version.version, key, value)
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         if decision.promoted:
@@ -370,6 +390,9 @@ def list_versions(client: MlflowClient, name: str, uri: str) -> list[dict[str, s
             "version": str(v.version),
             "aliases": ",".join(sorted(aliases.get(str(v.version), []))) or "-",
             "decision": v.tags.get("gate.decision", "-"),
+            # yes: the Transformer's forecast is used; no: validation kept the linear skip alone
+            "encoder": {"true": "no", "false": "yes"}.get(v.tags.get("model.linear_only", ""),
+                                                           "-"),
             "metric": v.tags.get("gate.metric", "-"),
             "score": v.tags.get("gate.challenger_score", "-"),
             "champion_then": v.tags.get("gate.champion_score", "-"),

@@ -15,8 +15,9 @@ from forecast import outputs
 from forecast.bundle import Bundle, BundleMeta, save_bundle
 from forecast.config import Config, dump_config
 from forecast.data import SeriesSet, frame_to_series, load_series, season_for
-from forecast.errors import TrainingError, first_line
-from forecast.evaluate import Evaluation, evaluate
+from forecast.distributed import Dist, Stop, await_start
+from forecast.errors import DataError, TrainingError, first_line
+from forecast.evaluate import Evaluation, evaluate, fit_linear_baseline
 from forecast.model import PatchTransformer, build_model
 from forecast.paths import writable_dir
 from forecast.synthetic import synthetic_frame
@@ -37,13 +38,25 @@ class TrainOutcome:
     prepared: Prepared
     model: PatchTransformer
     fit: FitResult
-    evaluation: Evaluation
+    evaluation: Evaluation  # the test block
+    validation: Evaluation  # the validation block, the same model and baselines
     output_dir: Path
     model_dir: Path
 
     @property
     def metrics(self) -> dict[str, float]:
-        return self.evaluation.metrics()
+        """Test scores (test_mse, skill_linear, ...) and validation's (val_mse,
+        val_skill_linear, ...)."""
+        return {**self.validation.metrics(), **self.evaluation.metrics()}
+
+    @property
+    def linear_only(self) -> bool | None:
+        """Whether validation kept the least-squares linear forecast alone ("epoch 0"): the
+        head is then zero and the encoder adds nothing. None when the skip is not solved by
+        least squares (every epoch then trains the whole model)."""
+        if self.fit.linear_val_loss is None:
+            return None
+        return self.fit.best_epoch == 0
 
 
 def publish(outcome: TrainOutcome) -> TrainOutcome:
@@ -125,6 +138,22 @@ def train_model(cfg: Config, series: SeriesSet,
     return Trained(prepared, model, result)
 
 
+def follow(cfg: Config, dist: Dist) -> None:
+    """A rank other than 0: train in step with rank 0 once it says so, writing nothing (rank 0
+    alone tracks, checkpoints, scores and saves)."""
+    word = await_start(dist)
+    if isinstance(word, Stop):
+        log.info("rank %d: rank 0 stopped before training (%s)", dist.rank,
+                 word.error or "nothing to train")
+        return
+    series = load_data(cfg)
+    if series.digest != word.data_digest:
+        raise DataError(f"data.path: rank {dist.rank} read other data than rank 0 (sha256 "
+                        f"{series.digest[:12]}… against {word.data_digest[:12]}…); every rank "
+                        "must read the same file")
+    train_model(cfg, series)
+
+
 def train_and_evaluate(
     cfg: Config, series: SeriesSet | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None, staged: bool = False,
@@ -140,9 +169,12 @@ def train_and_evaluate(
     trained = train_model(cfg, series, on_epoch)
     model, prepared, result = trained.model, trained.prepared, trained.fit
     season = cfg.eval.season or season_for(series.freq)
-    log.info("kept epoch %d (val_loss %.4f); scoring the test block", result.best_epoch,
-             result.best_val_loss)
-    evaluation = evaluate(model, prepared, cfg.eval, season, "test", resolve_device(cfg.train))
+    log.info("kept epoch %d (val_loss %.4f); scoring the validation and test blocks",
+             result.best_epoch, result.best_val_loss)
+    device, linear = resolve_device(cfg.train), fit_linear_baseline(prepared, cfg.eval)
+    # validation against the baselines is what the gate may act on; test is only reported
+    validation = evaluate(model, prepared, cfg.eval, season, "val", device, linear)
+    evaluation = evaluate(model, prepared, cfg.eval, season, "test", device, linear)
     model.cpu()
     out = run_dir(cfg)
     meta = BundleMeta(
@@ -153,13 +185,13 @@ def train_and_evaluate(
     )
     scaler = prepared.scaler
     staging = outputs.stage(out)
-    outcome = TrainOutcome(cfg, series, prepared, model, result, evaluation, staging,
-                           staging / outputs.MODEL)
+    outcome = TrainOutcome(cfg, series, prepared, model, result, evaluation, validation,
+                           staging, staging / outputs.MODEL)
     try:
         save_bundle(outcome.model_dir, Bundle(model, scaler.mean, scaler.scale, meta))
         (staging / "config.yaml").write_text(dump_config(cfg))
         (staging / "metrics.json").write_text(json.dumps(
-            {**evaluation.metrics(), **result.metrics(), "params": model.n_params()}, indent=2))
+            {**outcome.metrics, **result.metrics(), "params": model.n_params()}, indent=2))
         return outcome if staged else publish(outcome)
     except BaseException:
         discard(outcome)

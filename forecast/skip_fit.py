@@ -18,6 +18,13 @@ zeros.
 
 With a rank r the solution is then projected onto the r principal directions of its fitted
 training forecasts (reduced-rank regression): the H horizon steps share r shapes.
+
+Per channel (model.skip_per_channel), every step is the same with a leading channel dimension:
+each channel's rows make their own normal equations and their own solution.
+
+Trained on several processes, each rank accumulates the normal equations of its share of the
+windows and the sums are all-reduced: every rank then solves the whole training set's system,
+the one a single process would, to float rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from forecast.distributed import SINGLE, Dist
 from forecast.model import PatchTransformer
 from forecast.windows import WindowSet, random_pad_mask
 
@@ -40,65 +48,94 @@ IRLS_STEPS = 3
 Rows = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # a weight per least-squares row, from that batch's (features, targets)
 RowWeight = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (F'F, F'T, total weight) of some rows, optionally weighted
+Equations = Callable[[Rows, RowWeight | None],
+                     tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def window_rows(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor,
-                std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def window_rows(x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                per_channel: bool = False, level: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One least-squares row per window and channel: features [x - mean, std] [(B*C) x (L+1)]
-    and targets y - mean [(B*C) x H], from x [B x L x C], y [B x H x C], mean/std [B x 1 x C]."""
-    features = torch.cat([x - mean, std], dim=1).transpose(1, 2).reshape(-1, x.shape[1] + 1)
-    return features, (y - mean).transpose(1, 2).reshape(-1, y.shape[1])
+    and targets y - mean [(B*C) x H], from x [B x L x C], y [B x H x C], mean/std [B x 1 x C].
+    per_channel: each channel's rows apart, [C x B x (L+1)] and [C x B x H]. level: the mean
+    as a feature too, before std ([x - mean, mean, std]): the skip's level input, mean / std,
+    times the std the forecast is scaled by."""
+    parts = [x - mean, mean, std] if level else [x - mean, std]
+    features = torch.cat(parts, dim=1).permute(2, 0, 1)  # [C x B x P]
+    targets = (y - mean).permute(2, 0, 1)  # [C x B x H]
+    if per_channel:
+        return features, targets
+    # window-major rows, as the shared fit has always summed them
+    return (features.transpose(0, 1).reshape(-1, features.shape[-1]),
+            targets.transpose(0, 1).reshape(-1, y.shape[1]))
 
 
 def normal_equations(
     rows: Rows, weight: RowWeight | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Accumulate F'F and F'T (float64) over batches of (features, targets), each row's squared
-    error multiplied by `weight` if given; also the total weight (the row count unweighted)."""
-    gram = cross = None
-    count = 0.0
+    error multiplied by `weight` if given; also the total weight (the row count unweighted).
+    Rows may carry a leading channel dimension ([C x N x P]): then one system per channel."""
+    gram = cross = count = None
     for features, targets in rows:
         features, targets = features.double(), targets.double()
         if weight is None:
-            count += len(features)
+            n = torch.full(features.shape[:-2], float(features.shape[-2]), dtype=torch.float64)
         else:
-            w = weight(features, targets)
-            count += float(w.sum())
-            root = w.sqrt()[:, None]
+            w = weight(features, targets)  # one per row
+            n = w.sum(-1)
+            root = w.sqrt()[..., None]
             features, targets = features * root, targets * root
+        f_t = features.transpose(-1, -2)
         if gram is None:
-            gram, cross = features.T @ features, features.T @ targets
+            gram, cross, count = f_t @ features, f_t @ targets, n
         else:
-            gram += features.T @ features
-            cross += features.T @ targets
-    if gram is None:
+            gram += f_t @ features
+            cross += f_t @ targets
+            count += n
+    if gram is None or cross is None or count is None:
         raise ValueError("no windows to fit the linear skip on")
     return gram, cross, count
 
 
-def solve(gram: torch.Tensor, cross: torch.Tensor, count: float,
+def summed_over(dist: Dist) -> Equations:
+    """`normal_equations` of this rank's rows summed over every rank's: the whole training
+    set's system (the plain one without a process group)."""
+    def equations(rows: Rows, weight: RowWeight | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        gram, cross, count = normal_equations(rows, weight)
+        return dist.all_reduce_sum(gram), dist.all_reduce_sum(cross), dist.all_reduce_sum(count)
+    return equations
+
+
+def solve(gram: torch.Tensor, cross: torch.Tensor, count: torch.Tensor | float,
           ridge: float = RIDGE) -> torch.Tensor:
-    """Ridge solution [P x H]; the last feature (the bias, scaled by std) is not shrunk."""
-    penalty = torch.full((len(gram),), ridge * count, dtype=gram.dtype)
-    penalty[-1] = 0.0
-    return torch.linalg.solve(gram + torch.diag(penalty), cross)
+    """Ridge solution [P x H] (per channel: [C x P x H]); the last feature (the bias, scaled
+    by std) is not shrunk."""
+    scale = ridge * torch.as_tensor(count, dtype=gram.dtype)[..., None]  # [1] or [C x 1]
+    penalty = scale * torch.ones(gram.shape[-1], dtype=gram.dtype)
+    penalty[..., -1] = 0.0
+    return torch.linalg.solve(gram + torch.diag_embed(penalty), cross)
 
 
-Solver = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+Solver = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def huber_solve(rows: Callable[[], Rows], delta: float, steps: int = IRLS_STEPS,
-                plain: torch.Tensor | None = None, solver: Solver = solve) -> torch.Tensor:
+                plain: torch.Tensor | None = None, solver: Solver = solve,
+                equations: Equations = normal_equations) -> torch.Tensor:
     """The `solver` solution (the ridge one by default) under Huber row weights
     min(1, delta / RMS residual), by iteratively reweighted least squares from the unweighted
-    one (solved here unless given as `plain`); `rows` is read once per step."""
-    solution = solver(*normal_equations(rows())) if plain is None else plain
+    one (solved here unless given as `plain`); `rows` is read once per step and summed by
+    `equations`."""
+    solution = solver(*equations(rows(), None)) if plain is None else plain
     for _ in range(steps):
         def huber(features: torch.Tensor, targets: torch.Tensor,
                   fitted: torch.Tensor = solution) -> torch.Tensor:
-            rms = ((features @ fitted - targets) ** 2).mean(1).sqrt()
+            rms = ((features @ fitted - targets) ** 2).mean(-1).sqrt()
             return (delta / rms.clamp_min(1e-12)).clamp(max=1.0)
-        solution = solver(*normal_equations(rows(), huber))
+        solution = solver(*equations(rows(), huber))
     return solution
 
 
@@ -106,16 +143,19 @@ def reduce_rank(solution: torch.Tensor, gram: torch.Tensor, rank: int) -> torch.
     """The solution [P x H] projected onto the top-`rank` eigenvectors of B' G B, the horizon
     cross-product of its fitted forecasts over the rows whose F'F is `gram`."""
     # eigh reads one triangle only, so rounding asymmetry in the product does not matter
-    basis = torch.linalg.eigh(solution.T @ gram @ solution).eigenvectors[:, -rank:]
-    return solution @ basis @ basis.T
+    s_t = solution.transpose(-1, -2)
+    basis = torch.linalg.eigh(s_t @ gram @ solution).eigenvectors[..., -rank:]
+    return solution @ basis @ basis.transpose(-1, -2)
 
 
 @torch.no_grad()
 def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: float = 0.0,
-                    seed: int = 0, batch_size: int = 1024) -> int:
+                    seed: int = 0, batch_size: int = 1024, dist: Dist = SINGLE) -> int:
     """Solve the skip in closed form (robustly with model.skip_huber_delta, reduced to
     model.skip_rank) and zero the head; returns windows used. `pad_augment` is the share of
-    windows left-padded as in training, drawn from `seed`. Called before training: the fit
+    windows left-padded as in training, drawn from `seed`. With a process group (`dist`) each
+    rank reads its share of the windows and all solve the summed system. Called before
+    training: the fit
     assumes RevIN's affine is still the identity. (A model built with model.skip_fit
     'least_squares' has its skip frozen, so training leaves it as solved.)"""
     if model.skip is None:
@@ -127,12 +167,19 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
         raise ValueError("RevIN's affine has moved from the identity: solve the skip before "
                          "training, on a newly built model")
     min_history = model.cfg.shortest_history
+    per_channel = model.cfg.skip_per_channel
+    equations = summed_over(dist)
 
     def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)  # the same padding on every pass
-        for x, y in train.batches(batch_size):
+        batches = train.batches(batch_size, rank=dist.rank, world=dist.world)
+        for lo, (x, y) in zip(range(0, len(train), batch_size), batches, strict=True):
             x, y = x.double(), y.double()  # [B x L x C], [B x H x C]
-            pad = random_pad_mask(len(x), x.shape[1], min_history, pad_augment, generator)
+            # drawn for the whole batch, as one process draws it, then this rank's share
+            pad = random_pad_mask(min(batch_size, len(train) - lo), x.shape[1], min_history,
+                                  pad_augment, generator)
+            if pad is not None and dist.world > 1:
+                pad = pad[dist.rank::dist.world]
             valid = torch.ones_like(x[:, :, :1]) if pad is None else (~pad)[..., None].double()
             if model.revin is not None:  # the statistics the forward pass normalises with
                 mean, std = model.revin.statistics(x, valid)
@@ -140,17 +187,18 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
                 mean, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
             if pad is not None:  # x - mean is then 0 there, as the forward pass's zeroed steps
                 x = torch.where(pad[..., None], mean, x)
-            yield window_rows(x, y, mean, std)
+            yield window_rows(x, y, mean, std, per_channel, model.cfg.skip_level)
 
-    gram, cross, count = normal_equations(rows())
-    solution = solve(gram, cross, count)  # [(L+1) x H]
+    gram, cross, count = equations(rows(), None)
+    solution = solve(gram, cross, count)  # [P x H], per channel [C x P x H]
     if model.cfg.skip_huber_delta is not None:
-        solution = huber_solve(rows, model.cfg.skip_huber_delta, plain=solution)
+        solution = huber_solve(rows, model.cfg.skip_huber_delta, plain=solution,
+                               equations=equations)
     if model.cfg.skip_rank is not None:
         solution = reduce_rank(solution, gram, model.cfg.skip_rank)
-    L = model.lookback
-    model.skip.weight.copy_(solution[:L].T)
-    model.skip.bias.copy_(solution[L])
+    # the skip's inputs are the lags (and the level); the std feature's row is its bias
+    model.skip.weight.copy_(solution[..., :-1, :].transpose(-1, -2))
+    model.skip.bias.copy_(solution[..., -1, :])
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
     return len(train)

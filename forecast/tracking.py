@@ -252,6 +252,13 @@ def _log_step0_metrics(outcome: TrainOutcome, model_id: str | None) -> None:
     mlflow.log_metrics(metrics, step=0, model_id=model_id)
 
 
+def encoder_tags(outcome: TrainOutcome) -> dict[str, str]:
+    """`model.linear_only`: "true" when validation kept the least-squares linear forecast
+    alone, so the Transformer adds nothing (shown by `models list` and `runs compare`)."""
+    linear_only = outcome.linear_only
+    return {} if linear_only is None else {"model.linear_only": str(linear_only).lower()}
+
+
 @dataclass
 class TrackedOutcome:
     outcome: TrainOutcome
@@ -264,11 +271,14 @@ class TrackedOutcome:
 
 
 def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
-                  check: Callable[[SeriesSet], None] | None = None) -> TrackedOutcome:
+                  check: Callable[[SeriesSet], None] | None = None,
+                  run_id: str | None = None) -> TrackedOutcome:
     """Train, evaluate, log, package, gate and register one configuration as one MLflow run.
 
     `check` runs on the loaded data inside the run (a gate that raises ends the run FAILED
-    before training); `tags` are added to the run's own."""
+    before training); `tags` are added to the run's own. `run_id`: continue that unfinished run
+    (its job was restarted by its launcher) instead of starting one; epochs it has logged are
+    not logged again."""
     tracking = cfg.tracking
     preflight(uri, tracking.timeout_seconds)
     mlflow.set_tracking_uri(uri)
@@ -279,10 +289,13 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
-    run = mlflow.start_run(run_name=run_name(cfg), tags=tags)
+    run = mlflow.start_run(run_id=run_id, tags=tags) if run_id else \
+        mlflow.start_run(run_name=run_name(cfg), tags=tags)
     outcome: TrainOutcome | None = None
     scored = False
     try:
+        if "error" in run.data.tags:  # the failure of the attempt this one continues
+            MlflowClient(tracking_uri=uri).delete_tag(run.info.run_id, "error")
         mlflow.log_params(params(cfg))
         series = load_data(cfg)
         mlflow.set_tags({"data.sha256": series.digest, "data.source": series.source,
@@ -292,12 +305,17 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         if check is not None:
             check(series)
         outcome = train_and_evaluate(cfg, series, log_epoch, staged=True)  # steps 1, 2, ...
+        mlflow.set_tags(encoder_tags(outcome))
+        # a continued run (torchrun's restart) already holds the epochs its first attempt logged
+        logged = {m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(
+            run.info.run_id, "val_loss")} if run_id else set()
         resumed = outcome.fit.resumed_from_epoch
         if resumed:
             # Epochs trained before the restart come from the checkpoint: the curves stay whole.
             mlflow.set_tag("train.resumed_from_epoch", str(resumed))
             for stats in outcome.fit.history[:resumed]:
-                log_epoch(stats)
+                if stats.epoch not in logged:
+                    log_epoch(stats)
         with tempfile.TemporaryDirectory() as tmp:
             _log_artifacts(outcome, Path(tmp))
         example = input_example(series, cfg.data.timestamp_column, cfg.windows.lookback)
@@ -311,12 +329,12 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
             challenger = Forecaster(load_bundle(outcome.model_dir))
             with gate_lock(client, cfg.registered_model, run.info.run_id):
                 decision = decide(client, uri, tracking, cfg.registered_model, challenger,
-                                  outcome.prepared)
+                                  outcome.prepared, outcome.validation)
                 mlflow.set_tags(decision.tags())
                 mlflow.log_metric("gate_promoted", float(decision.promoted), step=0,
                                   model_id=info.model_id)
                 version = register(client, cfg.registered_model, info, run.info.run_id,
-                                   decision)
+                                   decision, encoder_tags(outcome))
             mlflow.set_tag("model.version", version.version)
     except BaseException as err:
         if outcome is not None:

@@ -1,5 +1,10 @@
 """Training loop: AdamW, warm-up + cosine (or one-cycle), clipping, early stopping with
-best-weights restore, per-epoch checkpoints and resume."""
+best-weights restore, per-epoch checkpoints and resume.
+
+One process or N (forecast.distributed): the same loop. With a process group each rank trains
+on its share of every batch under DistributedDataParallel, losses are summed across ranks so
+that every rank takes the same early-stopping and best-epoch decisions, and rank 0 alone reads
+and writes checkpoints (of the unwrapped model), sending a resumed state to the others."""
 
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from forecast import distributed
 from forecast.config import TrainConfig
+from forecast.distributed import SINGLE, Dist
 from forecast.errors import TrainingError
 from forecast.model import PatchTransformer
 from forecast.skip_fit import fit_linear_skip
@@ -129,14 +136,18 @@ def make_scheduler(
 
 @torch.inference_mode()
 def validation_loss(model: PatchTransformer, windows: WindowSet, batch_size: int,
-                    loss_fn: Callable[..., torch.Tensor], device: torch.device) -> float:
+                    loss_fn: Callable[..., torch.Tensor], device: torch.device,
+                    dist: Dist = SINGLE) -> float:
+    """Mean loss over `windows`; with a process group each rank scores its share and the sums
+    are all-reduced, so every rank returns the same number."""
     model.eval()
     total, n = 0.0, 0
-    for x, y in windows.batches(batch_size):
+    for x, y in windows.batches(batch_size * dist.world, rank=dist.rank, world=dist.world):
         with _autocast(device):
             pred = model(x.to(device))
         total += float(loss_fn(pred.float(), y.to(device), reduction="sum"))
         n += y.numel()
+    total, n = dist.sum_floats(total, n)
     return total / n
 
 
@@ -232,14 +243,26 @@ def fit(
     run_key: str,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
-    """Train `model` in place on prepared's train windows; restore the best validation weights."""
-    device = resolve_device(cfg)
+    """Train `model` in place on prepared's train windows; restore the best validation weights.
+
+    In a process group (see forecast.distributed) every rank calls this with the same arguments:
+    cfg.batch_size windows per rank and step, cfg.max_windows_per_epoch across all ranks."""
+    dist = distributed.current()
+    device = dist.device(resolve_device(cfg))
+    distributed.check_backend(dist.backend(), device)
     configure_threads(cfg)
     seed_everything(cfg.seed)
     model.to(device)
     train, val = prepared.windows("train"), prepared.windows("val")
     per_epoch = min(len(train), cfg.max_windows_per_epoch or len(train))
-    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
+    if dist.group:
+        per_epoch = distributed.share(per_epoch, dist, "train.max_windows_per_epoch"
+                                      if cfg.max_windows_per_epoch else "the training split")
+    steps_per_epoch = math.ceil(per_epoch // dist.world / cfg.batch_size)
+    # DDP averages the ranks' gradients at each backward; the raw model is what is saved
+    net = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist.group else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch * cfg.epochs)
     loss_fn = loss_function(cfg.loss, cfg.huber_delta)
@@ -252,7 +275,9 @@ def fit(
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
     bad_epochs, start_epoch = 0, 0
-    saved = checkpoints.load() if cfg.resume else None
+    # rank 0 alone reads the checkpoint (other nodes may not see its folder) and sends it
+    saved = dist.broadcast_object(checkpoints.load() if dist.is_main else None) \
+        if cfg.resume else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -270,27 +295,36 @@ def fit(
     elif model.cfg.skip_fit == "least_squares":
         # solved here, not on resume (the checkpoint holds it); the closed-form linear forecast
         # is a candidate too: validation may prefer it to every trained epoch (best_epoch 0)
-        fit_linear_skip(model, train, pad_augment=cfg.pad_augment, seed=cfg.seed)
+        fit_linear_skip(model, train, pad_augment=cfg.pad_augment, seed=cfg.seed, dist=dist)
         best_state = copy.deepcopy(model.state_dict())
-        result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device)
+        result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device, dist)
         result.linear_val_loss = result.best_val_loss
         log.info("epoch 0 (least-squares linear skip alone): val_loss %.4f", result.best_val_loss)
 
-    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    show = dist.is_main and (sys.stderr.isatty() if cfg.progress is None else cfg.progress)
     channels = prepared.n_channels
     with DeferredInterrupt() as interrupt:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             model.train()
+            if dist.group:
+                # dropout differs between ranks (nanoGPT's seed_offset), and a resumed epoch
+                # draws as the uninterrupted one would: no per-rank state to checkpoint
+                torch.manual_seed(hash((cfg.seed, dist.rank, epoch)) % 2**63)  # ints: no salt
             t0 = time.perf_counter()
             total, seen = 0.0, 0
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not show,
                        leave=False, file=sys.stderr)
-            for x, y in train.batches(cfg.batch_size, shuffle=True, generator=gen, limit=per_epoch):
+            for x, y in train.batches(cfg.batch_size * dist.world, shuffle=True, generator=gen,
+                                      limit=per_epoch, rank=dist.rank, world=dist.world):
                 interrupt.check()
-                mask = random_pad_mask(len(x), x.shape[1], min_history, cfg.pad_augment, gen)
+                # drawn for the whole step's batch, as one process draws it; this rank's share
+                mask = random_pad_mask(len(x) * dist.world, x.shape[1], min_history,
+                                       cfg.pad_augment, gen)
+                if mask is not None and dist.world > 1:
+                    mask = mask[dist.rank::dist.world]
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with _autocast(device):
-                    pred = model(x, None if mask is None else mask.to(device))
+                    pred = net(x, None if mask is None else mask.to(device))
                 loss = loss_fn(pred.float(), y)
                 if not torch.isfinite(loss):
                     raise TrainingError(
@@ -314,9 +348,10 @@ def fit(
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
             bar.close()
+            total, seen = dist.sum_floats(total, seen)  # every rank's windows
             train_seconds = time.perf_counter() - t0
             # the training batch size: larger batches measured slower on CPU and raised peak RSS
-            val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device)
+            val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device, dist)
             seconds = time.perf_counter() - t0
             stats = EpochStats(epoch, total / max(seen, 1), val_loss,
                                optimizer.param_groups[0]["lr"], seconds,
@@ -329,19 +364,20 @@ def fit(
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-            log.info("epoch %d: train_loss %.4f val_loss %.4f lr %.2e %.1fs", epoch,
-                     stats.train_loss, val_loss, stats.lr, seconds)
-            # Save before the callback: an epoch that finished is kept even if the callback (MLflow
-            # logging, a Ctrl-C) raises.
-            checkpoints.save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "best_state": best_state,
-                "bad_epochs": bad_epochs, "epoch": epoch,
-                "history": [vars(h) for h in result.history], "best_epoch": result.best_epoch,
-                "best_val_loss": result.best_val_loss, "seconds": result.seconds,
-                "linear_val_loss": result.linear_val_loss,
-            })
+            if dist.is_main:
+                log.info("epoch %d: train_loss %.4f val_loss %.4f lr %.2e %.1fs", epoch,
+                         stats.train_loss, val_loss, stats.lr, seconds)
+                # Save before the callback: an epoch that finished is kept even if the callback
+                # (MLflow logging, a Ctrl-C) raises.
+                checkpoints.save({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "best_state": best_state,
+                    "bad_epochs": bad_epochs, "epoch": epoch,
+                    "history": [vars(h) for h in result.history], "best_epoch": result.best_epoch,
+                    "best_val_loss": result.best_val_loss, "seconds": result.seconds,
+                    "linear_val_loss": result.linear_val_loss,
+                })
             if on_epoch is not None:
                 on_epoch(stats)
             interrupt.check()
@@ -350,5 +386,6 @@ def fit(
                 break
     model.load_state_dict(best_state)
     model.eval()
-    checkpoints.clear()
+    if dist.is_main:
+        checkpoints.clear()
     return result

@@ -144,8 +144,12 @@ class WindowSet:
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-        limit: int | None = None,
+        limit: int | None = None, rank: int = 0, world: int = 1,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of `batch_size` windows in order, or shuffled by `generator` (the first
+        `limit` of the permutation). With world > 1 every rank draws the same batches and
+        keeps windows rank, rank + world, ... of each: the ranks' shares of a batch together
+        are the batch one process would take (given the same generator)."""
         n = len(self)
         if shuffle:
             # int32 halves the permutation's memory on long series (10M windows: 40 MB, not 80)
@@ -159,7 +163,7 @@ class WindowSet:
         for lo in range(0, total, batch_size):
             hi = min(lo + batch_size, total)
             k = torch.arange(lo, hi) if order is None else order[lo:hi].long()
-            yield self.gather(k)
+            yield self.gather(k if world == 1 else k[rank::world].contiguous())
 
 
 def prepare(series: SeriesSet, split: SplitConfig, win: WindowConfig,

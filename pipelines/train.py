@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from forecast import distributed
 from forecast.config import Config
 from forecast.data import SeriesSet, file_sha256
 from forecast.errors import ConfigError, DataError, StaleData
@@ -111,8 +112,10 @@ def interrupted_run(client: MlflowClient, cfg: Config, key: str) -> Run | None:
     return runs[0] if runs else None
 
 
-def run_job(cfg: Config, uri: str, force: bool = False,
-            as_of: pd.Timestamp | None = None) -> JobResult:
+def run_job(cfg: Config, uri: str, force: bool = False, as_of: pd.Timestamp | None = None,
+            ready: Callable[[SeriesSet], None] | None = None) -> JobResult:
+    """Run the job once; `ready` is called on the data once it has passed every gate, just
+    before training (rank 0 of a distributed job tells the other ranks to start there)."""
     folder = writable_dir(Path(cfg.pipeline.lock_dir or Path(cfg.output_dir) / "locks"),
                           "pipeline.lock_dir" if cfg.pipeline.lock_dir else "output_dir")
     what = f"the training pipeline for model {cfg.registered_model!r}"
@@ -122,8 +125,15 @@ def run_job(cfg: Config, uri: str, force: bool = False,
         digest, settings = data_digest(cfg), config_digest(cfg)
         now = as_of if as_of is not None else pd.Timestamp.now(tz="UTC")
         max_age = cfg.pipeline.max_age
-        check = freshness_gate(max_age, now, as_of is not None) if max_age is not None \
+        gate = freshness_gate(max_age, now, as_of is not None) if max_age is not None \
             else None
+
+        def check(series: SeriesSet) -> None:
+            if gate is not None:
+                gate(series)
+            if ready is not None:
+                ready(series)
+
         if as_of is not None and max_age is None:
             log.warning("--as-of is used only by the freshness gate, and pipeline.max_data_age "
                         "is not set: it changes nothing")
@@ -139,7 +149,13 @@ def run_job(cfg: Config, uri: str, force: bool = False,
         key = run_key(cfg, digest)
         tags = {PIPELINE_TAG: "train", RUN_KEY_TAG: key}
         earlier = interrupted_run(client, cfg, key)
-        if earlier is not None:
+        same_run = None
+        if earlier is not None and distributed.restarted():
+            # the launcher restarted this very job (torchrun --max-restarts): one job, one run
+            same_run = earlier.info.run_id
+            log.info("continuing run %s after a restart, from its checkpoint in %s", same_run,
+                     checkpoint_dir(cfg))
+        elif earlier is not None:
             tags[CONTINUES_TAG] = earlier.info.run_id
             log.info("continuing run %s from its checkpoint in %s", earlier.info.run_id,
                      checkpoint_dir(cfg))
@@ -148,7 +164,7 @@ def run_job(cfg: Config, uri: str, force: bool = False,
                                "the job ended without closing this run (killed); a later job "
                                "continued from its checkpoint")
                 client.set_terminated(earlier.info.run_id, "KILLED")
-        tracked = train_tracked(cfg, uri, tags, check)
+        tracked = train_tracked(cfg, uri, tags, check, run_id=same_run)
     decision = tracked.decision
     version = str(tracked.version.version) if tracked.version else None
     outcome = f"registered v{version}" if version else "not registered"

@@ -104,6 +104,24 @@ def test_batch_forecast_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_distributed_smoke(tmp_path: Path) -> None:
+    # the demo's data with a small model: one short epoch at 1 and at 2 torchrun ranks
+    config = tmp_path / "small.yaml"
+    config.write_text(f"extends: {ROOT / 'pipelines' / 'configs' / 'demo.yaml'}\n"
+                      "windows: {lookback: 24, horizon: 6}\n"
+                      "model: {patch_len: 8, patch_stride: 4, d_model: 8, n_heads: 2, "
+                      "n_layers: 1, d_ff: 16}\n"
+                      "eval: {linear_max_windows: 500}\n")
+    proc = run_script("distributed.py", tmp_path / "d.json", "--config", str(config),
+                      "--epochs", "1", "--max-windows", "256")
+    result = recorded(proc, tmp_path / "d.json", "distributed")
+    assert [r["procs"] for r in result["runs"]] == [1, 2]
+    assert all(r["windows_per_second"] > 0 for r in result["runs"])
+    # one model, whatever the rank count: the same least-squares start, the same scores
+    assert result["runs"][0]["params"] == result["runs"][1]["params"]
+
+
+@pytest.mark.slow
 def test_serving_smoke(tmp_path: Path, data_dir: Path) -> None:
     # a small model (L=48, one layer of d_model 8) trained and scored on the first 1600 rows,
     # our service only, at most a second per load level

@@ -60,9 +60,9 @@ def test_exit_codes_are_distinct_and_documented() -> None:
               StaleData)}
     assert codes == {"ForecastError": 1, "ConfigError": 2, "DataError": 3, "TrainingError": 4,
                      "TrackingError": 5, "LockHeld": 6, "StaleData": 7}
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    errors_page = (Path(__file__).parents[1] / "docs" / "errors.md").read_text()
     for code in codes.values():
-        assert f"| {code} |" in readme
+        assert f"| {code} |" in errors_page
 
 
 def test_second_run_on_unchanged_input_skips_and_force_trains(

@@ -73,13 +73,14 @@ def gradient_ratio(model, x: torch.Tensor, y: torch.Tensor,
     only at the optimum. Works on a copy: the model is left as it was."""
     model = copy.deepcopy(model).double()
     model.skip.requires_grad_(True)
-    rows = x.shape[0] * x.shape[2]
+    # the ridge counts the rows of one system: every window of every channel, or per channel
+    rows = x.shape[0] * (1 if model.cfg.skip_per_channel else x.shape[2])
 
     def gradient() -> torch.Tensor:
         model.skip.weight.grad = model.skip.bias.grad = None
         sse = ((model(x.double(), pad) - y.double()) ** 2).sum()
         (sse + RIDGE * rows * (model.skip.weight ** 2).sum()).backward()
-        return torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad])
+        return torch.cat([model.skip.weight.grad.flatten(), model.skip.bias.grad.flatten()])
 
     at_optimum = gradient()
     with torch.no_grad():
@@ -94,6 +95,25 @@ def test_solution_minimises_the_models_denormalised_squared_error(wide_frame):
     x, y = next(prepared.windows("train").batches(10_000))
     # (RevIN's eps, added to the std when the forecast is denormalised, leaves about 1e-5)
     assert gradient_ratio(model, x, y) < 1e-4
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("pad_augment", [0.0, 1.0])
+def test_the_level_input_and_per_channel_maps_are_solved_to_the_optimum(wide_frame, per_channel,
+                                                                        pad_augment):
+    config = build_config(tiny_raw(model={
+        "linear_skip": True, "skip_fit": "least_squares", "skip_level": True,
+        "skip_per_channel": per_channel}), "level")
+    prepared = prepared_for(config, wide_frame)
+    model, _ = fitted(config, prepared, double=True, pad_augment=pad_augment, pad_seed=3)
+    L = config.windows.lookback
+    assert model.skip.weight.shape[-1] == L + 1  # the lags and the level
+    x, y = next(prepared.windows("train").batches(1024))
+    pad = random_pad_mask(len(x), L, config.model.shortest_history, pad_augment,
+                          torch.Generator().manual_seed(3))
+    assert gradient_ratio(model, x, y, pad) < 1e-4
+    # the level is used: its weights are not all zero
+    assert float(model.skip.weight[..., L].abs().max()) > 1e-3
 
 
 @pytest.mark.parametrize("revin", [True, False])
@@ -388,3 +408,55 @@ def test_skip_rank_is_checked_by_name():
         with pytest.raises(ConfigError, match=f"model.skip_rank: Input should be a?.*{message}"):
             load_config(None, [*lsq, f"model.skip_rank={value}"])
     assert load_config(None, [*lsq, "model.skip_rank=23"]).model.skip_rank == 23
+
+
+def two_dynamics_frame(n: int = 800) -> pd.DataFrame:
+    """Channel a persists (AR(1), phi 0.9), channel b alternates (phi -0.9): the best forecast
+    of one is the opposite of the other's, so no one map serves both."""
+    rng = np.random.default_rng(3)
+    a, b = np.zeros(n), np.zeros(n)
+    for t in range(1, n):
+        a[t] = 0.9 * a[t - 1] + rng.standard_normal()
+        b[t] = -0.9 * b[t - 1] + rng.standard_normal()
+    return pd.DataFrame({"date": pd.date_range("2024-01-01", periods=n, freq="h"),
+                         "a": 5.0 + a, "b": -3.0 + b})
+
+
+@pytest.mark.parametrize("robust", [None, 0.5])
+def test_a_per_channel_skip_is_each_channel_solved_on_its_own(robust):
+    frame = two_dynamics_frame()
+    model_raw = {"linear_skip": True, "skip_fit": "least_squares", "skip_per_channel": True,
+                 "skip_huber_delta": robust}
+    config = build_config(tiny_raw(model=model_raw), "per-channel")
+    model, _ = fitted(config, prepared_for(config, frame), double=True)
+    assert model.skip.weight.shape == (2, config.windows.horizon, config.windows.lookback)
+    single = build_config(tiny_raw(model={**model_raw, "skip_per_channel": False}), "single")
+    for c, channel in enumerate(("a", "b")):
+        alone, _ = fitted(single, prepared_for(single, frame[["date", channel]]), double=True)
+        # the same normal equations as a model trained on that channel alone
+        torch.testing.assert_close(model.skip.weight[c], alone.skip.weight, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(model.skip.bias[c], alone.skip.bias, rtol=1e-6, atol=1e-8)
+
+
+def test_a_per_channel_skip_forecasts_channels_whose_dynamics_differ():
+    frame = two_dynamics_frame()
+    scores = {}
+    for per_channel in (False, True):
+        # a short horizon, where the two channels' best forecasts differ most
+        config = build_config(tiny_raw(windows={"horizon": 2}, model={
+            "linear_skip": True, "skip_fit": "least_squares", "skip_per_channel": per_channel}),
+            "per-channel")
+        prepared = prepared_for(config, frame)
+        model, _ = fitted(config, prepared)
+        x, y = next(prepared.windows("val").batches(1000))
+        with torch.no_grad():
+            scores[per_channel] = float(((model(x) - y) ** 2).mean())
+    assert scores[True] < 0.8 * scores[False], scores
+
+
+def test_a_per_channel_skip_needs_the_skip_and_the_level_needs_revin():
+    with pytest.raises(ConfigError, match="model.skip_per_channel needs the skip"):
+        build_config(tiny_raw(model={"skip_per_channel": True}), "test")
+    with pytest.raises(ConfigError, match="model.skip_level feeds the RevIN level"):
+        build_config(tiny_raw(model={"linear_skip": True, "skip_level": True, "revin": False}),
+                     "test")

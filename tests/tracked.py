@@ -24,7 +24,11 @@ BASE: dict[str, Any] = {
     "train": {"epochs": 2, "batch_size": 64, "lr": 0.005, "patience": 0, "seed": 0,
               "max_windows_per_epoch": 1024, "num_threads": 1, "progress": False},
     "eval": {"linear_max_windows": 1000},
-    "tracking": {"experiment": EXPERIMENT, "registered_model": NAME},
+    # a 2-epoch model this small loses to the Ridge baseline on this clean sine: the tests of
+    # the registry, jobs and service need it promoted all the same (test_gate_baselines checks
+    # that, by default, it is not)
+    "tracking": {"experiment": EXPERIMENT, "registered_model": NAME,
+                 "allow_below_baselines": True},
 }
 
 

@@ -41,6 +41,12 @@ class TrackingConfig(Section):
     metric: Literal["mse", "mae", "mase", "smape"] = Field(
         "mse", description="Metric (lower is better) the promotion gate compares."
     )
+    allow_below_baselines: bool = Field(
+        False,
+        description="Let the gate promote a model that scores worse on validation (by "
+        "tracking.metric) than the linear or seasonal-naive baseline the same run scores. "
+        "false: such a model is registered but never promoted, the first version included.",
+    )
     margin: float = Field(
         0.0, ge=0, lt=1,
         description="Relative improvement the challenger needs over the champion: 0.01 = 1%.",

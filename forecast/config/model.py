@@ -44,6 +44,19 @@ class ModelConfig(Section):
         description="Add a linear map from each channel's normalised lookback to its horizon "
         "beside the Transformer's head, so the encoder learns what a linear forecast misses.",
     )
+    skip_per_channel: bool = Field(
+        False,
+        description="One linear skip per channel instead of one shared by all channels: for "
+        "channels whose dynamics differ (the per-channel Ridge baseline's advantage there). "
+        "Needs linear_skip.",
+    )
+    skip_level: bool = Field(
+        False,
+        description="Give the linear skip the window's level (its RevIN mean) as one more input, "
+        "so the forecast can revert towards the series' overall level instead of carrying the "
+        "window's own level forward (what the Ridge baseline, fitted on unnormalised windows, "
+        "can do). Needs linear_skip and revin.",
+    )
     skip_fit: Literal["gradient", "least_squares"] = Field(
         "gradient",
         description="How the linear skip is trained. gradient: with the rest of the model. "
@@ -85,6 +98,13 @@ class ModelConfig(Section):
                 "model.skip_fit 'least_squares' fits the linear skip: set model.linear_skip to "
                 "true, or model.skip_fit to 'gradient'"
             )
+        if self.skip_level and not (self.linear_skip and self.revin):
+            raise ValueError("model.skip_level feeds the RevIN level to the skip: set "
+                             "model.linear_skip and model.revin to true, or model.skip_level "
+                             "to false")
+        if self.skip_per_channel and not self.linear_skip:
+            raise ValueError("model.skip_per_channel needs the skip: set model.linear_skip to "
+                             "true, or model.skip_per_channel to false")
         for key, role in (("skip_huber_delta", "weights"), ("skip_rank", "reduces")):
             if getattr(self, key) is not None and self.skip_fit != "least_squares":
                 raise ValueError(
