@@ -2,8 +2,8 @@
 folder: starting them and MLflow's schema migrations take most of a minute on 2 cores, once.
 
 Each test file uses its own experiments and registered-model names, so tests do not see each
-other's runs. A test that kills a server starts its own on the same database (the schema is
-migrated already, so that takes seconds); a test that stops PostgreSQL starts it again."""
+other's runs. A test that kills the server or stops PostgreSQL starts it again on the same
+port and data."""
 
 from __future__ import annotations
 
@@ -28,10 +28,6 @@ class Backend:
     @property
     def uri(self) -> str:
         return self.server.uri
-
-    def another_server(self, root: Path) -> MlflowServer:
-        """A second server on the same database and artifact folder (killed by fault tests)."""
-        return MlflowServer(self.postgres.uri, str(self.artifacts), root, workers=1)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -28,9 +30,10 @@ from tests.tracking_server.conftest import Backend
 pytestmark = pytest.mark.slow
 
 FORECAST = str(Path(sys.executable).parent / "forecast")
+T = TypeVar("T")
 
 
-def poll(condition, timeout: float, what: str, every: float = 0.2):  # noqa: ANN001, ANN201
+def poll(condition: Callable[[], T], timeout: float, what: str, every: float = 0.2) -> T:
     """condition()'s first truthy value within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -44,11 +47,13 @@ def poll(condition, timeout: float, what: str, every: float = 0.2):  # noqa: ANN
 def test_a_server_killed_mid_training_fails_the_job_fast_and_the_rerun_resumes(
         backend: Backend, tmp_path: Path) -> None:
     name = "fault-model"
-    server = backend.another_server(tmp_path / "server")
+    # the session's server itself (a second one costs its start-up, about 20 s on 2 busy
+    # cores); it comes back below on the same port and database, for the tests after this
+    server = backend.server
     client = MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
-    # 60 short epochs: the kill lands after the first is logged, long before the last
+    # 20 short epochs: the kill lands after the first is logged, well before the last
     cfg = config(tmp_path, series_csv(tmp_path / "series.csv", n=800),
-                 train={"epochs": 60, "max_windows_per_epoch": 128},
+                 train={"epochs": 20, "max_windows_per_epoch": 128},
                  tracking={"experiment": "faults", "registered_model": name})
     path = tmp_path / "job.yaml"
     path.write_text(dump_config(cfg))
@@ -71,6 +76,9 @@ def test_a_server_killed_mid_training_fails_the_job_fast_and_the_rerun_resumes(
     finally:
         if job.poll() is None:
             job.kill()
+        # back on the same port and database, as a restarted deployment would be (and the
+        # tests after this one need it, whatever failed here)
+        server.start()
     took = time.monotonic() - killed
     text = out.decode(errors="replace")
     # MLflow alone would retry each request for about four minutes
@@ -80,20 +88,16 @@ def test_a_server_killed_mid_training_fails_the_job_fast_and_the_rerun_resumes(
     checkpoint = tmp_path / "outputs" / cfg.name / "checkpoints" / CHECKPOINT
     assert checkpoint.is_file()  # the last finished epoch, for the rerun
 
-    server.start()  # the same port and database, as a restarted deployment would be
-    try:
-        assert not client.search_model_versions(f"name = '{name}'")  # nothing half-registered
-        assert main(["train", "--config", str(path), "--tracking-uri", server.uri]) == 0
-        versions = client.search_model_versions(f"name = '{name}'")
-        assert [v.version for v in versions] == ["1"]
-        assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
-        rerun = client.get_run(versions[0].run_id)
-        assert rerun.info.status == "FINISHED"
-        assert int(rerun.data.tags["train.resumed_from_epoch"]) >= 1
-        assert not checkpoint.exists()  # cleared once the run finished
-        assert (tmp_path / "outputs" / cfg.name / "model").is_dir()
-    finally:
-        server.stop(signal.SIGKILL)
+    assert not client.search_model_versions(f"name = '{name}'")  # nothing half-registered
+    assert main(["train", "--config", str(path), "--tracking-uri", server.uri]) == 0
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert [v.version for v in versions] == ["1"]
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+    rerun = client.get_run(versions[0].run_id)
+    assert rerun.info.status == "FINISHED"
+    assert int(rerun.data.tags["train.resumed_from_epoch"]) >= 1
+    assert not checkpoint.exists()  # cleared once the run finished
+    assert (tmp_path / "outputs" / cfg.name / "model").is_dir()
 
 
 def test_serving_rides_out_a_postgresql_restart_and_swaps_after_it(
