@@ -7,24 +7,24 @@ as many different models at once. Reports wall times and the peak resident memor
 server (all its workers) and of PostgreSQL (all its backends), sampled every 0.2 s.
 
     python benchmarks/tracking_server.py                   # 8 + 16 jobs, PostgreSQL
-    python benchmarks/tracking_server.py --same 2 --models 2 --output /tmp/smoke.json
+    python benchmarks/tracking_server.py --same 2 --models 1 --tracking-uri http://... \
+        --watch server=PID --results /tmp/smoke.json   # against a server already running
 
-Prints a table, then one JSON object as its last line; saves that JSON to --output
-(default benchmarks/results/tracking_server.json).
+Prints a table, then one JSON object as its last line; saves it with benchmarks/record.py to
+benchmarks/results/tracking_server.json (--results).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from mlflow import MlflowClient  # noqa: E402
 
+from benchmarks import record  # noqa: E402
 from forecast.config import dump_config  # noqa: E402
 from tests.servers import MlflowServer, Postgres, tree_rss  # noqa: E402
 from tests.tracked import config, series_csv  # noqa: E402
@@ -86,6 +87,9 @@ def check_gate(client: MlflowClient, name: str) -> dict[str, object]:
     """Every version decided, and the champion (an alias names one version) scores best."""
     versions = client.search_model_versions(f"name = '{name}'")
     decided = [v for v in versions if v.tags.get("gate.decision") in ("promoted", "rejected")]
+    if not versions:  # every job failed: reported as such, not as a traceback here
+        return {"versions": 0, "decided": 0, "champion": None, "best": None,
+                "champion_is_best": False}
     champion = client.get_model_version_by_alias(name, "champion")
     scores = {v.version: float(v.tags["gate.challenger_score"]) for v in versions}
     best = min(scores, key=lambda v: scores[v])
@@ -94,55 +98,74 @@ def check_gate(client: MlflowClient, name: str) -> dict[str, object]:
             "best": best, "champion_is_best": scores[champion.version] == scores[best]}
 
 
+@contextlib.contextmanager
+def tracking_server(args: argparse.Namespace, root: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """The server's URI and the processes whose memory to sample: the one given by
+    --tracking-uri and --watch, or a PostgreSQL (or SQLite) and `mlflow server` started here."""
+    if args.tracking_uri:
+        yield args.tracking_uri, dict(args.watch)
+        return
+    pg = Postgres() if args.backend == "postgresql" else None
+    try:
+        backend = pg.uri if pg else f"sqlite:///{root / 'server.db'}"
+        server = MlflowServer(backend, str(root / "artifacts"), root / "server",
+                              workers=args.workers)
+        try:
+            yield server.uri, {"server": server.proc.pid} | ({"postgres": pg.pid()} if pg
+                                                             else {})
+        finally:
+            server.stop()
+    finally:
+        if pg is not None:
+            pg.remove()
+
+
+def watched(text: str) -> tuple[str, int]:
+    """argparse type of --watch: NAME=PID."""
+    name, _, pid = text.partition("=")
+    if not name or not pid.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PID")
+    return name, int(pid)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--same", type=int, default=8, help="jobs for one registered model")
     ap.add_argument("--models", type=int, default=16, help="jobs for as many models")
     ap.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     ap.add_argument("--workers", type=int, default=4, help="mlflow server workers")
-    ap.add_argument("--output", type=Path,
-                    default=ROOT / "benchmarks" / "results" / "tracking_server.json")
+    ap.add_argument("--tracking-uri", help="a server already running, instead of starting one")
+    ap.add_argument("--watch", type=watched, action="append", default=[], metavar="NAME=PID",
+                    help="with --tracking-uri: a process (tree) whose peak memory to report")
+    record.add_argument(ap, "tracking_server")
     args = ap.parse_args()
+    run = record.start("tracking_server")
 
     with tempfile.TemporaryDirectory(prefix="forecast-bench-") as tmp:
         root = Path(tmp)
-        pg = Postgres() if args.backend == "postgresql" else None
-        backend = pg.uri if pg else f"sqlite:///{root / 'server.db'}"
-        server = MlflowServer(backend, str(root / "artifacts"), root / "server",
-                              workers=args.workers)
-        pids = {"server": server.proc.pid} | ({"postgres": pg.pid()} if pg else {})
-        sampler = PeakRss(pids)
-        sampler.start()
-        try:
-            csv = series_csv(root / "series.csv", n=800)
-            client = MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
-            same_s, same_codes = run_jobs(write_configs(root, csv, args.same, True), server.uri)
-            gate = check_gate(client, "shared-model")
-            many_s, many_codes = run_jobs(write_configs(root, csv, args.models, False),
-                                          server.uri)
-            registered = sum(bool(client.search_model_versions(f"name = 'model-{i}'"))
-                             for i in range(args.models))
-        finally:
-            sampler.done.set()
-            sampler.join()
-            server.stop()
-            if pg is not None:
-                pg.remove()
+        with tracking_server(args, root) as (uri, pids):
+            sampler = PeakRss(pids)
+            sampler.start()
+            try:
+                csv = series_csv(root / "series.csv", n=800)
+                client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                same_s, same_codes = run_jobs(write_configs(root, csv, args.same, True), uri)
+                gate = check_gate(client, "shared-model")
+                many_s, many_codes = run_jobs(write_configs(root, csv, args.models, False), uri)
+                registered = sum(bool(client.search_model_versions(f"name = 'model-{i}'"))
+                                 for i in range(args.models))
+            finally:
+                sampler.done.set()
+                sampler.join()
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     result = {
-        "backend": args.backend, "server_workers": args.workers,
+        "backend": "given" if args.tracking_uri else args.backend,
+        "server_workers": None if args.tracking_uri else args.workers,
         "same_model_jobs": args.same, "same_model_wall_s": round(same_s, 1),
         "same_model_exit_codes": same_codes, "gate": gate,
         "many_model_jobs": args.models, "many_model_wall_s": round(many_s, 1),
         "many_model_exit_codes": many_codes, "many_models_registered": registered,
         "peak_rss_mb": {k: round(v / 2**20) for k, v in sampler.peak.items()},
-        "commit": commit, "machine": {"cores": os.cpu_count(), "cpu": cpu},
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     print(f"{'phase':<28}{'jobs':>6}{'wall s':>9}{'all exit 0':>12}")
     print(f"{'same registered model':<28}{args.same:>6}{same_s:>9.1f}"
@@ -152,9 +175,7 @@ def main() -> int:
     print(f"gate: {gate['decided']}/{gate['versions']} versions decided, champion "
           f"v{gate['champion']}, best v{gate['best']}")
     print("peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in result["peak_rss_mb"].items()))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    record.finish(run, result, args.results)
     ok = not any(same_codes + many_codes) and gate["champion_is_best"] \
         and gate["decided"] == args.same and registered == args.models
     return 0 if ok else 1

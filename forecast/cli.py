@@ -161,7 +161,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"(with MLFLOW_TRACKING_URI={tracked.tracking_uri})")
         print(f"compare runs:  forecast runs compare --experiment "
               f"{tracked.outcome.config.tracking.experiment}")
-        print(f"MLflow UI:     mlflow ui --backend-store-uri {tracked.tracking_uri}")
+        uri = tracked.tracking_uri
+        # a tracking server is its own UI; `mlflow ui` takes a database, not a server's URL
+        print(f"MLflow UI:     open {uri} in a browser" if uri.startswith(("http://", "https://"))
+              else f"MLflow UI:     mlflow ui --backend-store-uri {uri}")
     return 0
 
 

@@ -9,6 +9,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import MutableMapping
+
+# MLflow retries a failed request to a tracking server 7 times with backoff factor 2, and waits
+# 120 s for each answer: about four minutes per request, so a job whose server died hung for
+# many minutes on every call it made while failing (log, tag, end the run). These give up
+# after about 10 s on a refused connection (3 retries sleeping 0, 2, 4 s plus jitter) and
+# 30 s on a silent server; a variable the user set is left as it is.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def main() -> int:
@@ -17,6 +29,7 @@ def main() -> int:
     # '_MLFLOW_TELEMETRY_SESSION_ID' (1 of 16 jobs at once against a server). It also calls
     # out to the internet. Off unless the user asks for it.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    bound_http_retries(os.environ)
     # A signal while importing is noted and acted on once the imports are done: raised inside
     # them, a library's bare `except:` could swallow it and the command would run on
     received: list[int] = []
@@ -33,6 +46,12 @@ def main() -> int:
         _interrupted(sys.argv[1:])
         return 130
     return run()
+
+
+def bound_http_retries(environ: MutableMapping[str, str]) -> None:
+    """Set HTTP_RETRY_DEFAULTS in `environ` where the user has not set them."""
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        environ.setdefault(name, value)
 
 
 def _interrupted(argv: list[str]) -> None:

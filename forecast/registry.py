@@ -171,11 +171,13 @@ def resolve_version(source: ModelSource, tracking_uri: str) -> tuple[str, str | 
     except MlflowException as err:
         # no such name, alias or version is the user's to fix (exit 1); anything else means
         # the store failed (exit 5)
-        kind = (ForecastError if err.error_code in ("RESOURCE_DOES_NOT_EXIST",
-                                                    "INVALID_PARAMETER_VALUE") else TrackingError)
-        raise kind(f"{source.uri} cannot be resolved in tracking store {tracking_uri}: "
-                   f"{err.message}; check the name and alias or version (`forecast models "
-                   f"list {source.name}`) and --tracking-uri") from None
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ForecastError(f"{source.uri} cannot be resolved in tracking store "
+                                f"{tracking_uri}: {err.message}; check the name and alias or "
+                                f"version (`forecast models list {source.name}`) and "
+                                "--tracking-uri") from None
+        raise TrackingError(f"registry unreachable: {source.uri} cannot be resolved, tracking "
+                            f"store {tracking_uri} failed: {first_line(err)}") from None
     return str(mv.version), mv.run_id
 
 

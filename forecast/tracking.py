@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Experiment
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from forecast.bundle import load_bundle
 from forecast.config import Config, TrackingConfig, dump_config
@@ -167,6 +169,10 @@ def log_epoch(stats: EpochStats) -> None:
                         "train_windows_per_second": stats.windows_per_second}, step=stats.epoch)
 
 
+# how PostgreSQL and SQLite name a second insert of one (experiment, name, digest) dataset
+DATASET_KEY_CONFLICT = ('"dataset_pk"', "UNIQUE constraint failed: datasets.")
+
+
 def _log_dataset(series: SeriesSet) -> None:
     sample = pd.DataFrame(series.values[0][:1000], columns=series.channels)
     sample.insert(0, "timestamp", series.timestamps[0][:1000])
@@ -176,7 +182,17 @@ def _log_dataset(series: SeriesSet) -> None:
         dataset = mlflow.data.from_pandas(sample, source=series.source,
                                           name=Path(series.source).name,
                                           digest=series.digest[:36])
-    mlflow.log_input(dataset, context="training")
+    # Jobs that start at once on the same data each find the dataset missing and insert it;
+    # all but one then fail on the store's unique key (PostgreSQL's dataset_pk). Logged again,
+    # the dataset is found and only linked to this run.
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context="training")
+            return
+        except MlflowException as err:
+            if attempt == 2 or not any(key in str(err) for key in DATASET_KEY_CONFLICT):
+                raise
+            time.sleep(0.2)
 
 
 def input_example(series: SeriesSet, timestamp_column: str, rows: int) -> pd.DataFrame:

@@ -164,3 +164,53 @@ class MlflowServer:
 
     def log(self) -> str:
         return (self.root / "mlflow-server.log").read_text(errors="replace")
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll `url` until it answers 200; fail with the process's output if it exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"{proc.args} exited {proc.returncode}:\n{out[-3000:]}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer in {timeout}s")
+
+
+class Service:
+    """`forecast serve --model MODEL` in a process of its own on a free port, given only
+    MLFLOW_TRACKING_URI (plus `env`); a context manager that stops it."""
+
+    def __init__(self, model: str, tracking_uri: str, *flags: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "forecast"), "serve", "--model", model,
+             "--host", "127.0.0.1", "--port", str(self.port), *flags],
+            env={**os.environ, **(env or {}), "MLFLOW_TRACKING_URI": tracking_uri},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_until_up(f"{self.url}/readyz", self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

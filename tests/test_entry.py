@@ -40,3 +40,13 @@ def test_a_signal_during_start_up_exits_130_in_one_line(
             "ERROR", "interrupted", 130)
     else:
         assert err == "interrupted\n"
+
+
+def test_mlflow_http_retries_are_bounded_unless_the_user_set_them() -> None:
+    from forecast.entry import bound_http_retries
+
+    environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}  # a slow link's own setting
+    bound_http_retries(environ)
+    assert environ == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "300",
+                       "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}

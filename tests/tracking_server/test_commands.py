@@ -1,8 +1,8 @@
 """Every command against a real `mlflow server` on 127.0.0.1 with proxied artifacts (clients
-know only MLFLOW_TRACKING_URI), once over a SQLite backend and once over a throwaway
-PostgreSQL: train, demo, pipeline train, tune, models list/promote, runs compare, evaluate,
-batch forecasting and `forecast serve` from models:/NAME@ALIAS, `mlflow models serve`; and
-the gate's lock. One server per backend serves the whole module."""
+know only MLFLOW_TRACKING_URI), over the session's PostgreSQL: train, demo, pipeline train,
+tune, models list/promote, runs compare, evaluate, batch forecasting and `forecast serve` from
+models:/NAME@ALIAS, `mlflow models serve`; and the gate's lock. The demo and the gate's lock,
+which depend on how the store handles concurrent writes, also run over a SQLite backend."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ from forecast.errors import TrackingError
 from forecast.packaging import bundle_path
 from forecast.predictor import Forecaster
 from forecast.registry import CHAMPION, gate_lock
-from tests.servers import MlflowServer, Postgres, free_port
+from tests.servers import MlflowServer, Postgres, Service, free_port, wait_until_up
 from tests.tracked import EXPERIMENT, NAME, config, series_csv
+from tests.tracking_server.conftest import Backend
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,7 @@ DEMO_FAST = ["windows.lookback=24", "windows.horizon=6", "model.patch_len=8",
              "model.patch_stride=4", "model.d_model=8", "model.n_heads=2", "model.n_layers=1",
              "model.d_ff=16", "train.epochs=1", "train.max_windows_per_epoch=512",
              "train.num_threads=1", "train.progress=false", "eval.linear_max_windows=500"]
+BOTH = pytest.mark.parametrize("stack", ["sqlite", "postgresql"], indirect=True)
 
 
 @dataclass
@@ -52,48 +54,56 @@ class Stack:
     csv: Path
     cfg_path: Path
     client: MlflowClient
+    # how much of PostgreSQL's and the server's logs other test files had written before
+    logs_from: tuple[int, int] = (0, 0)
 
     @property
     def uri(self) -> str:
         return self.server.uri
 
+    def new_logs(self) -> tuple[str, str]:
+        """What PostgreSQL (empty for SQLite) and the server logged since the stack was made."""
+        pg = self.postgres.log()[self.logs_from[0]:] if self.postgres else ""
+        return pg, self.server.log()[self.logs_from[1]:]
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp(request.param)
-    pg = Postgres() if request.param == "postgresql" else None
-    backend = pg.uri if pg else f"sqlite:///{root / 'server.db'}"
-    server = MlflowServer(backend, str(root / "artifacts"), root / "server", workers=1)
+
+def make_stack(backend: str, server: MlflowServer, pg: Postgres | None, root: Path) -> Stack:
     csv = series_csv(root / "series.csv", n=800)
     cfg_path = root / "job.yaml"
     cfg_path.write_text(dump_config(config(root, csv, train={"epochs": 1})))
+    return Stack(backend, server, pg, root, csv, cfg_path,
+                 MlflowClient(tracking_uri=server.uri, registry_uri=server.uri),
+                 (len(pg.log()) if pg else 0, len(server.log())))
+
+
+@pytest.fixture(scope="module")
+def postgresql_stack(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    return make_stack("postgresql", backend.server, backend.postgres,
+                      tmp_path_factory.mktemp("postgresql"))
+
+
+@pytest.fixture(scope="module")
+def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("sqlite")
+    server = MlflowServer(f"sqlite:///{root / 'server.db'}", str(root / "artifacts"),
+                          root / "server", workers=1)
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MLFLOW_TRACKING_URI", server.uri)
-            yield Stack(request.param, server, pg, root, csv, cfg_path,
-                        MlflowClient(tracking_uri=server.uri, registry_uri=server.uri))
+        yield make_stack("sqlite", server, None, root)
     finally:
         server.stop(signal.SIGKILL)  # nothing of it is needed after the module
-        if pg is not None:
-            pg.remove()
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """The PostgreSQL stack, or the one a test names with BOTH; MLFLOW_TRACKING_URI points
+    at it for the test."""
+    found = request.getfixturevalue(f"{getattr(request, 'param', 'postgresql')}_stack")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", found.uri)
+    return found
 
 
 def sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer in {timeout}s")
 
 
 def champion_forecaster(stack: Stack) -> Forecaster:
@@ -106,11 +116,14 @@ def champion_forecaster(stack: Stack) -> Forecaster:
     return Forecaster(load_bundle(bundle_path(folder)))
 
 
+@BOTH
 def test_demo_logs_and_registers_through_the_server(stack: Stack,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--output-dir", str(stack.root / "out"), *sets(DEMO_FAST)]) == 0
     out = capsys.readouterr().out
     assert "registry: forecast-demo v1 promoted to champion" in out
+    assert f"MLflow UI:     open {stack.uri} in a browser" in out
+    assert "mlflow ui" not in out  # it would need the server's database, not its URL
     version = stack.client.get_model_version("forecast-demo", "1")
     # the version points at MLflow 3's logged model, not at a run-relative path
     assert version.source.startswith("models:/m-")
@@ -188,22 +201,11 @@ def test_batch_forecast_from_the_champion_alias(stack: Stack) -> None:
 
 
 def test_forecast_serve_answers_from_the_registry(stack: Stack) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "forecast"), "serve", "--model", f"models:/{NAME}@{CHAMPION}", "--host",
-         "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "MLFLOW_TRACKING_URI": stack.uri}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{base}/readyz", proc)
-        ready = httpx.get(f"{base}/readyz").json()
-        frame = pd.read_csv(stack.csv).iloc[-48:]
-        body = {"series": [{"id": "s", "history": {c: frame[c].tolist() for c in ("a", "b")}}]}
-        reply = httpx.post(f"{base}/v1/forecast", json=body, timeout=30)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    frame = pd.read_csv(stack.csv).iloc[-48:]
+    body = {"series": [{"id": "s", "history": {c: frame[c].tolist() for c in ("a", "b")}}]}
+    with Service(f"models:/{NAME}@{CHAMPION}", stack.uri) as svc:
+        ready = httpx.get(f"{svc.url}/readyz").json()
+        reply = httpx.post(f"{svc.url}/v1/forecast", json=body, timeout=30)
     champion = stack.client.get_model_version_by_alias(NAME, CHAMPION).version
     assert ready["model"] == {"name": NAME, "version": champion, "alias": CHAMPION}
     assert reply.status_code == 200, reply.text
@@ -242,14 +244,13 @@ def test_mlflow_models_serve_answers_from_the_registry(stack: Stack) -> None:
 def test_no_metric_row_is_written_twice_and_the_server_never_failed(stack: Stack) -> None:
     # PostgreSQL refuses a whole batch that re-sends a stored metric (key, timestamp, step,
     # value); the server then answers from its retry path. None may happen.
-    if stack.postgres is not None:
-        log = stack.postgres.log()
-        assert "duplicate key" not in log, log[-3000:]
-        assert " ERROR: " not in log, log[-3000:]
-    server_log = stack.server.log()
+    log, server_log = stack.new_logs()
+    assert "duplicate key" not in log, log[-3000:]
+    assert " ERROR: " not in log, log[-3000:]
     assert "Traceback" not in server_log, server_log[-3000:]
 
 
+@BOTH
 def test_the_gate_lock_lets_one_challenger_decide_at_a_time(stack: Stack) -> None:
     name, inside, seen = f"race-{stack.backend}", [0], []
     start = threading.Barrier(4)
