@@ -95,10 +95,14 @@ def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    """The PostgreSQL stack, or the one a test names with BOTH; MLFLOW_TRACKING_URI points
-    at it for the test."""
+    """The PostgreSQL stack, or the one a test names with BOTH; MLFLOW_TRACKING_URI and
+    MLFLOW_REGISTRY_URI point at it for the test."""
     found = request.getfixturevalue(f"{getattr(request, 'param', 'postgresql')}_stack")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", found.uri)
+    # mlflow.set_registry_uri (called by every in-process training) exports
+    # MLFLOW_REGISTRY_URI, and a subprocess such as `mlflow models serve` resolves models:/
+    # there first: without this it served another test's store's tiny-model
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", found.uri)
     return found
 
 
