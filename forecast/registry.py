@@ -271,7 +271,9 @@ def gate_lock(client: MlflowClient, name: str, owner: str, wait_s: float = GATE_
                                            f"runs the promotion gate of {name!r}")
             break
         except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            # SQL stores look the holder up after the failed insert: when it released the lock
+            # in between, "already exists" arrives as "does not exist". Both mean: contended.
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         try:
             created = client.get_registered_model(lock).creation_timestamp

@@ -26,12 +26,18 @@ KERNEL = "forecast-test-python"
 # Small enough that each training takes seconds: 2 epochs of at most 512 windows each.
 FAST = ["train.max_windows_per_epoch=512", "train.num_threads=1", "train.progress=false",
         "eval.linear_max_windows=2000"]
-QUICKSTART_PARAMS = f"""EPOCHS = 2
+
+
+def quickstart_params(name: str) -> str:
+    return f"""EPOCHS = 2
 SEED = 0
-EXPERIMENT = "forecast-demo"
-REGISTERED_MODEL = "forecast-demo"
+EXPERIMENT = "{name}"
+REGISTERED_MODEL = "{name}"
 OVERRIDES = {FAST!r}"""
-COMPARE_PARAMS = """EXPERIMENT = "forecast-demo"
+
+
+def compare_params(name: str) -> str:
+    return f"""EXPERIMENT = "{name}"
 LAST = 10"""
 
 
@@ -104,40 +110,49 @@ def images_in(nb: nbformat.NotebookNode) -> int:
 @pytest.mark.timeout(240)
 def test_notebooks_run_against_a_fresh_store(tmp_path: Path, kernel: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_notebooks(f"sqlite:///{tmp_path / 'mlflow.db'}", "forecast-demo", tmp_path, kernel,
+                  monkeypatch)
+
+
+def run_notebooks(uri: str, name: str, cwd: Path, kernel: str,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both notebooks, as a user runs them with MLFLOW_TRACKING_URI set to `uri`: experiment
+    and registered model `name` must be new in that store."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     horizon = load_config(demo_config_path()).windows.horizon
 
-    quickstart = execute("01_quickstart.ipynb", QUICKSTART_PARAMS, tmp_path, kernel)
+    quickstart = execute("01_quickstart.ipynb", quickstart_params(name), cwd, kernel)
     text = text_of(quickstart)
     assert f"kernel: {sys.executable}" in text
     assert f"tracking URI: {uri}" in text
-    assert "registered forecast-demo v1: champion (first model" in text
-    assert "models:/forecast-demo@champion is v1" in text
+    assert f"registered {name} v1: champion (first model" in text
+    assert f"models:/{name}@champion is v1" in text
     # the forecast continues the demo series (seed 0) hour by hour after its last row
     first = synthetic_frame(seed=0)["date"].iloc[-1] + pd.Timedelta(hours=1)
     last = first + pd.Timedelta(hours=horizon - 1)
     assert f"{horizon} forecast rows from {first} to {last}" in text
     assert "pyfunc agrees with the Forecaster: True" in text
     assert images_in(quickstart) >= 2  # the run's forecast_vs_actual.png and the forecast
-    assert (tmp_path / "outputs" / "demo" / "model").is_dir()  # wrote under cwd, not the repo
+    assert (cwd / "outputs" / "demo" / "model").is_dir()  # wrote under cwd, not the repo
 
     # A second run, so that there is something to compare.
     cfg = load_config(demo_config_path(), [*FAST, "train.epochs=2", "train.seed=1",
-                                           f"output_dir={tmp_path / 'outputs-seed1'}"])
+                                           f"output_dir={cwd / 'outputs-seed1'}",
+                                           f"tracking.experiment={name}",
+                                           f"tracking.registered_model={name}"])
     second = train_tracked(cfg, uri)
 
-    compare = execute("02_compare_runs.ipynb", COMPARE_PARAMS, tmp_path, kernel)
+    compare = execute("02_compare_runs.ipynb", compare_params(name), cwd, kernel)
     text = text_of(compare)
-    assert "2 finished runs in experiment 'forecast-demo'" in text
-    runs = MlflowClient(tracking_uri=uri).search_runs(
-        [second.experiment_id], order_by=["attributes.start_time DESC"])
+    assert f"2 finished runs in experiment '{name}'" in text
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = client.search_runs([second.experiment_id], order_by=["attributes.start_time DESC"])
     assert [r.info.run_id for r in runs][0] == second.run_id
     for run in runs:
         label = run.info.run_id[:8]
-        steps = sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(
-            run.info.run_id, "val_loss"))
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         assert steps[0] == 0  # the demo solves its skip by least squares: epoch 0 is logged
         best = int(run.data.metrics["best_epoch"])
         assert re.search(rf"{label}: epochs 0-{steps[-1]}, best val_loss \d\.\d+ at epoch "
