@@ -223,6 +223,23 @@ def serving_page(doc: dict[str, Any]) -> str:
     return table(head, rows, "llrrrrr") + "\n" + provenance(doc)
 
 
+def tracking_server_page(doc: dict[str, Any]) -> str:
+    r = doc["results"]
+    gate = r["gate"]
+    head = ["jobs", "registered models", "wall s", "exit codes", "result"]
+    rows = [[r["same_model_jobs"], 1, f"{r['same_model_wall_s']:.1f}",
+             " ".join(map(str, sorted(set(r["same_model_exit_codes"])))),
+             f"{gate['decided']} of {gate['versions']} versions record a gate decision; "
+             f"champion v{gate['champion']}, best v{gate['best']}"],
+            [r["many_model_jobs"], r["many_models_registered"], f"{r['many_model_wall_s']:.1f}",
+             " ".join(map(str, sorted(set(r["many_model_exit_codes"])))),
+             f"{r['many_models_registered']} models registered"]]
+    rss = r["peak_rss_mb"]
+    note = (f"Backend {r['backend']}, `mlflow server --workers {r['server_workers']}`; peak RSS"
+            f" of the server {rss['server']} MB, of PostgreSQL {rss['postgres']} MB.\n")
+    return table(head, rows, "rrrll") + "\n" + note + "\n" + provenance(doc)
+
+
 # --- the config reference -------------------------------------------------------------------
 
 def local_path(metadata: Any) -> bool:
@@ -336,6 +353,8 @@ def pages() -> dict[Path, str]:
         GENERATED / "windows.md": windows_page(load(RESULTS / "windows.json")),
         GENERATED / "batch_forecast.md": batch_forecast_page(load(RESULTS / "batch_forecast.json")),
         GENERATED / "serving.md": serving_page(load(RESULTS / "serving.json")),
+        GENERATED / "tracking_server.md":
+            tracking_server_page(load(RESULTS / "tracking_server.json")),
         CONFIG_REFERENCE: config_page(),
     }
     if README.is_file():
