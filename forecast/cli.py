@@ -50,6 +50,7 @@ from forecast.tracking import (
     PREFLIGHT_SECONDS,
     TrackedOutcome,
     default_uri,
+    end_open_runs,
     preflight,
     resolve_uri,
     train_tracked,
@@ -655,18 +656,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a closed pipe can still be handled, not at exit
         return code
     except ForecastError as err:
+        end_open_runs("FAILED")
         if args.debug:
             raise
         return _failed(args, f"error: {err}", err.exit_code)
     except MlflowException as err:  # the tracking server or registry refused an operation
+        end_open_runs("FAILED")
         if args.debug:
             raise
         return _failed(args, f"error: MLflow: {err.message}", TrackingError.exit_code)
     except KeyboardInterrupt:
+        end_open_runs("KILLED")
         return _failed(args, "interrupted", 130)
     except BrokenPipeError:  # `forecast models list NAME | head`: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
+    except BaseException:
+        end_open_runs("FAILED")
+        raise
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

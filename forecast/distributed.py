@@ -117,13 +117,30 @@ def process_group(device: torch.device) -> Iterator[Dist]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch_dist.init_process_group(backend)
+    _init_group(backend)
     dist = current()
     log.debug("rank %d of %d (%s)", dist.rank, dist.world, backend)
     try:
         yield dist
     finally:
         torch_dist.destroy_process_group()
+
+
+def _init_group(backend: str) -> None:
+    """init_process_group from the launcher's variables. After a torchrun restart whose ranks
+    share the agent's store (its default), that store still holds the dead attempt's addresses
+    under the same keys, and a restarted gloo rank dials its predecessor ("connectFullMesh
+    failed ... Connection refused", pytorch/pytorch#135712): the group's keys are then kept
+    apart per restart, which every rank of the attempt counts alike."""
+    if not restarted() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        torch_dist.init_process_group(backend)
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                world, is_master=False)
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    torch_dist.init_process_group(backend, store=torch_dist.PrefixStore(
+        f"forecast/restart-{attempt}", store), rank=rank, world_size=world)
 
 
 def check_backend(backend: str | None, device: torch.device) -> None:

@@ -239,6 +239,17 @@ def close_run(status: str, error: str) -> None:
         log.error("could not mark the run %s: %s", status, err)
 
 
+def end_open_runs(status: str) -> None:
+    """End as `status` every run this process still has open: one whose closing an interrupt
+    cut short (a SIGTERM arriving while a failure was being recorded). MLflow's exit handler
+    would mark it FINISHED, and a later pipeline job would skip training, taking it for a
+    successful run of the same data and config."""
+    while (run := mlflow.active_run()) is not None:
+        close_run(status, "the command stopped before this run was closed")
+        if (after := mlflow.active_run()) is not None and after.info.run_id == run.info.run_id:
+            return  # the store is unreachable: nothing more can be recorded
+
+
 def _log_step0_metrics(outcome: TrainOutcome, model_id: str | None) -> None:
     """The scores (step 0) once the model is logged, linked to it. Logging a model re-sends
     the run's step-0 metrics to link them; on PostgreSQL each such row already stored fails

@@ -63,7 +63,14 @@ def torchrun(*args: str, restarts: int = 0) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*workers(proc.pid).values(), proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"torchrun still running after {timeout:.0f}s:\n"
+                             f"{out[-6000:]}") from None
     assert proc.returncode == 0, out[-4000:]
     return out
 
@@ -203,8 +210,6 @@ def workers(agent: int) -> dict[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
-@pytest.mark.skip(reason="open defect: passes alone (3 of 4 runs) but hung after torchrun's "
-                  "restart in both full-suite runs; it stays out of CI until that is fixed")
 def test_a_rank_killed_mid_epoch_restarts_and_finishes_as_the_same_run(tmp_path: Path) -> None:
     epochs = 5
     # small steps, so that an epoch lasts long enough to be interrupted in the middle

@@ -492,3 +492,26 @@ def test_an_artifact_store_that_cannot_be_written_is_exit_5_run_failed(tmp_path:
     [run] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert run.info.status == "FAILED"
     assert client.search_registered_models() == []
+
+
+@pytest.mark.parametrize("ends", [False, True])
+def test_a_run_left_open_by_an_interrupted_command_is_not_marked_finished(
+        tmp_path: Path, ends: bool) -> None:
+    # A second SIGTERM can cut the closing of a failed run short. MLflow's exit handler then
+    # marks the still-open run FINISHED, and the next pipeline job skips training, taking it
+    # for a success; the command's last step ends such runs as what happened instead.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = ("import sys, mlflow\n"
+              "from forecast.tracking import end_open_runs\n"
+              f"mlflow.set_tracking_uri({uri!r})\n"
+              "print(mlflow.start_run().info.run_id)\n"
+              f"if {ends}: end_open_runs('KILLED')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items()
+                                            if not k.startswith("MLFLOW_")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    run = MlflowClient(tracking_uri=uri).get_run(out.split()[-1])
+    assert run.info.status == ("KILLED" if ends else "FINISHED")
+    if ends:
+        assert run.data.tags["error"] == "the command stopped before this run was closed"
