@@ -223,6 +223,38 @@ def serving_page(doc: dict[str, Any]) -> str:
     return table(head, rows, "llrrrrr") + "\n" + provenance(doc)
 
 
+DEFAULTS_CANDIDATES = {
+    "encoder": "encoder alone (L 96, d_model 64, 2 layers, dropout 0.1, 20 epochs)",
+    "skip": "least-squares skip with level (L 336, d_model 16, 3 layers, dropout 0.3)",
+    "skip-robust": "the same, skip fitted robustly (Huber delta 0.5): **the defaults**",
+    "skip-L96": "least-squares skip with level at L 96",
+    "skip-lr1e-4": "least-squares skip with level, lr 1e-4",
+}
+
+
+def defaults_page(doc: dict[str, Any]) -> str:
+    rows = doc["results"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    head = ["candidate", *(f"{d} (H {next(r['horizon'] for r in rows if r['dataset'] == d)})"
+                           for d in datasets), "mean vs first"]
+    first = {r["dataset"]: r["val_mse"] for r in rows if r["candidate"] == rows[0]["candidate"]}
+    table_rows = []
+    for name in dict.fromkeys(r["candidate"] for r in rows):
+        mine = {r["dataset"]: r for r in rows if r["candidate"] == name}
+        ratio = sum(mine[d]["val_mse"] / first[d] for d in mine) / len(mine)
+        table_rows.append([DEFAULTS_CANDIDATES.get(name, name),
+                           *(fixed(mine[d]["val_mse"], 4) if d in mine else "-"
+                             for d in datasets),
+                           f"{ratio:.3f} ({len(mine)} sets)"])
+    linear = {r["dataset"]: r["linear_mse"] for r in rows if r["lookback"] == 336}
+    table_rows.append(["linear baseline (Ridge, L 336)",
+                       *(fixed(linear.get(d), 4) for d in datasets), ""])
+    note = ("Validation MSE, seed 0, each set's own split (ETT: the benchmark's rows), "
+            "one torch thread per training; the test block is not scored.\n")
+    return table(head, table_rows, "l" + "r" * (len(head) - 1)) + "\n" + note + "\n" + \
+        provenance(doc)
+
+
 def tracking_server_page(doc: dict[str, Any]) -> str:
     r = doc["results"]
     gate = r["gate"]
@@ -353,6 +385,7 @@ def pages() -> dict[Path, str]:
         GENERATED / "windows.md": windows_page(load(RESULTS / "windows.json")),
         GENERATED / "batch_forecast.md": batch_forecast_page(load(RESULTS / "batch_forecast.json")),
         GENERATED / "serving.md": serving_page(load(RESULTS / "serving.json")),
+        GENERATED / "defaults.md": defaults_page(load(RESULTS / "defaults.json")),
         GENERATED / "tracking_server.md":
             tracking_server_page(load(RESULTS / "tracking_server.json")),
         CONFIG_REFERENCE: config_page(),

@@ -328,7 +328,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ConfigError("tracking.enabled is false: a sweep records its trials as MLflow runs "
                           "(that is how they are compared); set it to true or leave it out")
     uri = resolve_uri(cfg.tracking, args.tracking_uri)
-    result = tune(cfg, uri, args.trials, args.timeout_minutes)
+    if args.write_config is not None:  # before the search, not after its minutes
+        writable_file(args.write_config, "--write-config")
+    result = tune(cfg, uri, args.trials, args.budget)
+    if result.space_reason:
+        print(f"space chosen from the data: {result.space_reason}")
     print(result.table())
     best = result.best
     if best is None:
@@ -339,6 +343,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
           f"({json.dumps(best.values)}) in {result.seconds:.0f}s")
     print(f"mlflow: parent run {result.parent_run_id} in experiment "
           f"{cfg.tracking.experiment!r} at {uri} (children: the trials)")
+    if args.write_config is not None and result.config is not None:
+        args.write_config.write_text(dump_config(result.config))
+        print(f"tuned config: {args.write_config}; train and score it on test once with\n"
+              f"  forecast train --config {shlex.quote(str(args.write_config))}")
     return 0
 
 
@@ -436,6 +444,20 @@ def not_blank(what: str) -> Callable[[str], str]:
 tracking_uri = not_blank("a URI (e.g. sqlite:///mlflow.db or http://host:5000)")
 folder = not_blank("a folder")
 column = not_blank("a column name")
+
+
+def duration_minutes(text: str) -> float:
+    """argparse type: a duration such as 30m, 90s, 1.5h or 30 (minutes), in minutes."""
+    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
+    number, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "m")
+    try:
+        value = float(number) * units[unit.lower()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; give e.g. 30m, 90s, "
+                                         "1.5h or 30 (minutes)") from None
+    if not value > 0 or value == float("inf"):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration above 0")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -611,8 +633,12 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     with_config(p, required=True, writes=False)
     log_format_flag(p)
     p.add_argument("--trials", type=positive_int, help="most trials (default: tune.trials)")
-    p.add_argument("--timeout-minutes", type=positive_float,
-                   help="start no new trial after this (default: tune.timeout_minutes)")
+    p.add_argument("--budget", type=duration_minutes, metavar="DURATION",
+                   help="the search ends within this: 30m, 90s, 2h (default: "
+                   "tune.budget_minutes)")
+    p.add_argument("--write-config", type=Path, metavar="PATH",
+                   help="write the config with the best trial's settings here, for "
+                   "`forecast train --config PATH`")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("serve", help="HTTP prediction service for a registered model")

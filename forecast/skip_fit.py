@@ -29,6 +29,8 @@ the one a single process would, to float rounding.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -44,6 +46,8 @@ RIDGE = 1e-3
 # after 3 is within 0.07% of that after 6 (H=192 0.2637 against 0.2635, H=720 0.5974 against
 # 0.5973; 0.2694 and 0.6022 with none)
 IRLS_STEPS = 3
+
+log = logging.getLogger(__name__)
 
 Rows = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # a weight per least-squares row, from that batch's (features, targets)
@@ -169,8 +173,19 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
     min_history = model.cfg.shortest_history
     per_channel = model.cfg.skip_per_channel
     equations = summed_over(dist)
+    # minutes on a large set (36k windows x 21 channels, several passes when robust): say so
+    passes = 1 + (IRLS_STEPS if model.cfg.skip_huber_delta is not None else 0)
+    log.info("solving the linear skip by least squares: %d windows x %d channels, %d pass%s",
+             len(train), train.n_channels, passes, "" if passes == 1 else "es (robust)")
+    started, done = time.perf_counter(), [0]
 
     def rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from _rows()
+        done[0] += 1
+        log.info("linear skip: pass %d of %d read, %.1fs", done[0], passes,
+                 time.perf_counter() - started)
+
+    def _rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)  # the same padding on every pass
         batches = train.batches(batch_size, rank=dist.rank, world=dist.world)
         for lo, (x, y) in zip(range(0, len(train), batch_size), batches, strict=True):

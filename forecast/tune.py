@@ -20,7 +20,15 @@ from typing import Any
 import mlflow
 import optuna
 
-from forecast.config import Config, Range, build_config, integer_setting, set_dotted
+from forecast.config import (
+    Config,
+    Range,
+    build_config,
+    dump_config,
+    integer_setting,
+    set_dotted,
+)
+from forecast.config.search import SKIP_CHOICES, SKIP_KEY
 from forecast.data import SeriesSet, season_for
 from forecast.errors import ConfigError, TrainingError
 from forecast.evaluate import evaluate
@@ -34,7 +42,7 @@ from forecast.tracking import (
     preflight,
 )
 from forecast.train import EpochStats, resolve_device
-from forecast.windows import prepare
+from forecast.windows import prepare, split_bounds
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,8 @@ class TuneResult:
     trials: list[TrialRecord]
     best: TrialRecord | None
     seconds: float
+    config: Config | None = None  # the base config with the best trial's values
+    space_reason: str | None = None  # how the space was chosen from the data, if it was
 
     def table(self) -> str:
         lines = [f"{'trial':>5}  {'state':<9}{'val score':>10}  settings"]
@@ -105,9 +115,57 @@ def _whole(value: Any) -> bool:
             and float(value).is_integer())
 
 
-def check_space(cfg: Config) -> None:
+# lookback candidates: these many seasons of history, within what the data allows
+LOOKBACK_SEASONS = (4, 7, 14)
+LOOKBACK_CAP = 720  # steps; longer ones cost more than they were seen to give
+SHORT_SEASON_LOOKBACKS = (48, 96, 192)  # when the frequency says little (season < 4 steps)
+
+
+@dataclass
+class Space:
+    """What a sweep searches, and in words why (for the data's own choices)."""
+
+    keys: dict[str, list[Any] | Range]
+    reason: str | None = None
+
+
+def lookback_candidates(season: int, train_rows: int, patch_len: int) -> list[int]:
+    """A few seasons of history (4, 7 and 14: a day's season gives 4 days, a week and two
+    weeks), each leaving at least three quarters of the training rows to targets, and at
+    least two patches long."""
+    picks = [k * season for k in LOOKBACK_SEASONS] if season >= 4 else \
+        list(SHORT_SEASON_LOOKBACKS)
+    cap = min(LOOKBACK_CAP, train_rows // 4)
+    fitting = sorted({min(p, cap) for p in picks if min(p, cap) >= 2 * patch_len})
+    if not fitting:
+        raise ConfigError(f"the {train_rows} training rows leave no lookback to search "
+                          f"(at most {cap} steps, at least 2 x model.patch_len "
+                          f"{patch_len}); give tune.space with windows.lookback, or more data")
+    return fitting
+
+
+def data_space(cfg: Config, series: SeriesSet) -> Space:
+    """The default search on new data: the lookback from its frequency and length, the skip
+    off / least squares / robust, the width, the learning rate and dropout."""
+    season = cfg.eval.season or season_for(series.freq)
+    train_rows = min(split_bounds(stamps, cfg.split).train for stamps in series.timestamps)
+    lookbacks = lookback_candidates(season, train_rows, cfg.model.patch_len)
+    keys: dict[str, list[Any] | Range] = {
+        "windows.lookback": lookbacks,
+        SKIP_KEY: list(SKIP_CHOICES),
+        "model.d_model": [16, 32, 64],
+        "train.lr": Range(low=1e-4, high=3e-3, log=True),
+        "model.dropout": Range(low=0.0, high=0.3),
+    }
+    return Space(keys, f"lookback candidates {lookbacks} ({series.freq} data: season "
+                       f"{season} steps, {train_rows} training rows)")
+
+
+def check_space(cfg: Config, space: dict[str, list[Any] | Range] | None = None) -> None:
     """Refuse a space some of whose values make no valid config, before any trial runs."""
-    space = cfg.tune.space
+    space = cfg.tune.space if space is None else space
+    if space is None:
+        return  # chosen from the data, valid by construction
     searched = {"model.d_model", "model.n_heads"} & set(space)
     for key, choice in space.items():
         probe = choice if isinstance(choice, list) else [choice.low, choice.high]
@@ -140,14 +198,31 @@ def check_space(cfg: Config) -> None:
                                   "divide")
 
 
-def trial_config(base: Config, values: dict[str, Any], checkpoints: str) -> Config:
-    """The base config with a trial's values; checkpoints in a scratch folder, never resumed."""
+def settings(values: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values as config settings: `model.skip` becomes the settings it names."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        out.update(SKIP_CHOICES[value] if key == SKIP_KEY else {key: value})
+    return out
+
+
+def tuned_config(base: Config, values: dict[str, Any]) -> Config:
+    """The base config with a trial's values: what the sweep recommends training."""
     # the values themselves, not text to re-parse: a NaN came back as the string 'NaN'
     raw = base.to_dict()
-    for key, value in {**values, "train.resume": False, "train.checkpoint_dir": checkpoints
-                       }.items():
+    for key, value in settings(values).items():
         set_dotted(raw, key.split("."), value, f"tune.space key {key!r}")
     return build_config(raw, "tune.space")
+
+
+def trial_config(base: Config, values: dict[str, Any], checkpoints: str) -> Config:
+    """A trial's config: checkpoints in a scratch folder, never resumed, and at most
+    tune.trial_windows_per_epoch windows an epoch."""
+    train: dict[str, Any] = {"train.resume": False, "train.checkpoint_dir": checkpoints}
+    cap, given = base.tune.trial_windows_per_epoch, base.train.max_windows_per_epoch
+    if cap is not None and (given is None or given > cap):
+        train["train.max_windows_per_epoch"] = cap
+    return tuned_config(base, {**values, **train})
 
 
 def _sampler(cfg: Config) -> optuna.samplers.BaseSampler:
@@ -161,11 +236,13 @@ def _sampler(cfg: Config) -> optuna.samplers.BaseSampler:
 
 
 class _Objective:
-    def __init__(self, base: Config, series: SeriesSet, records: list[TrialRecord]) -> None:
-        self.base, self.series, self.records = base, series, records
+    def __init__(self, base: Config, series: SeriesSet, space: dict[str, list[Any] | Range],
+                 records: list[TrialRecord], deadline: float) -> None:
+        self.base, self.series, self.space = base, series, space
+        self.records, self.deadline = records, deadline
 
     def __call__(self, trial: optuna.Trial) -> float:
-        values = sample(trial, self.base.tune.space, self.base.model.n_heads)
+        values = sample(trial, self.space, self.base.model.n_heads)
         metric = f"val_{self.base.tune.metric}"
         with tempfile.TemporaryDirectory() as scratch:
             run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
@@ -179,6 +256,8 @@ class _Objective:
                 def on_epoch(stats: EpochStats) -> None:
                     log_epoch(stats)
                     trial.report(stats.val_loss, stats.epoch)
+                    if time.monotonic() > self.deadline:
+                        raise optuna.TrialPruned(f"the budget ran out at epoch {stats.epoch}")
                     if cfg.tune.prune and trial.should_prune():
                         raise optuna.TrialPruned(f"val_loss {stats.val_loss:.4f} at epoch "
                                                  f"{stats.epoch} is behind earlier trials")
@@ -207,16 +286,21 @@ class _Objective:
 
 
 def tune(cfg: Config, uri: str, trials: int | None = None,
-         timeout_minutes: float | None = None) -> TuneResult:
-    """Run the search of `cfg.tune` (trials and minutes from the arguments when given)."""
+         budget_minutes: float | None = None) -> TuneResult:
+    """Run the search of `cfg.tune` (trials and budget from the arguments when given)."""
     n_trials = trials or cfg.tune.trials
-    minutes = timeout_minutes if timeout_minutes is not None else cfg.tune.timeout_minutes
+    minutes = budget_minutes if budget_minutes is not None else cfg.tune.budget_minutes
+    started = time.perf_counter()
+    deadline = math.inf if minutes is None else time.monotonic() + minutes * 60
     check_space(cfg)
     if cfg.train.checkpoint_dir is not None:
         log.warning("train.checkpoint_dir is not used by a sweep: each trial checkpoints in a "
                     "scratch folder and never resumes")
     series = load_data(cfg)
-    if not any(key.startswith(("windows.", "split.")) for key in cfg.tune.space):
+    space = Space(cfg.tune.space) if cfg.tune.space is not None else data_space(cfg, series)
+    if space.reason:
+        log.info("searching %s; %s", ", ".join(space.keys), space.reason)
+    if not any(key.startswith(("windows.", "split.")) for key in space.keys):
         # windows that do not fit the data fail every trial alike: say so once, before any
         prepare(series, cfg.split, cfg.windows)
     preflight(uri, cfg.tracking.timeout_seconds)
@@ -230,15 +314,20 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
     study = optuna.create_study(direction="minimize", sampler=_sampler(cfg),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
     records: list[TrialRecord] = []
-    started = time.perf_counter()
     parent = mlflow.start_run(run_name=f"{cfg.name}-tune-{datetime.now():%Y%m%d-%H%M%S}",
                               tags={"tune.sweep": "true", "tune.sampler": cfg.tune.sampler,
-                                    "data.sha256": series.digest})
+                                    "data.sha256": series.digest,
+                                    **({"tune.space_reason": space.reason}
+                                       if space.reason else {})})
+    best_cfg = None
     try:
         with artifact_store():
-            mlflow.log_dict(cfg.tune.model_dump(mode="json"), "tune.json")
-        study.optimize(_Objective(cfg, series, records), n_trials=n_trials,
-                       timeout=None if minutes is None else minutes * 60,
+            mlflow.log_dict({**cfg.tune.model_dump(mode="json"),
+                             "space": {k: v if isinstance(v, list) else v.model_dump()
+                                       for k, v in space.keys.items()}}, "tune.json")
+        study.optimize(_Objective(cfg, series, space.keys, records, deadline),
+                       n_trials=n_trials,
+                       timeout=None if minutes is None else max(deadline - time.monotonic(), 0),
                        catch=(ConfigError, TrainingError))
         done = [r for r in records if r.state == "complete"]
         best = min(done, key=lambda r: r.score) if done else None
@@ -247,9 +336,10 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
                             "trials_pruned": states.count("pruned"),
                             "trials_failed": states.count("failed")})
         if best is not None:
-            best_cfg = trial_config(cfg, best.values, "scratch")
-            mlflow.log_params(params(best_cfg) | {"train.checkpoint_dir": "null",
-                                                  "train.resume": "true"})
+            best_cfg = tuned_config(cfg, best.values)
+            mlflow.log_params(params(best_cfg))
+            with artifact_store():
+                mlflow.log_text(dump_config(best_cfg), "tuned_config.yaml")
             child = mlflow.get_run(best.run_id).data.metrics
             mlflow.log_metrics({k: v for k, v in child.items() if k.startswith("val_")})
             mlflow.set_tags({"tune.best_run_id": best.run_id,
@@ -262,4 +352,5 @@ def tune(cfg: Config, uri: str, trials: int | None = None,
         close_run("FAILED", f"no trial completed ({len(records)} tried)")
     else:
         mlflow.end_run("FINISHED")
-    return TuneResult(parent.info.run_id, records, best, time.perf_counter() - started)
+    return TuneResult(parent.info.run_id, records, best, time.perf_counter() - started,
+                      best_cfg, space.reason)

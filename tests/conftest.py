@@ -38,8 +38,11 @@ TINY: dict[str, Any] = {
     "name": "tiny",
     "split": {"by": "fractions", "train": 0.7, "val": 0.1, "test": 0.2},
     "windows": {"lookback": 24, "horizon": 6, "stride": 1},
+    # the encoder alone, without the default's skip; a test that adds the skip gets the plain
+    # least-squares fit without the level input unless it asks for them
     "model": {"patch_len": 8, "patch_stride": 4, "d_model": 8, "n_heads": 2, "n_layers": 1,
-              "d_ff": 16, "dropout": 0.0},
+              "d_ff": 16, "dropout": 0.0, "linear_skip": False, "skip_fit": "gradient",
+              "skip_level": False, "skip_huber_delta": None},
     "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "patience": 0, "seed": 0,
               "num_threads": 1},
     "eval": {"linear_max_windows": 500},
@@ -50,7 +53,7 @@ TINY: dict[str, Any] = {
 TINY_SETS = [
     "windows.lookback=24", "windows.horizon=6",
     "model.patch_len=8", "model.patch_stride=4", "model.d_model=8", "model.n_heads=2",
-    "model.n_layers=1", "model.d_ff=16", "model.dropout=0.0",
+    "model.n_layers=1", "model.d_ff=16", "model.dropout=0.0", "model.linear_skip=false",
     "train.epochs=1", "train.batch_size=32", "train.num_threads=1",
     "eval.linear_max_windows=500", "tracking.enabled=false",
 ]

@@ -140,6 +140,23 @@ def test_serving_smoke(tmp_path: Path, data_dir: Path) -> None:
         assert level["errors"] == 0 and level["rps"] > 0
 
 
+def test_defaults_smoke(tmp_path: Path, data_dir: Path) -> None:
+    proc = run_script("defaults.py", tmp_path / "d.json", "--candidates", "encoder",
+                      "skip-robust", "--datasets", "ETTh1", "--data-dir", str(data_dir),
+                      "--scratch", str(tmp_path / "scratch"), "--set", "train.epochs=1",
+                      "--set", "train.max_windows_per_epoch=64", "--set", "windows.lookback=96",
+                      "--set", "eval.linear_max_windows=500")
+    rows = recorded(proc, tmp_path / "d.json", "defaults")
+    assert [(r["candidate"], r["dataset"], r["horizon"]) for r in rows] == [
+        ("encoder", "ETTh1", 96), ("skip-robust", "ETTh1", 96)]
+    encoder, robust = rows
+    assert encoder["skip_alone_val_loss"] is None and robust["skip_alone_val_loss"] > 0
+    # validation only: the baselines scored on the same windows, and never a test score
+    assert all(r["val_mse"] > 0 and r["linear_mse"] > 0 for r in rows)
+    assert not any(key.startswith("test") for r in rows for key in r)
+    assert "vs linear" in proc.stdout
+
+
 @pytest.mark.slow
 def test_etth_seed_average_and_head_scale(data_dir: Path, tmp_path: Path) -> None:
     proc = run_etth(data_dir, tmp_path, "--seeds", "0", "1", "--jobs", "2")
@@ -226,4 +243,4 @@ def test_config_reference_lists_every_key() -> None:
         assert f"## `{section}`" in page
         for key in getattr(field.annotation, "model_fields", {}):
             assert f"| `{section}.{key}` |" in page
-    assert "| `windows.lookback` | int | `96` | > 0, ≤ 2147483647 |" in page
+    assert "| `windows.lookback` | int | `336` | > 0, ≤ 2147483647 |" in page

@@ -392,7 +392,7 @@ def test_config_prints_yaml_with_defaults(capsys):
     assert main(["config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == Config().to_dict()
-    assert printed["windows"]["lookback"] == 96 and printed["data"]["missing"] == "error"
+    assert printed["windows"]["lookback"] == 336 and printed["data"]["missing"] == "error"
 
 
 def test_config_with_overrides_and_file(tmp_path, capsys):

@@ -24,7 +24,7 @@ from forecast.windows import prepare
 
 def small_cfg(**kw) -> ModelConfig:
     base = dict(patch_len=4, patch_stride=2, d_model=8, n_heads=2, n_layers=2, d_ff=16,
-                dropout=0.0)
+                dropout=0.0, linear_skip=False)
     base.update(kw)
     return ModelConfig(**base)
 

@@ -4,6 +4,7 @@ model's own denormalised squared error, frozen, and kept when training only make
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from forecast.config import build_config, load_config
 from forecast.data import DataConfig, frame_to_series
 from forecast.errors import ConfigError
 from forecast.model import build_model
-from forecast.skip_fit import RIDGE, fit_linear_skip, reduce_rank
+from forecast.skip_fit import IRLS_STEPS, RIDGE, fit_linear_skip, reduce_rank
 from forecast.train import CHECKPOINT, fit
 from forecast.windows import prepare, random_pad_mask
 
@@ -198,7 +199,20 @@ def test_model_without_skip_is_refused(wide_frame, tiny_config):
 
 def test_config_requires_linear_skip():
     with pytest.raises(ConfigError, match="set model.linear_skip to true"):
-        load_config(None, ["model.skip_fit=least_squares"])
+        load_config(None, ["model.linear_skip=false", "model.skip_fit=least_squares"])
+
+
+def test_turning_the_default_skip_off_turns_its_own_settings_off():
+    # the defaults solve the skip robustly with the level input: leaving it out means all that
+    off = load_config(None, ["model.linear_skip=false"]).model
+    assert (off.skip_fit, off.skip_level, off.skip_huber_delta) == ("gradient", False, None)
+    by_gradient = load_config(None, ["model.skip_fit=gradient"]).model
+    assert by_gradient.linear_skip and by_gradient.skip_huber_delta is None
+    assert not load_config(None, ["model.revin=false"]).model.skip_level
+    # a setting given alongside is kept, and its conflict named
+    with pytest.raises(ConfigError, match="set model.linear_skip and model.revin to true, or "
+                                          "model.skip_level to false"):
+        load_config(None, ["model.linear_skip=false", "model.skip_level=true"])
 
 
 def test_training_keeps_the_linear_forecast_when_every_epoch_is_worse(tmp_path, wide_frame):
@@ -332,7 +346,7 @@ def test_huber_fit_ignores_an_excursion_the_plain_fit_follows():
 def test_huber_threshold_needs_the_least_squares_fit():
     with pytest.raises(ConfigError, match="set model.skip_fit to 'least_squares', or "
                                           "model.skip_huber_delta to null"):
-        load_config(None, ["model.linear_skip=true", "model.skip_huber_delta=0.5"])
+        load_config(None, ["model.skip_fit=gradient", "model.skip_huber_delta=0.5"])
     for value, message in (("0", "greater than 0"), ("-1", "greater than 0"),
                            ("nan", "finite number"), ("inf", "finite number"),
                            ("abc", "valid number")):
@@ -398,7 +412,7 @@ def test_rank_two_skip_still_forecasts_a_sine_which_rank_one_cannot():
 def test_skip_rank_is_checked_by_name():
     with pytest.raises(ConfigError, match="set model.skip_fit to 'least_squares', or "
                                           "model.skip_rank to null"):
-        load_config(None, ["model.linear_skip=true", "model.skip_rank=4"])
+        load_config(None, ["model.skip_fit=gradient", "model.skip_rank=4"])
     lsq = ["model.linear_skip=true", "model.skip_fit=least_squares", "windows.horizon=24"]
     with pytest.raises(ConfigError, match=r"model.skip_rank \(24\) must be below "
                                           r"windows.horizon \(24\)"):
@@ -460,3 +474,21 @@ def test_a_per_channel_skip_needs_the_skip_and_the_level_needs_revin():
     with pytest.raises(ConfigError, match="model.skip_level feeds the RevIN level"):
         build_config(tiny_raw(model={"linear_skip": True, "skip_level": True, "revin": False}),
                      "test")
+
+
+@pytest.mark.parametrize("delta, passes", [(None, 1), (0.5, 1 + IRLS_STEPS)])
+def test_the_solve_says_what_it_reads_and_each_pass_it_finishes(
+        wide_frame, caplog, delta, passes):
+    # on a large set the solve takes minutes: the log shows it is working, pass by pass
+    prepared = prepared_for(huber_config(10.0), wide_frame)
+    config = huber_config(delta) if delta is not None else lsq_config()
+    model = build_model(config.model, config.windows.lookback, config.windows.horizon,
+                        prepared.n_channels)
+    train = prepared.windows("train")
+    with caplog.at_level(logging.INFO, logger="forecast.skip_fit"):
+        fit_linear_skip(model, train)
+    lines = [r.getMessage() for r in caplog.records if r.name == "forecast.skip_fit"]
+    assert lines[0].startswith(f"solving the linear skip by least squares: {len(train)} "
+                               f"windows x {prepared.n_channels} channels, {passes} pass")
+    assert [line.split(",")[0] for line in lines[1:]] == [
+        f"linear skip: pass {k} of {passes} read" for k in range(1, passes + 1)]

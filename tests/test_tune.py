@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -9,9 +10,18 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from forecast.cli import demo_config_path, main
+from forecast.cli import demo_config_path, duration_minutes, main
 from forecast.config import Range, load_config
-from forecast.tune import check_space, sample
+from forecast.errors import ConfigError
+from forecast.runner import load_data
+from forecast.tune import (
+    check_space,
+    data_space,
+    lookback_candidates,
+    sample,
+    trial_config,
+    tuned_config,
+)
 
 FAST = ["--set", "train.epochs=2", "--set", "train.max_windows_per_epoch=512",
         "--set", "train.num_threads=1", "--set", "train.progress=false",
@@ -66,15 +76,19 @@ def test_a_space_key_that_is_no_setting_is_rejected_by_name(
     assert code == 2
     assert "model.nope: unknown key" in capsys.readouterr().err
     code = main(["tune", "--config", str(demo_config_path()), "--set", "tune.sampler=grid",
-                 "--tracking-uri", uri])
+                 "--tracking-uri", uri, "--set", "tune.space={train.lr: {low: 1e-3, high: 1e-2}}"])
     assert code == 2
     assert "tune.sampler 'grid' needs a list of choices" in capsys.readouterr().err
+    code = main(["tune", "--config", str(demo_config_path()), "--set", "tune.sampler=grid",
+                 "--tracking-uri", uri])
+    assert code == 2
+    assert "tune.sampler 'grid' needs tune.space given as lists" in capsys.readouterr().err
     code = main(["tune", "--config", str(demo_config_path()), "--trials", "1", "--tracking-uri",
                  uri, "--set", "tracking.enabled=false"])
     assert code == 2  # it was ignored: the sweep logged its trials all the same
     assert "tracking.enabled is false: a sweep records its trials" in capsys.readouterr().err
     code = main(["tune", "--config", str(demo_config_path()), "--trials", "3", "--tracking-uri",
-                 uri, "--set", "windows.lookback=9000"])
+                 uri, "--set", "windows.lookback=9000", *FAST[-2:]])
     assert code == 2  # it used to run (and fail) every trial, then exit 4
     assert "windows.lookback (9000) + windows.horizon" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # rejected before any run was started
@@ -179,20 +193,96 @@ def test_a_sweep_with_no_trial_complete_fails_its_parent_run(
     assert sorted(r.info.status for r in runs if r is not parent) == ["FAILED", "FAILED"]
 
 
-@pytest.mark.parametrize("value", ["-1", "0", "nan", "soon"])
-def test_timeout_minutes_must_be_a_positive_number(
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "soon", "inf", "5x", "m"])
+def test_the_budget_must_be_a_positive_duration(
         value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["tune", "--config", str(demo_config_path()), "--timeout-minutes", value])
+        main(["tune", "--config", str(demo_config_path()), "--budget", value])
     assert exit_info.value.code == 2
-    assert "--timeout-minutes" in capsys.readouterr().err
+    assert "--budget" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text, minutes", [("30m", 30), ("90s", 1.5), ("1.5h", 90), ("30", 30),
+                                           ("2H", 120)])
+def test_a_budget_reads_as_minutes(text: str, minutes: float) -> None:
+    assert duration_minutes(text) == pytest.approx(minutes)
+
+
+@pytest.mark.parametrize("season, rows, expected", [
+    (24, 8640, [96, 168, 336]),  # hourly: 4 days, a week, two weeks
+    (96, 34560, [384, 672, 720]),  # 15-minute: two weeks is over the cap
+    (7, 700, [49, 98]),  # daily: 7 and 14 weeks (4 are under two patches)
+    (24, 400, [96, 100]),  # short: at most a quarter of the training rows
+    (1, 5000, [48, 96, 192]),  # a frequency without a season
+])
+def test_lookback_candidates_follow_the_season_within_what_the_data_allows(
+        season: int, rows: int, expected: list[int]) -> None:
+    assert lookback_candidates(season, rows, patch_len=16) == expected
+
+
+def test_too_few_training_rows_for_any_lookback_name_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"the 100 training rows leave no lookback to search "
+                       r"\(at most 25 steps, at least 2 x model.patch_len 16\)"):
+        lookback_candidates(24, 100, patch_len=16)
+
+
+def test_the_data_space_searches_the_skip_width_rate_and_dropout_and_says_why() -> None:
+    cfg = load_config(demo_config_path())
+    space = data_space(cfg, load_data(cfg))
+    assert list(space.keys) == ["windows.lookback", "model.skip", "model.d_model", "train.lr",
+                                "model.dropout"]
+    assert space.keys["model.skip"] == ["off", "least_squares", "robust"]
+    rows = int(8760 * cfg.split.train)  # the demo's year of hourly rows
+    assert space.reason == ("lookback candidates [96, 168, 336] (h data: season 24 steps, "
+                            f"{rows} training rows)")
+    # each skip choice makes a valid config, and the robust one is robust
+    robust = tuned_config(cfg, {"model.skip": "robust"})
+    assert robust.model.skip_huber_delta == 0.5 and robust.model.linear_skip
+    assert not tuned_config(cfg, {"model.skip": "off"}).model.linear_skip
+
+
+def test_a_trial_trains_on_a_capped_share_of_windows_but_the_tuned_config_does_not() -> None:
+    cfg = load_config(demo_config_path(), ["tune.trial_windows_per_epoch=1000"])
+    assert trial_config(cfg, {}, "scratch").train.max_windows_per_epoch == 1000
+    assert tuned_config(cfg, {}).train.max_windows_per_epoch is None
+    smaller = load_config(demo_config_path(), ["tune.trial_windows_per_epoch=1000",
+                                               "train.max_windows_per_epoch=500"])
+    assert trial_config(smaller, {}, "scratch").train.max_windows_per_epoch == 500
+
+
+@pytest.mark.slow
+def test_a_sweep_on_the_data_space_ends_within_its_budget_and_writes_the_tuned_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tuned = tmp_path / "tuned.yaml"
+    started = time.monotonic()
+    code = main(["tune", "--config", str(demo_config_path()), "--budget", "20s",
+                 "--tracking-uri", uri, "--write-config", str(tuned),
+                 "--set", "tracking.experiment=budget", *FAST[:-2],
+                 "--set", "train.epochs=50", "--set", "model.n_layers=1"])
+    seconds = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "space chosen from the data: lookback candidates [96, 168, 336]" in out
+    # no trial starts after 20 s, and a running one stops at its next epoch (seconds here)
+    assert seconds < 20 + 45, seconds
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("budget").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("tune.sweep") == "true"]
+    children = [r for r in runs if r is not parent]
+    assert 1 <= len(children) < 100
+    assert all("model.skip" not in r.data.params for r in children)  # its settings instead
+    assert {r.data.tags.get("tune.reason", "") for r in children if r.data.tags[
+        "tune.state"] == "pruned"} <= {""} | {r.data.tags.get("tune.reason") for r in children}
+    best = load_config(tuned)
+    assert best.windows.lookback == int(parent.data.params["windows.lookback"])
+    assert best.train.epochs == 50 and best.train.max_windows_per_epoch == 512
+    assert f"forecast train --config {tuned}" in out
 def test_a_checkpoint_dir_a_sweep_does_not_use_is_named(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["tune", "--config", str(demo_config_path()), "--tracking-uri",
                  f"sqlite:///{tmp_path / 'mlflow.db'}", "--set",
                  f"train.checkpoint_dir={tmp_path / 'ckpt'}",
-                 "--set", "windows.lookback=9000"])  # stops before any trial: only the warning
+                 "--set", "windows.lookback=9000", *FAST[-2:]])  # stops before any trial
     assert code == 2
     assert "train.checkpoint_dir is not used by a sweep" in capsys.readouterr().err

@@ -19,8 +19,9 @@ BASE: dict[str, Any] = {
     "data": {"path": None},
     "split": {"by": "fractions", "train": 0.7, "val": 0.1, "test": 0.2},
     "windows": {"lookback": 48, "horizon": 12},
+    # no linear skip: the tests of the registry, jobs and service train the encoder alone
     "model": {"patch_len": 12, "patch_stride": 6, "d_model": 8, "n_heads": 2, "n_layers": 1,
-              "d_ff": 16, "dropout": 0.0},
+              "d_ff": 16, "dropout": 0.0, "linear_skip": False},
     "train": {"epochs": 2, "batch_size": 64, "lr": 0.005, "patience": 0, "seed": 0,
               "max_windows_per_epoch": 1024, "num_threads": 1, "progress": False},
     "eval": {"linear_max_windows": 1000},

@@ -117,7 +117,7 @@ class WindowConfig(Section):
     """Lookback/horizon windows over the scaled series."""
 
     # bounded so that a mistyped 10**20 is a config error, not an overflow deep in numpy
-    lookback: int = Field(96, gt=0, le=MAX_STEPS, description="L: input steps the model sees.")
+    lookback: int = Field(336, gt=0, le=MAX_STEPS, description="L: input steps the model sees.")
     horizon: int = Field(24, gt=0, le=MAX_STEPS, description="H: steps forecast ahead.")
     stride: int = Field(1, gt=0, le=MAX_STEPS,
                         description="Step between training windows (eval uses 1).")

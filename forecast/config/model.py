@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -10,6 +10,10 @@ from pydantic import (
 )
 
 from forecast.config.fields import Section
+
+# what the skip's own settings become when a config turns the skip off and leaves them out
+SKIP_OFF: dict[str, Any] = {"skip_fit": "gradient", "skip_level": False,
+                            "skip_huber_delta": None}
 
 
 class ModelConfig(Section):
@@ -20,11 +24,11 @@ class ModelConfig(Section):
     pad_end: bool = Field(
         True, description="Repeat the last value patch_stride times to add one patch (PatchTST)."
     )
-    d_model: int = Field(64, gt=0, le=4096, description="Token width.")
+    d_model: int = Field(16, gt=0, le=4096, description="Token width.")
     n_heads: int = Field(4, gt=0, le=64, description="Attention heads; must divide d_model.")
-    n_layers: int = Field(2, gt=0, le=64, description="Encoder blocks.")
+    n_layers: int = Field(3, gt=0, le=64, description="Encoder blocks.")
     d_ff: int = Field(128, gt=0, le=16384, description="Feed-forward hidden width.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in attention output and MLP.")
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout in attention output and MLP.")
     head_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
     positional: Literal["sinusoidal", "learned"] = Field(
         "sinusoidal", description="Positional encoding of the patch tokens."
@@ -40,7 +44,7 @@ class ModelConfig(Section):
     )
     revin: bool = Field(True, description="Instance normalisation of each input window.")
     linear_skip: bool = Field(
-        False,
+        True,
         description="Add a linear map from each channel's normalised lookback to its horizon "
         "beside the Transformer's head, so the encoder learns what a linear forecast misses.",
     )
@@ -51,21 +55,21 @@ class ModelConfig(Section):
         "Needs linear_skip.",
     )
     skip_level: bool = Field(
-        False,
+        True,
         description="Give the linear skip the window's level (its RevIN mean) as one more input, "
         "so the forecast can revert towards the series' overall level instead of carrying the "
         "window's own level forward (what the Ridge baseline, fitted on unnormalised windows, "
         "can do). Needs linear_skip and revin.",
     )
     skip_fit: Literal["gradient", "least_squares"] = Field(
-        "gradient",
+        "least_squares",
         description="How the linear skip is trained. gradient: with the rest of the model. "
         "least_squares: solved in closed form on the training windows before training, then "
         "frozen, with the head starting at zero, so the encoder learns what the linear forecast "
         "misses and validation can keep the linear forecast alone. Needs linear_skip.",
     )
     skip_huber_delta: float | None = Field(
-        None,
+        0.5,
         gt=0,
         allow_inf_nan=False,  # infinity would be the plain fit at four times its cost
         description="With skip_fit least_squares: fit the skip robustly, a row (one window of "
@@ -90,6 +94,24 @@ class ModelConfig(Section):
     def shortest_history(self) -> int:
         """min_history, or one patch when it is not set."""
         return self.min_history or self.patch_len
+
+    @model_validator(mode="before")
+    @classmethod
+    def _skip_settings_follow_the_skip(cls, data: Any) -> Any:
+        # The defaults solve the skip robustly by least squares with the level input: a config
+        # that turns the skip, its closed-form fit or RevIN off means the settings that depend
+        # on them too, unless it gives them itself (then the checks below name the conflict)
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("linear_skip") is False:
+            for key, off in SKIP_OFF.items():
+                data.setdefault(key, off)
+        if data.get("skip_fit") == "gradient":
+            data.setdefault("skip_huber_delta", None)
+        if data.get("revin") is False:
+            data.setdefault("skip_level", False)
+        return data
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:

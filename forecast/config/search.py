@@ -31,13 +31,18 @@ class Range(Section):
         return self
 
 
-def _default_space() -> dict[str, list[Any] | Range]:
-    return {
-        "train.lr": Range(low=1e-4, high=3e-3, log=True),
-        "model.d_model": [16, 32, 64],
-        "model.n_layers": [1, 2, 3],
-        "model.dropout": Range(low=0.0, high=0.3),
-    }
+# `model.skip` in tune.space: one choice for the settings that make the linear skip, as a
+# new dataset needs it searched (off, solved by least squares, solved robustly)
+SKIP_KEY = "model.skip"
+SKIP_CHOICES: dict[str, dict[str, Any]] = {
+    "off": {"model.linear_skip": False, "model.skip_fit": "gradient",
+            "model.skip_level": False, "model.skip_per_channel": False,
+            "model.skip_huber_delta": None, "model.skip_rank": None},
+    "least_squares": {"model.linear_skip": True, "model.skip_fit": "least_squares",
+                      "model.skip_level": True, "model.skip_huber_delta": None},
+    "robust": {"model.linear_skip": True, "model.skip_fit": "least_squares",
+               "model.skip_level": True, "model.skip_huber_delta": 0.5},
+}
 
 
 # train settings a sweep sets for every trial itself, or that change no score
@@ -47,10 +52,17 @@ UNSEARCHED = ("train.checkpoint_dir", "train.resume", "train.progress")
 class TuneConfig(Section):
     """Hyperparameter search (`forecast tune`), scored on the validation split only."""
 
-    trials: int = Field(20, gt=0, description="Most trials to run.")
-    timeout_minutes: float | None = Field(
-        60.0, gt=0, description="Start no new trial after this many minutes; null: no limit."
+    trials: int = Field(100, gt=0, description="Most trials to run (the budget usually ends "
+                        "the search first).")
+    budget_minutes: float | None = Field(
+        30.0, gt=0, description="The search ends within this many minutes: no trial starts "
+        "after it, and a running trial stops at its next epoch; null: no limit."
     )
+    trial_windows_per_epoch: int | None = Field(
+        16384, gt=0, description="Each trial trains on at most this many windows per epoch, "
+        "drawn afresh each epoch, so that trials on a large set stay cheap (a smaller "
+        "train.max_windows_per_epoch wins); the tuned config keeps train.max_windows_per_epoch."
+        " null: every window.")
     sampler: Literal["tpe", "random", "grid"] = Field(
         "tpe", description="Optuna sampler; grid needs every entry of `space` to be a list."
     )
@@ -58,16 +70,19 @@ class TuneConfig(Section):
     seed: int = Field(0, ge=0, lt=2**32, description="Sampler seed.")
     prune: bool = Field(True, description="Stop trials whose validation loss falls behind the "
                         "median of earlier trials at the same epoch.")
-    space: dict[str, list[Any] | Range] = Field(
-        default_factory=_default_space,
-        description="Dotted config key → list of choices or {low, high, log} range.",
+    space: dict[str, list[Any] | Range] | None = Field(
+        None, description="Dotted config key → list of choices or {low, high, log} range; "
+        "`model.skip` chooses among off, least_squares and robust. null: chosen from the data "
+        "(lookback from its frequency and length, the skip, d_model, lr and dropout).",
     )
 
     @field_validator("space", mode="before")
     @classmethod
-    def _parse_space(cls, raw: Any) -> dict[str, list[Any] | Range]:
+    def _parse_space(cls, raw: Any) -> dict[str, list[Any] | Range] | None:
         # Parsed by hand: pydantic's union errors name both branches ("list[any]: Input
         # should be a valid list; function-after[...]") instead of the problem.
+        if raw is None:
+            return None
         if not isinstance(raw, dict):
             raise ValueError("map dotted config keys to a list of choices or {low, high, log}")
         space: dict[str, list[Any] | Range] = {}
@@ -96,7 +111,12 @@ class TuneConfig(Section):
                 raise ValueError(f"{key}: give one choice; trials at different horizons "
                                  "forecast different targets and cannot be compared (run one "
                                  "sweep per horizon)")
-            if isinstance(choice, Range):
+            if key == SKIP_KEY:
+                if not isinstance(choice, list) or not choice \
+                        or not set(map(str, choice)) <= set(SKIP_CHOICES):
+                    raise ValueError(f"{key}: give a list of {', '.join(SKIP_CHOICES)}")
+                space[key] = choice
+            elif isinstance(choice, Range):
                 space[key] = choice
             elif isinstance(choice, list):
                 if not choice:
@@ -116,6 +136,10 @@ class TuneConfig(Section):
 
     @model_validator(mode="after")
     def _check_grid(self) -> TuneConfig:
+        if self.sampler == "grid" and self.space is None:
+            raise ValueError("tune.sampler 'grid' needs tune.space given as lists of choices "
+                             "(the space chosen from the data has ranges); give one or use "
+                             "'tpe'")
         if self.sampler == "grid" and any(isinstance(v, Range) for v in self.space.values()):
             raise ValueError("tune.sampler 'grid' needs a list of choices for every key in "
                              "tune.space; replace the {low, high} ranges or use 'tpe'")

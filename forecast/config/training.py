@@ -15,7 +15,7 @@ from forecast.config.fields import LocalPath, Section
 class TrainConfig(Section):
     """Optimisation."""
 
-    epochs: int = Field(20, gt=0, description="Maximum epochs.")
+    epochs: int = Field(12, gt=0, description="Maximum epochs.")
     batch_size: int = Field(128, gt=0, description="Windows per optimiser step.")
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -24,7 +24,7 @@ class TrainConfig(Section):
     )
     warmup_frac: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
     grad_clip: float | None = Field(1.0, gt=0, description="Max gradient norm; null: no clip.")
-    patience: int = Field(5, ge=0, description="Early stop after this many epochs without "
+    patience: int = Field(3, ge=0, description="Early stop after this many epochs without "
                           "a better validation loss; 0 disables early stopping.")
     loss: Literal["mse", "mae", "huber"] = Field("mse", description="Training loss.")
     huber_delta: float | None = Field(
