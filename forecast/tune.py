@@ -240,8 +240,16 @@ class _Objective:
                  records: list[TrialRecord], deadline: float) -> None:
         self.base, self.series, self.space = base, series, space
         self.records, self.deadline = records, deadline
+        # the longest a trial has taken to finish its first epoch (the skip's solve included)
+        self.first_epoch_s = 0.0
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.deadline - time.monotonic() < self.first_epoch_s:
+            # a trial started now could not score one epoch within the budget: end the search
+            # here rather than overrun it (Optuna's timeout only stops trials from starting)
+            trial.study.stop()
+            raise optuna.TrialPruned("too little budget left for one epoch")
+        started = time.monotonic()
         values = sample(trial, self.space, self.base.model.n_heads)
         metric = f"val_{self.base.tune.metric}"
         with tempfile.TemporaryDirectory() as scratch:
@@ -255,6 +263,9 @@ class _Objective:
 
                 def on_epoch(stats: EpochStats) -> None:
                     log_epoch(stats)
+                    if stats.epoch == 1:
+                        self.first_epoch_s = max(self.first_epoch_s,
+                                                 time.monotonic() - started)
                     trial.report(stats.val_loss, stats.epoch)
                     if time.monotonic() > self.deadline:
                         raise optuna.TrialPruned(f"the budget ran out at epoch {stats.epoch}")
