@@ -115,8 +115,10 @@ class Trained:
 
 
 def train_model(cfg: Config, series: SeriesSet,
-                on_epoch: Callable[[EpochStats], None] | None = None) -> Trained:
-    """Split, window, build and fit (resuming from a checkpoint of the same run key)."""
+                on_epoch: Callable[[EpochStats], None] | None = None,
+                stop: Callable[[], str | None] | None = None) -> Trained:
+    """Split, window, build and fit (resuming from a checkpoint of the same run key); `stop`
+    as `fit` takes it."""
     prepared = prepare(series, cfg.split, cfg.windows)
     seed_everything(cfg.train.seed)
     try:
@@ -125,7 +127,7 @@ def train_model(cfg: Config, series: SeriesSet,
         log.info("training on %d train / %d val windows, %d parameters",
                  len(prepared.windows("train")), len(prepared.windows("val")), model.n_params())
         result = fit(model, prepared, cfg.train, checkpoint_dir(cfg),
-                     run_key(cfg, series.digest), on_epoch)
+                     run_key(cfg, series.digest), on_epoch, stop)
     except (MemoryError, RuntimeError) as err:
         # torch's CPU allocator raises a RuntimeError (CUDA's OutOfMemoryError is one too)
         first = first_line(err)

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "last.ckpt"
 
 
+class Stopped(Exception):
+    """Training ended before its epochs because `fit`'s `stop` asked it to."""
+
+
 @dataclass
 class EpochStats:
     epoch: int  # 1-based
@@ -242,8 +246,11 @@ def fit(
     checkpoint_dir: Path,
     run_key: str,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    stop: Callable[[], str | None] | None = None,
 ) -> FitResult:
     """Train `model` in place on prepared's train windows; restore the best validation weights.
+    `stop` is asked before every batch: a reason it returns ends training with `Stopped`
+    (a search's time budget).
 
     In a process group (see forecast.distributed) every rank calls this with the same arguments:
     cfg.batch_size windows per rank and step, cfg.max_windows_per_epoch across all ranks."""
@@ -317,6 +324,8 @@ def fit(
             for x, y in train.batches(cfg.batch_size * dist.world, shuffle=True, generator=gen,
                                       limit=per_epoch, rank=dist.rank, world=dist.world):
                 interrupt.check()
+                if stop is not None and (reason := stop()):
+                    raise Stopped(f"{reason} in epoch {epoch}")
                 # drawn for the whole step's batch, as one process draws it; this rank's share
                 mask = random_pad_mask(len(x) * dist.world, x.shape[1], min_history,
                                        cfg.pad_augment, gen)

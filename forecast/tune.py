@@ -41,7 +41,7 @@ from forecast.tracking import (
     params,
     preflight,
 )
-from forecast.train import EpochStats, resolve_device
+from forecast.train import EpochStats, Stopped, resolve_device
 from forecast.windows import prepare, split_bounds
 
 log = logging.getLogger(__name__)
@@ -267,13 +267,17 @@ class _Objective:
                         self.first_epoch_s = max(self.first_epoch_s,
                                                  time.monotonic() - started)
                     trial.report(stats.val_loss, stats.epoch)
-                    if time.monotonic() > self.deadline:
-                        raise optuna.TrialPruned(f"the budget ran out at epoch {stats.epoch}")
                     if cfg.tune.prune and trial.should_prune():
                         raise optuna.TrialPruned(f"val_loss {stats.val_loss:.4f} at epoch "
                                                  f"{stats.epoch} is behind earlier trials")
 
-                trained = train_model(cfg, self.series, on_epoch)
+                def spent() -> str | None:
+                    return "the budget ran out" if time.monotonic() > self.deadline else None
+
+                try:
+                    trained = train_model(cfg, self.series, on_epoch, spent)
+                except Stopped as err:
+                    raise optuna.TrialPruned(str(err)) from None
                 season = cfg.eval.season or season_for(self.series.freq)
                 scores = evaluate(trained.model, trained.prepared, cfg.eval, season, "val",
                                   resolve_device(cfg.train)).metrics()

@@ -264,7 +264,7 @@ def test_a_sweep_on_the_data_space_ends_within_its_budget_and_writes_the_tuned_c
     out = capsys.readouterr().out
     assert code == 0, out
     assert "space chosen from the data: lookback candidates [96, 168, 336]" in out
-    # no trial starts after 20 s, and a running one stops at its next epoch (seconds here)
+    # no trial starts after 20 s, and a running one stops at its next batch
     assert seconds < 20 + 45, seconds
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("budget").experiment_id])

@@ -56,7 +56,7 @@ class TuneConfig(Section):
                         "the search first).")
     budget_minutes: float | None = Field(
         30.0, gt=0, description="The search ends within this many minutes: no trial starts "
-        "after it, and a running trial stops at its next epoch; null: no limit."
+        "after it, and a running trial stops at its next batch; null: no limit."
     )
     trial_windows_per_epoch: int | None = Field(
         16384, gt=0, description="Each trial trains on at most this many windows per epoch, "
