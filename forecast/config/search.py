@@ -59,7 +59,7 @@ class TuneConfig(Section):
         "after it, and a running trial stops at its next batch; null: no limit."
     )
     trial_windows_per_epoch: int | None = Field(
-        16384, gt=0, description="Each trial trains on at most this many windows per epoch, "
+        8192, gt=0, description="Each trial trains on at most this many windows per epoch, "
         "drawn afresh each epoch, so that trials on a large set stay cheap (a smaller "
         "train.max_windows_per_epoch wins); the tuned config keeps train.max_windows_per_epoch."
         " null: every window.")
