@@ -43,10 +43,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "last.ckpt"
 
 
-class Stopped(Exception):
-    """Training ended before its epochs because `fit`'s `stop` asked it to."""
-
-
 @dataclass
 class EpochStats:
     epoch: int  # 1-based
@@ -68,6 +64,7 @@ class FitResult:
     # the least-squares linear forecast alone ("epoch 0"), scored like the epochs; None when
     # the skip is trained by gradient
     linear_val_loss: float | None = None
+    stopped: str | None = None  # why `fit`'s `stop` ended training before its epochs
 
     def metrics(self) -> dict[str, float]:
         """What a run records about its training, beside its scores."""
@@ -249,8 +246,8 @@ def fit(
     stop: Callable[[], str | None] | None = None,
 ) -> FitResult:
     """Train `model` in place on prepared's train windows; restore the best validation weights.
-    `stop` is asked before every batch: a reason it returns ends training with `Stopped`
-    (a search's time budget).
+    `stop` is asked before every batch (by a single process: ranks would part ways): a reason
+    it returns ends training there, as early stopping does (a search's time budget).
 
     In a process group (see forecast.distributed) every rank calls this with the same arguments:
     cfg.batch_size windows per rank and step, cfg.max_windows_per_epoch across all ranks."""
@@ -325,7 +322,8 @@ def fit(
                                       limit=per_epoch, rank=dist.rank, world=dist.world):
                 interrupt.check()
                 if stop is not None and (reason := stop()):
-                    raise Stopped(f"{reason} in epoch {epoch}")
+                    result.stopped = f"{reason} in epoch {epoch}"
+                    break
                 # drawn for the whole step's batch, as one process draws it; this rank's share
                 mask = random_pad_mask(len(x) * dist.world, x.shape[1], min_history,
                                        cfg.pad_augment, gen)
@@ -357,6 +355,10 @@ def fit(
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
             bar.close()
+            if result.stopped:  # the partial epoch is not scored: the best whole one is kept
+                log.info("stopped: %s; keeping epoch %d (val_loss %.4f)", result.stopped,
+                         result.best_epoch, result.best_val_loss)
+                break
             total, seen = dist.sum_floats(total, seen)  # every rank's windows
             train_seconds = time.perf_counter() - t0
             # the training batch size: larger batches measured slower on CPU and raised peak RSS

@@ -41,7 +41,7 @@ from forecast.tracking import (
     params,
     preflight,
 )
-from forecast.train import EpochStats, Stopped, resolve_device
+from forecast.train import EpochStats, resolve_device
 from forecast.windows import prepare, split_bounds
 
 log = logging.getLogger(__name__)
@@ -274,10 +274,9 @@ class _Objective:
                 def spent() -> str | None:
                     return "the budget ran out" if time.monotonic() > self.deadline else None
 
-                try:
-                    trained = train_model(cfg, self.series, on_epoch, spent)
-                except Stopped as err:
-                    raise optuna.TrialPruned(str(err)) from None
+                trained = train_model(cfg, self.series, on_epoch, spent)
+                if trained.fit.stopped and not math.isfinite(trained.fit.best_val_loss):
+                    raise optuna.TrialPruned(f"{trained.fit.stopped}, before any score")
                 season = cfg.eval.season or season_for(self.series.freq)
                 scores = evaluate(trained.model, trained.prepared, cfg.eval, season, "val",
                                   resolve_device(cfg.train)).metrics()
@@ -295,7 +294,9 @@ class _Objective:
                 close_run("KILLED" if interrupted else "FAILED", f"{type(err).__name__}: {err}")
                 raise
             record.state, record.score = "complete", scores[metric]
-            mlflow.set_tag("tune.state", "complete")
+            mlflow.set_tags({"tune.state": "complete", **(
+                {"tune.reason": f"{trained.fit.stopped}: scored at its best epoch"}
+                if trained.fit.stopped else {})})
             mlflow.end_run("FINISHED")
             return record.score
 

@@ -321,3 +321,28 @@ def test_pad_augment_must_be_a_share_between_0_and_1(value, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [f"train.pad_augment={value}"])
     assert "train.pad_augment" in str(err.value) and message in str(err.value)
+
+
+def test_a_stop_ends_training_at_a_batch_and_keeps_the_best_whole_epoch(
+        tmp_path, tiny_config, tiny_prepared):
+    model = new_model(tiny_config, tiny_prepared)
+    snapshots: dict[int, dict] = {}
+    epochs_seen: list[int] = []
+    asked = 0
+
+    def on_epoch(stats: EpochStats) -> None:
+        snapshots[stats.epoch] = snapshot(model)
+        epochs_seen.append(stats.epoch)
+
+    def stop() -> str | None:  # the budget runs out at the second batch of epoch 3
+        nonlocal asked
+        asked += 1
+        return "the budget ran out" if len(epochs_seen) == 2 and asked > 1 else None
+
+    cfg = train_cfg(tiny_config, epochs=6)
+    result = fit(model, tiny_prepared, cfg, tmp_path / "ckpt", "k", on_epoch, stop)
+    assert result.stopped == "the budget ran out in epoch 3"
+    assert [h.epoch for h in result.history] == [1, 2]  # the partial epoch is not scored
+    assert result.best_epoch in (1, 2)
+    assert states_equal(model.state_dict(), snapshots[result.best_epoch])
+    assert not (tmp_path / "ckpt" / CHECKPOINT).exists()
