@@ -161,9 +161,9 @@ def data_space(cfg: Config, series: SeriesSet) -> Space:
                        f"{season} steps, {train_rows} training rows)")
 
 
-def check_space(cfg: Config, space: dict[str, list[Any] | Range] | None = None) -> None:
+def check_space(cfg: Config) -> None:
     """Refuse a space some of whose values make no valid config, before any trial runs."""
-    space = cfg.tune.space if space is None else space
+    space = cfg.tune.space
     if space is None:
         return  # chosen from the data, valid by construction
     searched = {"model.d_model", "model.n_heads"} & set(space)
