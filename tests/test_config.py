@@ -236,6 +236,14 @@ def test_dump_config_round_trips(tmp_path):
      "tune.space: model.d_model: give a list of choices or {low, high, log}"),
     ("tune.space={'': [1]}",  # it was accepted, then blamed on an override '=1' never given
      "tune.space: '' is not a dotted setting; name one such as train.lr"),
+    ("tune.space={model.skip: [plain]}",
+     "tune.space: model.skip: give a list of off, least_squares, robust"),
+    ("tune.space={model.skip: robust}",
+     "tune.space: model.skip: give a list of off, least_squares, robust"),
+    ("tune.budget_minutes=0", "tune.budget_minutes: Input should be greater than 0"),
+    ("tune.budget_minutes=.nan", "tune.budget_minutes: Input should be"),
+    ("tune.trial_windows_per_epoch=0",
+     "tune.trial_windows_per_epoch: Input should be greater than 0"),
     ("tune.space={split.train: [5000, 5760]}",  # trials were scored on different val blocks
      "tune.space: split.train: give one choice; split settings move the validation block"),
     ("split.train=null",  # it listed pydantic's union: split.train.float: ..., .int:, .str:

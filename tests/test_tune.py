@@ -286,3 +286,13 @@ def test_a_checkpoint_dir_a_sweep_does_not_use_is_named(
                  "--set", "windows.lookback=9000", *FAST[-2:]])  # stops before any trial
     assert code == 2
     assert "train.checkpoint_dir is not used by a sweep" in capsys.readouterr().err
+
+
+def test_a_write_config_path_that_cannot_be_written_fails_before_the_search(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["tune", "--config", str(demo_config_path()), "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--write-config", str(tmp_path)])
+    assert code == 2
+    assert f"--write-config {str(tmp_path)!r} is a folder; give a file name" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # no run was started
