@@ -1,4 +1,4 @@
-"""Would shrinking the encoder's correction pay? Scores models `benchmarks/etth.py` saved.
+"""Would shrinking the encoder's correction pay? Scores models `benchmarks/ett.py` saved.
 
 A shipped model forecasts RevIN⁻¹(skip(x) + head(z)): the least-squares linear forecast plus
 the encoder's correction. Scaling the head's weight and bias by one scalar `a` gives
@@ -7,7 +7,7 @@ give the validation MSE at every `a` in closed form. `a` is chosen on validation
 scored cross-fitted: chosen on the first half of the validation windows and scored on the
 second, and the other way round. Reads the validation block only, never the test block.
 
-    python benchmarks/etth.py --dataset ETTh2 --output-dir runs/etth      # trains and saves
+    python benchmarks/ett.py --dataset ETTh2 --output-dir runs/etth      # trains and saves
     python benchmarks/head_scale.py --dataset ETTh2 --output-dir runs/etth
 
 Prints a line per horizon, then one JSON line: a list of {dataset, horizon, seeds, val_mse_shipped,

@@ -49,7 +49,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import record  # noqa: E402
-from benchmarks.etth import DATASETS, HORIZONS, config_for, require_data  # noqa: E402
+from benchmarks.ett import DATASETS, HORIZONS, config_for, require_data  # noqa: E402
 from forecast.config import load_config  # noqa: E402
 from forecast.errors import ForecastError  # noqa: E402
 from forecast.model import RevIN  # noqa: E402

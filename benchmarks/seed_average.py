@@ -1,9 +1,9 @@
-"""Does averaging the seeds' forecasts pay? Scores the models `benchmarks/etth.py` saved.
+"""Does averaging the seeds' forecasts pay? Scores the models `benchmarks/ett.py` saved.
 
 For each horizon whose seed models are all in --output-dir, prints the validation (and, for
 the record, test) MSE of the single models (their mean) and of the average of their forecasts.
 
-    python benchmarks/etth.py --dataset ETTh1 --output-dir runs/etth    # trains and saves
+    python benchmarks/ett.py --dataset ETTh1 --output-dir runs/etth    # trains and saves
     python benchmarks/seed_average.py --dataset ETTh1 --output-dir runs/etth
 
 Prints a line per horizon, then one JSON line: a list of {dataset, horizon, seeds,

@@ -7,9 +7,9 @@ Reads benchmarks/results/*.json (each script's saved result, see benchmarks/reco
 benchmarks/reference.json (the published and all-windows reference figures) and the pydantic
 config models, and writes:
 
-- docs/generated/etth.md, reference.md, windows.md, batch_forecast.md, serving.md: the
+- docs/generated/ett.md, reference.md, windows.md, batch_forecast.md, serving.md: the
   benchmark tables, each with a line saying which commit, date and machine measured it
-  (included into docs/benchmarks.md with `--8<-- "etth.md"` and so on);
+  (included into docs/benchmarks.md with `--8<-- "ett.md"` and so on);
 - docs/config-reference.md: every config key, its type, default, constraints and description;
 - README.md's headline table, between `<!-- table:headline -->` and `<!-- /table:headline -->`,
   where README.md has those markers (otherwise README.md is left alone).
@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
+# the runs of benchmarks/ett.py the long-horizon table shows, their cells in this order
+ETT_RESULTS = ("etth.json",)
 REFERENCE = ROOT / "benchmarks" / "reference.json"
 GENERATED = ROOT / "docs" / "generated"
 CONFIG_REFERENCE = ROOT / "docs" / "config-reference.md"
@@ -113,26 +115,35 @@ def targets(reference: dict[str, Any]) -> dict[tuple[str, int], float]:
 TARGET = "PatchTST target [F]/[T]"
 
 
-def etth_page(etth: dict[str, Any], reference: dict[str, Any]) -> str:
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.1f}%"
+
+
+def ett_page(runs: list[dict[str, Any]], reference: dict[str, Any]) -> str:
+    """The long-horizon table, one row per cell of every run in `runs`, then each run's
+    provenance. A cell measured before the skip alone was scored shows n/a there."""
     goal = targets(reference)
     rows = []
-    for c in etth["results"]:
+    for c in (cell for run in runs for cell in run["results"]):
         target = goal[(c["dataset"], c["horizon"])]
         rows.append([
             c["dataset"], c["horizon"], c["lookback"],
             f"{c['mse']:.4f} ± {c['mse_std']:.4f}", f"{c['mae']:.4f} ± {c['mae_std']:.4f}",
             f"{target:.3f}", gap(c["mse"], target),
-            fixed(c["baselines"]["linear"]["mse"], 3), c["windows"],
-            fixed(c["train_seconds"], 1), c["params"], fixed(c["peak_rss_mb"], 0)])
+            fixed(c["baselines"]["linear"]["mse"], 3), fixed(c.get("skip_mse"), 4),
+            f"{percent(c.get('val_skill_over_skip'))} / {percent(c.get('skill_over_skip'))}",
+            c["windows"], fixed(c["train_seconds"], 1), c["params"],
+            fixed(c["peak_rss_mb"], 0)])
     head = ["data", "H", "L", "test MSE", "test MAE", TARGET, "MSE gap", "Ridge MSE",
-            "windows", "train s", "params", "peak RSS MB"]
-    return table(head, rows, "lrrrrrrrrrrr") + "\n" + provenance(etth)
+            "skip alone MSE", "encoder skill val / test", "windows", "train s", "params",
+            "peak RSS MB"]
+    return table(head, rows, "lrrrrrrrrrrrrr") + "\n" + "\n".join(map(provenance, runs))
 
 
-def headline(etth: dict[str, Any], reference: dict[str, Any]) -> str:
+def headline(runs: list[dict[str, Any]], reference: dict[str, Any]) -> str:
     goal = targets(reference)
     rows = []
-    for c in etth["results"]:
+    for c in (cell for run in runs for cell in run["results"]):
         target = goal[(c["dataset"], c["horizon"])]
         rows.append([c["dataset"], c["horizon"], f"{c['mse']:.4f}", f"{target:.3f}",
                      gap(c["mse"], target)])
@@ -378,9 +389,9 @@ def config_page() -> str:
 def pages() -> dict[Path, str]:
     """Every generated file and the text it should hold."""
     reference = load(REFERENCE)
-    etth = load(RESULTS / "etth.json")
+    ett = [load(RESULTS / name) for name in ETT_RESULTS]
     out = {
-        GENERATED / "etth.md": etth_page(etth, reference),
+        GENERATED / "ett.md": ett_page(ett, reference),
         GENERATED / "reference.md": reference_page(reference),
         GENERATED / "windows.md": windows_page(load(RESULTS / "windows.json")),
         GENERATED / "batch_forecast.md": batch_forecast_page(load(RESULTS / "batch_forecast.json")),
@@ -393,7 +404,7 @@ def pages() -> dict[Path, str]:
     if README.is_file():
         text = README.read_text()
         if HEADLINE.search(text):
-            block = headline(etth, reference)
+            block = headline(ett, reference)
             out[README] = HEADLINE.sub(lambda m: f"{m[1]}\n{block}\n{m[2]}", text, count=1)
     return out
 

@@ -1,8 +1,8 @@
 """Every script under benchmarks/ in a seconds-long smoke mode, in a subprocess: it exits 0,
 prints one JSON object (or list) as its last stdout line, and saves it through
-benchmarks/record.py with the commit, date and machine. etth.py, seed_average.py and
-head_scale.py run as one chain (the last two score the models etth.py saved):
-`test_etth_seed_average_and_head_scale`. Every run writes its results file under tmp_path,
+benchmarks/record.py with the commit, date and machine. ett.py, seed_average.py and
+head_scale.py run as one chain (the last two score the models ett.py saved):
+`test_ett_seed_average_and_head_scale`. Every run writes its results file under tmp_path,
 never into benchmarks/results/."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from forecast.synthetic import synthetic_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
-ETTH = BENCHMARKS / "etth.py"
+ETTH = BENCHMARKS / "ett.py"
 
 
 def etth_csv(folder: Path, seed: int = 3) -> Path:
@@ -56,8 +56,8 @@ def recorded(proc: subprocess.CompletedProcess, results: Path, benchmark: str) -
 
 
 def run_etth(data_dir: Path, out_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    """One quick cell of etth.py (ETTh1, H=96, L=96, one short epoch)."""
-    return run_script("etth.py", out_dir / "etth.json", "--dataset", "ETTh1", "--horizon", "96",
+    """One quick cell of ett.py (ETTh1, H=96, L=96, one short epoch)."""
+    return run_script("ett.py", out_dir / "ett.json", "--dataset", "ETTh1", "--horizon", "96",
                       "--data-dir", str(data_dir), "--output-dir", str(out_dir),
                       "--set", "train.epochs=1", "--set", "train.max_windows_per_epoch=64",
                       "--set", "windows.lookback=96", "--set", "eval.linear_max_windows=500",
@@ -65,7 +65,7 @@ def run_etth(data_dir: Path, out_dir: Path, *extra: str) -> subprocess.Completed
 
 
 def on_saved_models(script: str, out_dir: Path, data_dir: Path) -> Any:
-    """A script that scores the models etth.py saved (seeds 0 and 1), run to success."""
+    """A script that scores the models ett.py saved (seeds 0 and 1), run to success."""
     results = out_dir / f"{script}.json"
     proc = run_script(script, results, "--dataset", "ETTh1", "--output-dir", str(out_dir),
                       "--seeds", "0", "1", "--data-dir", str(data_dir))
@@ -158,9 +158,9 @@ def test_defaults_smoke(tmp_path: Path, data_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_etth_seed_average_and_head_scale(data_dir: Path, tmp_path: Path) -> None:
+def test_ett_seed_average_and_head_scale(data_dir: Path, tmp_path: Path) -> None:
     proc = run_etth(data_dir, tmp_path, "--seeds", "0", "1", "--jobs", "2")
-    cell = recorded(proc, tmp_path / "etth.json", "etth")
+    cell = recorded(proc, tmp_path / "ett.json", "ett")
     lines = proc.stdout.strip().splitlines()
     per_seed = {line.split(":")[0] for line in lines if line.startswith("ETTh1 H=96 seed=")}
     assert per_seed == {"ETTh1 H=96 seed=0", "ETTh1 H=96 seed=1"}
@@ -178,6 +178,12 @@ def test_etth_seed_average_and_head_scale(data_dir: Path, tmp_path: Path) -> Non
     assert 0 < cell["peak_rss_mb"] < 4096
     assert set(cell["baselines"]) >= {"naive", "linear"}
     assert f"{'ETTh1':<6}{96:>5}{96:>5}" in proc.stdout  # table row: data, H, L
+    # the skip alone, scored on the same windows: validation keeps nothing worse than it
+    # (ETTh1's val metric is the MSE), and the skill is the share of its MSE removed
+    assert cell["val_mse"] <= cell["skip_val_mse"] + 1e-5
+    assert cell["skill_over_skip"] == pytest.approx(1 - cell["mse"] / cell["skip_mse"], abs=2e-4)
+    if cell["best_epochs"] == [0, 0]:  # the skip alone was kept: the encoder added nothing
+        assert cell["mse"] == pytest.approx(cell["skip_mse"], abs=1e-6)
 
     # benchmarks/seed_average.py on the models this run saved
     avg, (averaged,) = on_saved_models("seed_average.py", tmp_path, data_dir)
@@ -228,7 +234,7 @@ def test_render_check_names_stale_files_and_fills_the_readme_block(
     assert "old" not in text and text.endswith("<!-- /table:headline -->\nafter\n")
     assert "| ETTh1 | 96 |" in text
 
-    (tmp_path / "generated" / "etth.md").write_text("edited by hand\n")
+    (tmp_path / "generated" / "ett.md").write_text("edited by hand\n")
     assert render.main(["--check"]) == 1
     readme.write_text("# no markers\n")
     render.main([])

@@ -1,6 +1,6 @@
-"""benchmarks/etth.py's checks of its flags and of the protocol, its drop-last scores, and
+"""benchmarks/ett.py's checks of its flags and of the protocol, its drop-last scores, and
 head_scale.py's arithmetic. The end-to-end run (with seed_average.py and head_scale.py on its
-models) is tests/test_benchmarks.py's test_etth_seed_average_and_head_scale."""
+models) is tests/test_benchmarks.py's test_ett_seed_average_and_head_scale."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from tests.test_benchmarks import etth_csv, run_etth
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "etth.py"
+SCRIPT = ROOT / "benchmarks" / "ett.py"
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,30 @@ def test_seed_average_refuses_a_repeated_seed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("horizon", [96, 192, 336, 720])
-@pytest.mark.parametrize("dataset", ["ETTh1", "ETTh2"])
+@pytest.mark.parametrize("dataset", ["ETTh1", "ETTh2", "ETTm2"])
+def test_every_shipped_config_uses_the_protocols_split(dataset: str, horizon: int) -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from ett import SPLITS, TARGETS, config_for
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from forecast.config import load_config
+
+    cfg = load_config(config_for(dataset, horizon), [f"windows.horizon={horizon}"])
+    assert (cfg.split.by, cfg.split.train, cfg.split.val, cfg.split.test) == \
+        ("rows", *SPLITS[dataset])
+    assert SPLITS["ETTm2"] == (34560, 11520, 11520)  # BENCHMARK.md's ETTm2 rows
+    assert 0.1 < TARGETS[(dataset, horizon)] < 0.5  # every cell has its target
+
+
+@pytest.mark.parametrize("horizon", [96, 192, 336, 720])
+@pytest.mark.parametrize("dataset", ["ETTh1", "ETTh2", "ETTm2"])
 def test_peer_config_applies_to_every_shipped_config(dataset: str, horizon: int) -> None:
     # --peer-config turns the linear skip off; a config that solves it by least squares must
     # still validate, with PatchTST's architecture and lookback
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        from etth import PEER, config_for
+        from ett import PEER, config_for
     finally:
         sys.path.remove(str(SCRIPT.parent))
     from forecast.config import load_config
@@ -112,7 +129,7 @@ def test_drop_last_scores_only_whole_batches_of_128() -> None:
     # are huge here, so scoring them would blow the figure up
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        from etth import drop_last_scores
+        from ett import drop_last_scores
     finally:
         sys.path.remove(str(SCRIPT.parent))
     from forecast.windows import WindowIndex, WindowSet

@@ -1,28 +1,32 @@
-"""ETTh1/ETTh2 long-horizon benchmark, following ../shared/BENCHMARK.md exactly.
+"""ETTh1/ETTh2/ETTm2 long-horizon benchmark, following ../shared/BENCHMARK.md exactly.
 
-Rows [0, 8640) train, [8640, 11520) val, [11520, 14400) test; scaler fitted on train rows;
-val/test windows start L rows before their block; every stride-1 test window is scored
-(2880 - H + 1); MSE/MAE on scaled values over all windows, steps and the 7 channels.
+Each set's rows split train/val/test as the protocol says (ETTh: 8640/2880/2880; ETTm2:
+34560/11520/11520); scaler fitted on train rows; val/test windows start L rows before their
+block; every stride-1 test window is scored (test rows - H + 1); MSE/MAE on scaled values over
+all windows, steps and the 7 channels. Each cell also scores the least-squares skip alone (the
+trained model with the encoder's head set to zero, what training starts from) on validation
+and test, so the table says what the encoder adds.
 
-    python benchmarks/etth.py                       # both datasets, all horizons, seeds 0 1 2
-    python benchmarks/etth.py --dataset ETTh1 --horizon 96     # one cell
-    python benchmarks/etth.py --seeds 0                        # one seed
-    python benchmarks/etth.py --dataset ETTh1 --horizon 96 --peer-config   # PatchTST's arch
-    python benchmarks/etth.py --seeds 0 1 2 --jobs 2           # two trainings at a time
+    python benchmarks/ett.py                        # all datasets, all horizons, seeds 0 1 2
+    python benchmarks/ett.py --dataset ETTh1 --horizon 96      # one cell
+    python benchmarks/ett.py --seeds 0                         # one seed
+    python benchmarks/ett.py --dataset ETTh1 --horizon 96 --peer-config    # PatchTST's arch
+    python benchmarks/ett.py --seeds 0 1 2 --jobs 2            # two trainings at a time
 
 Each (dataset, horizon, seed) trains in its own subprocess, so peak RSS is that cell's own.
 With --jobs N, N subprocesses run at once and share the cores (cores // N torch threads each):
 on a 2-core machine two 1-thread trainings finish about 1.2x sooner in total than one after
 the other at 2 threads, but each cell's train time and windows/s are then per-thread figures.
 Prints a table, then one JSON line (an object for one cell, a list for several), saved to
-benchmarks/results/etth.json for a run of the whole table with the shipped configs, else to
-benchmarks/results/etth_partial.json (--results names another file).
+benchmarks/results/ett.json for a run of the whole table with the shipped configs, else to
+benchmarks/results/ett_partial.json (--results names another file).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import copy
 import json
 import resource
 import statistics
@@ -39,19 +43,29 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import record  # noqa: E402
-from forecast.metrics import MetricAccumulator  # noqa: E402
+from forecast.metrics import MetricAccumulator, skill  # noqa: E402
+from forecast.model import PatchTransformer  # noqa: E402
 from forecast.train import available_cores  # noqa: E402
-from forecast.windows import WindowSet  # noqa: E402
+from forecast.windows import Prepared, WindowSet  # noqa: E402
 
 HORIZONS = (96, 192, 336, 720)
-DATASETS = ("ETTh1", "ETTh2")
+DATASETS = ("ETTh1", "ETTh2", "ETTm2")
 SEEDS = [0, 1, 2]
-EXPECTED = {"rows": (8640, 2880, 2880)}
+REFERENCE = json.loads((ROOT / "benchmarks" / "reference.json").read_text())
+# the protocol's train / val / test rows per dataset (BENCHMARK.md)
+SPLITS = {name: tuple(rows) for name, rows in REFERENCE["splits"].items()}
 
-# PatchTST/64 (L=512) published test MSE / MAE, from benchmarks/reference.json (BENCHMARK.md).
-PATCHTST64 = {(r["dataset"], r["horizon"]): (r["mse"], r["mae"])
-              for r in json.loads((ROOT / "benchmarks" / "reference.json").read_text())["published"]
-              if r["model"] == "PatchTST/64"}
+
+def targets() -> dict[tuple[str, int], float]:
+    """Each cell's target test MSE: the better of PatchTST's two all-windows re-runs."""
+    runs: dict[tuple[str, int], list[float]] = {}
+    for r in REFERENCE["all_windows"]:
+        if r["column"] in ("official", "best_lookback"):
+            runs.setdefault((r["dataset"], r["horizon"]), []).append(r["mse"])
+    return {key: min(mses) for key, mses in runs.items()}
+
+
+TARGETS = targets()
 
 
 # PatchTST's test loader (batch 128, drop_last=True) scores whole batches only: the published
@@ -93,19 +107,20 @@ def run_cell(dataset: str, horizon: int, seed: int, data_dir: Path, out_dir: Pat
     ]
     cfg = load_config(config_for(dataset, horizon), overrides)
     split = (cfg.split.by, (cfg.split.train, cfg.split.val, cfg.split.test))
-    if split != ("rows", EXPECTED["rows"]):
+    if split != ("rows", SPLITS[dataset]):
         raise SystemExit(f"{config_for(dataset, horizon)} does not use the protocol's row split")
     t0 = time.perf_counter()
     outcome = train_and_evaluate(cfg)
     wall = time.perf_counter() - t0
     ev = outcome.evaluation
     dropped = drop_last_scores(outcome.model, outcome.prepared.windows("test"))
-    expected_windows = 2880 - horizon + 1
+    expected_windows = SPLITS[dataset][2] - horizon + 1
     if ev.model.windows != expected_windows:
         raise SystemExit(f"scored {ev.model.windows} windows, protocol says {expected_windows}")
     return {
         "dataset": dataset, "horizon": horizon, "lookback": cfg.windows.lookback, "seed": seed,
         "mse": ev.model.mse, "mae": ev.model.mae, "windows": ev.model.windows, **dropped,
+        "val_mse": outcome.validation.model.mse,
         "train_seconds": round(outcome.fit.seconds, 1), "wall_seconds": round(wall, 1),
         "epochs": len(outcome.fit.history), "best_epoch": outcome.fit.best_epoch,
         "train_windows_per_second": round(outcome.fit.windows_per_second, 1),
@@ -113,7 +128,33 @@ def run_cell(dataset: str, horizon: int, seed: int, data_dir: Path, out_dir: Pat
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "baselines": {k: {"mse": v.mse, "mae": v.mae} for k, v in ev.baselines.items()},
         "config": str(config_for(dataset, horizon).relative_to(ROOT)),
+        **skip_alone_scores(outcome.model, outcome.prepared),
     }
+
+
+def skip_alone_scores(model: PatchTransformer, prepared: Prepared) -> dict[str, float | None]:
+    """Validation and test MSE of the least-squares skip alone: the model with the encoder's
+    head at zero, which is where training starts and what validation keeps at best epoch 0.
+    None when the skip is not solved in closed form (there is no such model to compare)."""
+    if model.cfg.skip_fit != "least_squares":
+        return {"skip_val_mse": None, "skip_mse": None}
+    alone = copy.deepcopy(model)
+    with torch.no_grad():
+        alone.head.weight.zero_()
+        alone.head.bias.zero_()
+    return {"skip_val_mse": all_window_mse(alone, prepared.windows("val")),
+            "skip_mse": all_window_mse(alone, prepared.windows("test"))}
+
+
+@torch.inference_mode()
+def all_window_mse(model: Callable[[torch.Tensor], torch.Tensor], windows: WindowSet,
+                   batch: int = 512) -> float:
+    ones = np.ones(windows.n_channels)
+    acc = MetricAccumulator(windows.horizon, np.zeros(windows.n_channels), ones, ones)
+    for lo in range(0, len(windows), batch):
+        x, y = windows.gather(torch.arange(lo, min(lo + batch, len(windows))))
+        acc.update(model(x), y)
+    return acc.result().mse
 
 
 @torch.inference_mode()
@@ -147,40 +188,54 @@ def spawn_cell(dataset: str, horizon: int, seed: int, args: argparse.Namespace) 
 
 
 def summarise(runs: list[dict]) -> dict:
-    """One cell over its seeds: means (and std) of the figures, baselines from the first seed."""
+    """One cell over its seeds: means (and std) of the figures, baselines from the first seed,
+    and the encoder's skill over the skip alone (share of the skip's MSE it removes)."""
     first = runs[0]
     cell = {k: first[k] for k in ("dataset", "horizon", "lookback", "windows",
                                   "windows_drop_last", "params", "baselines", "config")}
     cell["seeds"] = [r["seed"] for r in runs]
     cell["seed_mse"] = [round(r["mse"], 4) for r in runs]
-    for key in ("mse", "mae", "mse_drop_last", "mae_drop_last", "train_seconds",
-                "train_windows_per_second"):
+    cell["best_epochs"] = [r["best_epoch"] for r in runs]
+    for key in ("mse", "mae", "val_mse", "skip_mse", "skip_val_mse", "mse_drop_last",
+                "mae_drop_last", "train_seconds", "train_windows_per_second"):
         vals = [r[key] for r in runs]
-        cell[key] = round(statistics.fmean(vals), 4)
+        cell[key] = None if None in vals else round(statistics.fmean(vals), 4)
         if key in ("mse", "mae"):
             cell[f"{key}_std"] = round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0
+    for block in ("", "val_"):  # from the unrounded means
+        skip = [r[f"skip_{block}mse"] for r in runs]
+        cell[f"{block}skill_over_skip"] = None if None in skip else round(skill(
+            statistics.fmean(r[f"{block}mse"] for r in runs), statistics.fmean(skip)), 4)
     cell["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return cell
 
 
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}%"
+
+
 def table(cells: list[dict]) -> str:
-    head = (f"{'data':<6}{'H':>5}{'L':>5}{'MSE':>16}{'MAE':>16}{'PatchTST/64':>14}"
-            f"{'naive':>8}{'linear':>8}{'windows':>8}{'train s':>9}{'win/s':>8}{'params':>8}"
-            f"{'RSS MB':>8}{'dl MSE':>8}")
+    head = (f"{'data':<6}{'H':>5}{'L':>5}{'MSE':>16}{'MAE':>16}{'target':>8}{'gap':>8}"
+            f"{'naive':>8}{'linear':>8}{'skip':>8}{'enc val':>8}{'enc test':>9}"
+            f"{'windows':>8}{'train s':>9}{'win/s':>8}{'params':>8}{'RSS MB':>8}")
     lines = [head, "-" * len(head)]
     for c in cells:
-        ref = PATCHTST64[(c["dataset"], c["horizon"])]
+        target = TARGETS[(c["dataset"], c["horizon"])]
+        skip = "n/a" if c["skip_mse"] is None else f"{c['skip_mse']:.4f}"
         lines.append(
             f"{c['dataset']:<6}{c['horizon']:>5}{c['lookback']:>5}"
             f"{c['mse']:>9.4f}±{c['mse_std']:<6.4f}{c['mae']:>9.4f}±{c['mae_std']:<6.4f}"
-            f"{ref[0]:>7.3f}/{ref[1]:.3f}"
+            f"{target:>8.3f}{c['mse'] - target:>+8.4f}"
             f"{c['baselines']['naive']['mse']:>8.3f}{c['baselines']['linear']['mse']:>8.3f}"
+            f"{skip:>8}{percent(c['val_skill_over_skip']):>8}{percent(c['skill_over_skip']):>9}"
             f"{c['windows']:>8}{c['train_seconds']:>9.1f}{c['train_windows_per_second']:>8.0f}"
-            f"{c['params']:>8}{c['peak_rss_mb']:>8.0f}{c['mse_drop_last']:>8.4f}")
-    lines.append("MSE/MAE: mean±std over seeds, scaled values, all test windows; "
-                 "win/s counts one window of one channel as one")
-    lines.append("dl MSE: the mean MSE over the windows PatchTST's test loader scores (batches "
-                 "of 128, drop_last), context only")
+            f"{c['params']:>8}{c['peak_rss_mb']:>8.0f}")
+    lines.append("MSE/MAE: mean±std over seeds, scaled values, all test windows; target: the "
+                 "better of PatchTST's two all-windows re-runs; win/s counts one window of one "
+                 "channel as one")
+    lines.append("skip: test MSE of the least-squares skip alone; enc val / enc test: the share "
+                 "of the skip's MSE the encoder removes on validation / test (0 when validation "
+                 "kept the skip alone)")
     return "\n".join(lines)
 
 
@@ -215,19 +270,19 @@ def main() -> None:
     p.add_argument("--cell", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--results", type=Path, metavar="PATH",
                    help="where to save the result as JSON (default: benchmarks/results/"
-                   "etth.json for the whole table with the shipped configs and seeds, else "
-                   "etth_partial.json)")
+                   "ett.json for the whole table with the shipped configs and seeds, else "
+                   "ett_partial.json)")
     args = p.parse_args()
     require_data(args.data_dir, args.dataset or DATASETS)
     whole = not (args.dataset or args.horizon or args.set or args.peer_config
                  or args.seeds != SEEDS)
-    results = args.results or record.RESULTS_DIR / ("etth.json" if whole else "etth_partial.json")
+    results = args.results or record.RESULTS_DIR / ("ett.json" if whole else "ett_partial.json")
 
     if args.cell:  # child process: one seed of one cell
         print(json.dumps(run_cell(args.dataset[0], args.horizon[0], args.seeds[0],
                                   args.data_dir, args.output_dir, args.set or [])))
         return
-    run = record.start("etth")
+    run = record.start("ett")
     if len(set(args.seeds)) < len(args.seeds):
         p.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed "
                 "would count the same run twice in the mean and std)")
