@@ -20,6 +20,7 @@ from forecast.errors import DataError, TrainingError, first_line
 from forecast.evaluate import Evaluation, evaluate, fit_linear_baseline
 from forecast.model import PatchTransformer, build_model
 from forecast.paths import writable_dir
+from forecast.skip_fit import SkipSolutions
 from forecast.synthetic import synthetic_frame
 from forecast.train import EpochStats, FitResult, fit, resolve_device, seed_everything
 from forecast.windows import Prepared, prepare
@@ -114,11 +115,27 @@ class Trained:
     fit: FitResult
 
 
+def skip_key(cfg: Config) -> str:
+    """What a least-squares skip and its validation loss depend on, the data aside: the
+    windows and split, the skip's own settings, and the padding, seed and loss of training."""
+    m, t = cfg.model, cfg.train
+    return json.dumps({
+        "windows": cfg.windows.model_dump(mode="json"), "split": cfg.split.model_dump(mode="json"),
+        "model": {"shortest_history": m.shortest_history, **m.model_dump(
+            mode="json", include={"revin", "skip_level", "skip_per_channel", "skip_huber_delta",
+                                  "skip_rank"})},
+        "train": t.model_dump(mode="json", include={"pad_augment", "seed", "loss", "val_metric",
+                                                    "huber_delta"}),
+    }, sort_keys=True)
+
+
 def train_model(cfg: Config, series: SeriesSet,
                 on_epoch: Callable[[EpochStats], None] | None = None,
-                stop: Callable[[], str | None] | None = None) -> Trained:
+                stop: Callable[[], str | None] | None = None,
+                skips: SkipSolutions | None = None) -> Trained:
     """Split, window, build and fit (resuming from a checkpoint of the same run key); `stop`
-    as `fit` takes it."""
+    as `fit` takes it; `skips`: least-squares skips to reuse and keep, for calls on the same
+    series (a search's trials)."""
     prepared = prepare(series, cfg.split, cfg.windows)
     seed_everything(cfg.train.seed)
     try:
@@ -127,7 +144,8 @@ def train_model(cfg: Config, series: SeriesSet,
         log.info("training on %d train / %d val windows, %d parameters",
                  len(prepared.windows("train")), len(prepared.windows("val")), model.n_params())
         result = fit(model, prepared, cfg.train, checkpoint_dir(cfg),
-                     run_key(cfg, series.digest), on_epoch, stop)
+                     run_key(cfg, series.digest), on_epoch, stop,
+                     skips.slot(skip_key(cfg)) if skips is not None else None)
     except (MemoryError, RuntimeError) as err:
         # torch's CPU allocator raises a RuntimeError (CUDA's OutOfMemoryError is one too)
         first = first_line(err)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -217,3 +218,49 @@ def fit_linear_skip(model: PatchTransformer, train: WindowSet, *, pad_augment: f
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
     return len(train)
+
+
+@dataclass(frozen=True)
+class SolvedSkip:
+    """A solved skip and the validation loss of the skip alone (the model at "epoch 0")."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    val_loss: float
+
+    def apply(self, model: PatchTransformer) -> None:
+        """Give a newly built model this skip and a zero head, as `fit_linear_skip` does."""
+        with torch.no_grad():
+            model.skip.weight.copy_(self.weight)
+            model.skip.bias.copy_(self.bias)
+            torch.nn.init.zeros_(model.head.weight)
+            torch.nn.init.zeros_(model.head.bias)
+
+
+@dataclass
+class SkipSolutions:
+    """Skips solved in this process, keyed by everything that determines them (the caller's
+    key): a search's trials that share a lookback and the skip's settings differ only in the
+    encoder, whose head starts at zero, so they reuse one solve (minutes on a large set) and
+    its validation score instead of repeating both."""
+
+    solved: dict[str, SolvedSkip] = field(default_factory=dict)
+
+    def slot(self, key: str) -> SkipSlot:
+        return SkipSlot(self, key)
+
+
+@dataclass(frozen=True)
+class SkipSlot:
+    """One key's place in a SkipSolutions: what `fit` reads and fills."""
+
+    store: SkipSolutions
+    key: str
+
+    def get(self) -> SolvedSkip | None:
+        return self.store.solved.get(self.key)
+
+    def put(self, model: PatchTransformer, val_loss: float) -> None:
+        self.store.solved[self.key] = SolvedSkip(model.skip.weight.detach().cpu().clone(),
+                                                 model.skip.bias.detach().cpu().clone(),
+                                                 val_loss)

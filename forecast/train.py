@@ -35,7 +35,7 @@ from forecast.config import TrainConfig
 from forecast.distributed import SINGLE, Dist
 from forecast.errors import TrainingError
 from forecast.model import PatchTransformer
-from forecast.skip_fit import fit_linear_skip
+from forecast.skip_fit import SkipSlot, fit_linear_skip
 from forecast.windows import Prepared, WindowSet, random_pad_mask
 
 log = logging.getLogger(__name__)
@@ -244,10 +244,12 @@ def fit(
     run_key: str,
     on_epoch: Callable[[EpochStats], None] | None = None,
     stop: Callable[[], str | None] | None = None,
+    skip: SkipSlot | None = None,
 ) -> FitResult:
     """Train `model` in place on prepared's train windows; restore the best validation weights.
     `stop` is asked before every batch (by a single process: ranks would part ways): a reason
-    it returns ends training there, as early stopping does (a search's time budget).
+    it returns ends training there, as early stopping does (a search's time budget). `skip`:
+    where a least-squares skip solved earlier for the same key is found, and this one is kept.
 
     In a process group (see forecast.distributed) every rank calls this with the same arguments:
     cfg.batch_size windows per rank and step, cfg.max_windows_per_epoch across all ranks."""
@@ -299,9 +301,19 @@ def fit(
     elif model.cfg.skip_fit == "least_squares":
         # solved here, not on resume (the checkpoint holds it); the closed-form linear forecast
         # is a candidate too: validation may prefer it to every trained epoch (best_epoch 0)
-        fit_linear_skip(model, train, pad_augment=cfg.pad_augment, seed=cfg.seed, dist=dist)
+        solved = skip.get() if skip is not None else None
+        if solved is None:
+            fit_linear_skip(model, train, pad_augment=cfg.pad_augment, seed=cfg.seed, dist=dist)
+            result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device,
+                                                   dist)
+            if skip is not None:
+                skip.put(model, result.best_val_loss)
+        else:
+            solved.apply(model)
+            result.best_val_loss = solved.val_loss
+            log.info("linear skip: the solution already found for this lookback and these "
+                     "skip settings")
         best_state = copy.deepcopy(model.state_dict())
-        result.best_val_loss = validation_loss(model, val, cfg.batch_size, val_fn, device, dist)
         result.linear_val_loss = result.best_val_loss
         log.info("epoch 0 (least-squares linear skip alone): val_loss %.4f", result.best_val_loss)
 

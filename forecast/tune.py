@@ -20,6 +20,7 @@ from typing import Any
 import mlflow
 import optuna
 
+from forecast.baselines import LinearBaseline
 from forecast.config import (
     Config,
     Range,
@@ -31,8 +32,9 @@ from forecast.config import (
 from forecast.config.search import SKIP_CHOICES, SKIP_KEY
 from forecast.data import SeriesSet, season_for
 from forecast.errors import ConfigError, TrainingError
-from forecast.evaluate import evaluate
-from forecast.runner import load_data, train_model
+from forecast.evaluate import evaluate, fit_linear_baseline
+from forecast.runner import Trained, load_data, train_model
+from forecast.skip_fit import SkipSolutions
 from forecast.tracking import (
     artifact_store,
     close_run,
@@ -242,6 +244,10 @@ class _Objective:
         self.records, self.deadline = records, deadline
         # the longest a trial has taken to finish its first epoch (the skip's solve included)
         self.first_epoch_s = 0.0
+        # what trials sharing windows share: least-squares skips, and Ridge baselines by their
+        # windows (the trials differ in the encoder and its training only)
+        self.skips = SkipSolutions()
+        self.ridges: dict[str, LinearBaseline] = {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.deadline - time.monotonic() < self.first_epoch_s:
@@ -274,13 +280,17 @@ class _Objective:
                 def spent() -> str | None:
                     return "the budget ran out" if time.monotonic() > self.deadline else None
 
-                trained = train_model(cfg, self.series, on_epoch, spent)
-                if trained.fit.stopped and not math.isfinite(trained.fit.best_val_loss):
-                    raise optuna.TrialPruned(f"{trained.fit.stopped}, before any score")
-                season = cfg.eval.season or season_for(self.series.freq)
-                scores = evaluate(trained.model, trained.prepared, cfg.eval, season, "val",
-                                  resolve_device(cfg.train)).metrics()
-                mlflow.log_metrics({**scores, **trained.fit.metrics()})
+                trained = train_model(cfg, self.series, on_epoch, spent, self.skips)
+                fit = trained.fit
+                if fit.stopped and not math.isfinite(fit.best_val_loss):
+                    raise optuna.TrialPruned(f"{fit.stopped}, before any score")
+                if fit.stopped and validated_by(cfg) == cfg.tune.metric:
+                    # the budget is spent: the kept epoch's validation score is the trial's
+                    # score already, and scoring the baselines too would overrun the budget
+                    scores = {metric: fit.best_val_loss}
+                else:
+                    scores = self.score(cfg, trained)
+                mlflow.log_metrics({**scores, **fit.metrics()})
             except optuna.TrialPruned as err:
                 record.state = "pruned"
                 mlflow.set_tags({"tune.state": "pruned", "tune.reason": str(err)})
@@ -295,10 +305,27 @@ class _Objective:
                 raise
             record.state, record.score = "complete", scores[metric]
             mlflow.set_tags({"tune.state": "complete", **(
-                {"tune.reason": f"{trained.fit.stopped}: scored at its best epoch"}
-                if trained.fit.stopped else {})})
+                {"tune.reason": f"{fit.stopped}: scored at its best epoch"}
+                if fit.stopped else {})})
             mlflow.end_run("FINISHED")
             return record.score
+
+
+    def score(self, cfg: Config, trained: Trained) -> dict[str, float]:
+        """The trial's validation metrics and its skill over the baselines."""
+        season = cfg.eval.season or season_for(self.series.freq)
+        windows = json.dumps([cfg.windows.model_dump(mode="json"),
+                              cfg.split.model_dump(mode="json"),
+                              cfg.eval.model_dump(mode="json")], sort_keys=True)
+        if windows not in self.ridges:
+            self.ridges[windows] = fit_linear_baseline(trained.prepared, cfg.eval)
+        return evaluate(trained.model, trained.prepared, cfg.eval, season, "val",
+                        resolve_device(cfg.train), self.ridges[windows]).metrics()
+
+
+def validated_by(cfg: Config) -> str:
+    """The metric training keeps its best epoch by (train.val_metric, the loss for 'loss')."""
+    return cfg.train.loss if cfg.train.val_metric == "loss" else cfg.train.val_metric
 
 
 def tune(cfg: Config, uri: str, trials: int | None = None,

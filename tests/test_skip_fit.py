@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from forecast.config import build_config, load_config
+from forecast.config import Config, build_config, load_config
 from forecast.data import DataConfig, frame_to_series
 from forecast.errors import ConfigError
 from forecast.model import build_model
-from forecast.skip_fit import IRLS_STEPS, RIDGE, fit_linear_skip, reduce_rank
+from forecast.skip_fit import IRLS_STEPS, RIDGE, SkipSolutions, fit_linear_skip, reduce_rank
 from forecast.train import CHECKPOINT, fit
-from forecast.windows import prepare, random_pad_mask
+from forecast.windows import Prepared, prepare, random_pad_mask
 
 from .conftest import tiny_raw
 
@@ -492,3 +493,25 @@ def test_the_solve_says_what_it_reads_and_each_pass_it_finishes(
                                f"windows x {prepared.n_channels} channels, {passes} pass")
     assert [line.split(",")[0] for line in lines[1:]] == [
         f"linear skip: pass {k} of {passes} read" for k in range(1, passes + 1)]
+
+
+def test_a_skip_solved_once_is_reused_by_a_model_of_another_width(
+        tiny_prepared: Prepared, tiny_config: Config, tmp_path: Path) -> None:
+    skips = SkipSolutions()
+    results, models = [], []
+    for d_model in (8, 16):
+        cfg = tiny_config.model.model_copy(update={"d_model": d_model, "linear_skip": True,
+                                                   "skip_fit": "least_squares"})
+        model = build_model(cfg, tiny_prepared.lookback, tiny_prepared.horizon,
+                            tiny_prepared.n_channels)
+        train = tiny_config.train.model_copy(update={"epochs": 1, "resume": False})
+        results.append(fit(model, tiny_prepared, train, tmp_path / str(d_model), "key",
+                           skip=skips.slot("same windows and skip settings")))
+        models.append(model)
+    assert len(skips.solved) == 1
+    assert results[1].linear_val_loss == results[0].linear_val_loss
+    # both skips are the one solution (frozen through training), the second never solved
+    solved = skips.solved["same windows and skip settings"]
+    for model in models:
+        assert torch.equal(model.skip.weight, solved.weight)
+        assert torch.equal(model.skip.bias, solved.bias)

@@ -296,3 +296,31 @@ def test_a_write_config_path_that_cannot_be_written_fails_before_the_search(
     assert f"--write-config {str(tmp_path)!r} is a folder; give a file name" in \
         capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # no run was started
+
+
+@pytest.mark.slow
+def test_trials_sharing_a_lookback_solve_the_skip_once_and_reuse_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    caplog.set_level("INFO")
+    code = main(["tune", "--config", str(demo_config_path()), "--tracking-uri", uri,
+                 "--set", "tracking.experiment=reuse", *FAST[:-2], "--set", "tune.sampler=grid",
+                 "--set", "tune.prune=false",
+                 "--set", "tune.space={windows.lookback: [48, 96], model.d_model: [8, 16]}"])
+    assert code == 0, capsys.readouterr().out
+    messages = [r.getMessage() for r in caplog.records]
+    # four trials, two lookbacks: each lookback's skip is solved once, then found
+    assert sum(m.startswith("solving the linear skip by least squares") for m in messages) == 2
+    assert sum(m.startswith("linear skip: the solution already found") for m in messages) == 2
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("reuse").experiment_id])
+    trials = [r for r in runs if "tune.trial" in r.data.tags]
+    assert len(trials) == 4
+    by_lookback: dict[str, set[float]] = {}
+    for r in trials:
+        by_lookback.setdefault(r.data.params["windows.lookback"], set()).add(
+            r.data.metrics["linear_skip_val_loss"])
+    # the skip alone scores the same for both widths of a lookback, and differs between them
+    assert {k: len(v) for k, v in by_lookback.items()} == {"48": 1, "96": 1}
+    assert len(set.union(*by_lookback.values())) == 2
