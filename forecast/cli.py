@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -393,6 +394,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.reload_interval:
         env["FORECAST_RELOAD_INTERVAL_S"] = str(args.reload_interval)
     os.environ.update(env)
+    from serving.metrics import MULTIPROC_DIR, prepare_multiprocess_dir
     from serving.settings import Settings
 
     try:
@@ -404,11 +406,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.model_uri.startswith("models:/"):  # an unreachable server retries for minutes
         preflight(default_uri(settings.tracking_uri), PREFLIGHT_SECONDS, create=False)
     _check_port(args.host, args.port)
+    scratch = None  # a metrics folder made here, removed when the service stops
+    if args.workers > 1 or MULTIPROC_DIR in os.environ:  # before a worker imports prometheus
+        given = MULTIPROC_DIR in os.environ
+        folder = prepare_multiprocess_dir()
+        scratch = None if given else folder
+        log.info("metrics of %d worker(s) summed through %s", args.workers, folder)
     print(f"serving {env['FORECAST_MODEL_URI']} on http://{args.host}:{args.port} "
           f"(docs at /docs)", flush=True)
-    uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="warning" if args.quiet else "info",
-                access_log=False)
+    try:
+        uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level="warning" if args.quiet else "info",
+                    access_log=False)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

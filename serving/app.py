@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        state.metrics.close()
 
     app = FastAPI(title="forecast", version="1", lifespan=lifespan,
                   description="Forecasts from the registered model. POST /v1/forecast.")

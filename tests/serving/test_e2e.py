@@ -3,18 +3,23 @@ registry, real HTTP. Includes the hot swap under a stream of requests and a brok
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
 
 from forecast.registry import CHAMPION, load_version_forecaster
 from tests.serving.conftest import MODEL_NAME, Registry
@@ -23,17 +28,19 @@ from tests.serving.test_forecast_api import CHANNELS, FRAME, series
 pytestmark = pytest.mark.slow
 
 
-def start_server(registry: Registry, port: int, **env_extra: str) -> subprocess.Popen:
+def start_server(registry: Registry, port: int, *args: str,
+                 **env_extra: str) -> subprocess.Popen:
     # The store is named by --tracking-uri alone, from a folder that does not hold it, so that
-    # nothing may fall back to $MLFLOW_TRACKING_URI or ./mlflow.db.
+    # nothing may fall back to $MLFLOW_TRACKING_URI or ./mlflow.db. The `forecast` command
+    # itself, as a deployment runs it (its entry point handles signals before uvicorn does).
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | env_extra
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     elsewhere = registry.root / "server-cwd"
     elsewhere.mkdir(exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "forecast.cli", "-q", "serve", "--model",
+        [str(Path(sys.executable).parent / "forecast"), "-q", "serve", "--model",
          f"models:/{MODEL_NAME}@{CHAMPION}", "--tracking-uri", registry.uri,
-         "--host", "127.0.0.1", "--port", str(port), "--reload-interval", "0.3"],
+         "--host", "127.0.0.1", "--port", str(port), "--reload-interval", "0.3", *args],
         env=env, cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -154,3 +161,103 @@ def test_a_client_leaving_mid_body_is_counted_499_not_400(server: str) -> None:
         text = httpx.get(f"{server}/metrics", timeout=5).text
     assert 'forecast_http_requests_total{path="/v1/forecast",status="499"} 1.0' in text
     assert 'path="/v1/forecast",status="400"' not in text
+
+
+OK_COUNT = re.compile(r'^forecast_http_requests_total\{path="/v1/forecast",status="200"\} '
+                      r'(\S+)$', re.M)
+
+
+def served_count(base: str) -> float:
+    """The 200s /metrics reports for /v1/forecast (0 when none yet)."""
+    found = OK_COUNT.search(httpx.get(f"{base}/metrics", timeout=10).text)
+    return float(found[1]) if found else 0.0
+
+
+def per_worker_counts(folder: Path) -> dict[int, float]:
+    """The 200s for /v1/forecast each worker wrote to its metrics file, by worker pid."""
+    counts: dict[int, float] = {}
+    for path in folder.glob("counter_*.db"):
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            metric, name, labels, _help = json.loads(key)
+            if name == "forecast_http_requests_total" and labels == {
+                    "path": "/v1/forecast", "status": "200"}:
+                pid = int(path.stem.split("_")[1])
+                counts[pid] = counts.get(pid, 0.0) + value
+    return counts
+
+
+def post_many(base: str, n: int) -> None:
+    """n forecasts from 8 threads, each on a fresh connection, so both workers take some."""
+    body = {"series": [series(48)]}
+
+    def one(_: int) -> int:
+        with httpx.Client(timeout=30) as client:
+            return client.post(f"{base}/v1/forecast", json=body).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(one, range(n))) == {200}
+
+
+def test_metrics_of_two_workers_are_summed_and_start_from_zero(
+        registry: Registry, free_port: int, tmp_path: Path) -> None:
+    registry.client.set_registered_model_alias(MODEL_NAME, CHAMPION, "1")
+    folder, base = tmp_path / "metrics", f"http://127.0.0.1:{free_port}"
+    for start in range(2):
+        proc = start_server(registry, free_port, "--workers", "2",
+                            PROMETHEUS_MULTIPROC_DIR=str(folder))
+        try:
+            wait_ready(base, proc)
+            # each worker loads its own model: wait until fresh connections, whichever worker
+            # takes them, all find one
+            deadline, streak = time.time() + 90, 0
+            while streak < 20 and time.time() < deadline:
+                ok = httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+                streak = streak + 1 if ok else 0
+            assert streak == 20, "a worker never loaded its model"
+            # a second start empties the folder: the first run's counts are not carried on
+            assert served_count(base) == 0.0
+            sent = 0
+            while len(per_worker_counts(folder)) < 2 and sent < 400:
+                post_many(base, 40)
+                sent += 40
+            counts = per_worker_counts(folder)
+            assert len(counts) == 2 and all(v > 0 for v in counts.values()), counts
+            assert sum(counts.values()) == sent
+            # whichever worker answers the scrape reports every worker's requests
+            assert {served_count(base) for _ in range(6)} == {float(sent)}, start
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=60) == 0
+
+
+def test_sigterm_lets_a_request_in_flight_finish(registry: Registry, free_port: int) -> None:
+    registry.client.set_registered_model_alias(MODEL_NAME, CHAMPION, "1")
+    proc = start_server(registry, free_port)
+    base = f"http://127.0.0.1:{free_port}"
+    try:
+        wait_ready(base, proc)
+        body = json.dumps({"series": [series(48)]}).encode()
+        with socket.create_connection(("127.0.0.1", free_port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/forecast HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: " + str(len(body)).encode()
+                         + b"\r\n\r\n" + body[:20])
+            time.sleep(0.5)  # the server is reading this request's body
+            proc.send_signal(signal.SIGTERM)  # as Kubernetes stops a pod
+            time.sleep(1.0)
+            assert proc.poll() is None  # still up: a request is in flight
+            sock.sendall(body[20:])
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["forecasts"][0]["id"] == "s1"
+        assert proc.wait(timeout=30) == 0  # then it stops, cleanly
+        with pytest.raises(httpx.ConnectError):  # and takes no new requests
+            httpx.get(f"{base}/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
