@@ -4,6 +4,7 @@
       weights.safetensors   state_dict tensors
       model.json            lookback, horizon, channels, frequency, model config, metrics
       scaler.json           per-channel mean and scale of the training rows
+      calibration.safetensors   the intervals' score quantiles (forecast/intervals.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save
 
 from forecast.config import ModelConfig
 from forecast.errors import ForecastError, first_line
+from forecast.intervals import Calibration, load_calibration, save_calibration
 from forecast.model import PatchTransformer, build_model
 
 FORMAT_VERSION = 1
@@ -54,6 +56,7 @@ class Bundle:
     mean: np.ndarray  # [C]
     scale: np.ndarray  # [C]
     meta: BundleMeta
+    calibration: Calibration | None = None  # None: a model saved without intervals
 
 
 def save_bundle(directory: str | Path, bundle: Bundle) -> Path:
@@ -65,6 +68,8 @@ def save_bundle(directory: str | Path, bundle: Bundle) -> Path:
     (d / META).write_text(json.dumps(asdict(bundle.meta), indent=2))
     (d / SCALER).write_text(json.dumps(
         {"mean": bundle.mean.tolist(), "scale": bundle.scale.tolist()}, indent=2))
+    if bundle.calibration is not None:
+        save_calibration(d, bundle.calibration)
     return d
 
 
@@ -105,7 +110,8 @@ def load_bundle(directory: str | Path) -> Bundle:
     except (SafetensorError, RuntimeError, OSError) as err:  # truncated, or another model's
         raise damaged(f"{WEIGHTS} does not hold this model's weights", err) from None
     model.eval()
-    return Bundle(model, mean, scale, meta)
+    calibration = load_calibration(d, meta.horizon, len(meta.channels))
+    return Bundle(model, mean, scale, meta, calibration)
 
 
 def _positive_int(value: Any) -> bool:

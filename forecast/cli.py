@@ -40,6 +40,7 @@ from forecast.errors import (
     TrainingError,
 )
 from forecast.evaluate import evaluate
+from forecast.intervals import interval_quantiles, parse_levels, percent_name
 from forecast.logs import failure_line, json_requested, setup_logging
 from forecast.model import describe
 from forecast.paths import writable_file
@@ -278,8 +279,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.horizon is not None and args.horizon > forecaster.horizon:
         raise ConfigError(f"--horizon {args.horizon} is beyond the {forecaster.horizon} steps "
                           f"the model forecasts; give --horizon {forecaster.horizon} or less")
+    quantiles = parse_levels(args.quantiles, "--quantiles", percent=False) \
+        if args.quantiles else []
+    levels = parse_levels(args.levels, "--levels", percent=True) if args.levels else []
+    if quantiles or levels:  # checked before the history is read
+        calibration = forecaster.calibration("--quantiles" if quantiles else "--levels")
+        calibration.check_levels(quantiles, "--quantiles")
+        for level in levels:
+            calibration.check_levels(interval_quantiles([level]),
+                                     f"--levels {percent_name(level)}")
     history = read_table(args.history, "--history")
-    forecast = forecaster.predict_frame(history, args.horizon)
+    forecast = forecaster.predict_frame(history, args.horizon, quantiles, levels)
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".pq", ".csv"):  # before any folder is made for it
@@ -601,6 +611,10 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--history", required=True, help="history rows; see forecast/predictor.py")
     p.add_argument("--out", required=True, help="output .csv or .parquet")
     p.add_argument("--horizon", type=positive_int, help="steps to forecast (default: the model's)")
+    p.add_argument("--quantiles", metavar="Q,...", help="quantile levels in (0, 1), e.g. "
+                   "0.1,0.5,0.9: a column <channel>-q-<percent> each")
+    p.add_argument("--levels", metavar="PCT,...", help="central interval levels in percent, "
+                   "e.g. 80,95: columns <channel>-lo-<level> and <channel>-hi-<level> each")
     p.set_defaults(func=cmd_predict)
 
     models = sub.add_parser("models", help="registered model versions").add_subparsers(

@@ -11,6 +11,8 @@ Forecast frame layout: series_id, step (1..h), [timestamp], then one column per 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -19,6 +21,7 @@ from forecast.bundle import Bundle
 from forecast.config import DataConfig
 from forecast.data import HISTORY_FIXES, frame_to_series, has_utc_offset, numeric_columns
 from forecast.errors import DataError
+from forecast.intervals import Calibration, interval_quantiles, percent_name, spread
 
 SERIES_ID, STEP = "series_id", "step"
 
@@ -75,9 +78,43 @@ class Forecaster:
     def unchecked_forecast(self, histories: list[np.ndarray], horizon: int | None = None,
                            ids: list[str] | None = None) -> np.ndarray:
         """predict_arrays without the overflow check: a series may forecast inf or NaN."""
+        h = self._steps(horizon)
+        x, pad = self._inputs(histories, ids)
+        return self._forward(x, pad, h)
+
+    def predict_quantiles(self, histories: list[np.ndarray], quantiles: Sequence[float],
+                          horizon: int | None = None, ids: list[str] | None = None,
+                          field: str = "quantiles") -> tuple[np.ndarray, np.ndarray]:
+        """Point forecasts [N x h x C] and their quantiles [N x h x C x Q] at `quantiles`
+        (levels in (0, 1)), in original units; `field` names the levels in errors."""
+        calibration = self.calibration(field)
+        scores = calibration.score_quantiles(quantiles, field)  # [Q x H x C]
+        h = self._steps(horizon)
+        x, pad = self._inputs(histories, ids)
+        point = self._forward(x, pad, h)
+        broken = np.flatnonzero(~np.isfinite(point).all(axis=(1, 2)))
+        if len(broken):
+            raise DataError(self.overflow(histories, ids, int(broken[0])))
+        valid = torch.from_numpy(~pad)[..., None]
+        width = spread(torch.from_numpy(x), valid).numpy() * self._scale  # [N x C], original
+        bands = point[..., None] + width[:, None, :, None] * scores[:, :h].transpose(1, 2, 0)
+        return point, bands.astype(np.float32)
+
+    def calibration(self, field: str = "quantiles") -> Calibration:
+        if self.bundle.calibration is None:
+            raise DataError(f"{field}: this model was saved without interval calibration; "
+                            "retrain it with `forecast train` to get quantiles")
+        return self.bundle.calibration
+
+    def _steps(self, horizon: int | None) -> int:
         h = self.horizon if horizon is None else horizon
         if not 1 <= h <= self.horizon:
             raise DataError(f"horizon must be between 1 and {self.horizon}, got {h}")
+        return h
+
+    def _inputs(self, histories: list[np.ndarray], ids: list[str] | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled, left-padded model inputs [N x L x C] and their padding mask [N x L]."""
         L, C = self.lookback, len(self.channels)
         x = np.zeros((len(histories), L, C), dtype=np.float32)
         pad = np.zeros((len(histories), L), dtype=bool)
@@ -86,15 +123,30 @@ class Forecaster:
             tail = values[-L:]
             x[i, L - len(tail):] = (tail - self._mean) / self._scale
             pad[i, : L - len(tail)] = True
+        return x, pad
+
+    def _forward(self, x: np.ndarray, pad: np.ndarray, h: int) -> np.ndarray:
         with torch.inference_mode():
             y = self.model(torch.from_numpy(x), torch.from_numpy(pad) if pad.any() else None)
         return y[:, :h].numpy() * self._scale + self._mean
 
-    def predict_frame(self, frame: pd.DataFrame, horizon: int | None = None) -> pd.DataFrame:
-        """A history frame (layout above) → a forecast frame (layout above)."""
+    def predict_frame(self, frame: pd.DataFrame, horizon: int | None = None,
+                      quantiles: Sequence[float] = (), levels: Sequence[float] = ()
+                      ) -> pd.DataFrame:
+        """A history frame (layout above) → a forecast frame (layout above), with a column
+        per channel and quantile (`<channel>-q-10` for 0.1) and per channel and interval
+        level (`<channel>-lo-80` and `<channel>-hi-80` for 0.8) when asked for."""
         ids, values, stamps = self.histories(frame)
-        forecast = self.predict_arrays(values, horizon, ids)
+        bounds = interval_quantiles(levels)
+        wanted = sorted(set(quantiles) | set(bounds))
+        if wanted:
+            forecast, bands = self.predict_quantiles(values, wanted, horizon, ids)
+        else:
+            forecast = self.predict_arrays(values, horizon, ids)
         out = self.to_frame(forecast, ids, stamps)
+        if wanted:
+            out = out.join(pd.DataFrame(quantile_columns(
+                bands, self.channels, wanted, quantiles, levels)))
         ts_col = self.meta.timestamp_column
         if stamps is not None and has_utc_offset(frame[ts_col]):
             # histories with offsets are read in UTC: say so, or UTC reads as local time
@@ -141,3 +193,21 @@ class Forecaster:
         for c, name in enumerate(self.channels):
             out[name] = forecast[:, :, c].reshape(-1)
         return out
+
+
+def quantile_columns(bands: np.ndarray, channels: list[str], wanted: list[float],
+                     quantiles: Sequence[float], levels: Sequence[float]
+                     ) -> dict[str, np.ndarray]:
+    """Columns of a forecast frame from bands [N x h x C x Q] at levels `wanted`: Nixtla's
+    names, `<channel>-q-<percent>` per quantile, `<channel>-lo-<level>` and `-hi-<level>` per
+    central interval."""
+    at = {round(q, 10): i for i, q in enumerate(wanted)}
+    columns: dict[str, np.ndarray] = {}
+    for c, name in enumerate(channels):
+        for q in quantiles:
+            columns[f"{name}-q-{percent_name(q)}"] = bands[:, :, c, at[round(q, 10)]].reshape(-1)
+        for level in levels:
+            lo, hi = at[round((1 - level) / 2, 10)], at[round((1 + level) / 2, 10)]
+            columns[f"{name}-lo-{percent_name(level)}"] = bands[:, :, c, lo].reshape(-1)
+            columns[f"{name}-hi-{percent_name(level)}"] = bands[:, :, c, hi].reshape(-1)
+    return columns

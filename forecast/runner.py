@@ -18,6 +18,7 @@ from forecast.data import SeriesSet, frame_to_series, load_series, season_for
 from forecast.distributed import Dist, Stop, await_start
 from forecast.errors import DataError, TrainingError, first_line
 from forecast.evaluate import Evaluation, evaluate, fit_linear_baseline
+from forecast.intervals import calibrate, interval_scores
 from forecast.model import PatchTransformer, build_model
 from forecast.paths import writable_dir
 from forecast.skip_fit import SkipSolutions
@@ -43,12 +44,14 @@ class TrainOutcome:
     validation: Evaluation  # the validation block, the same model and baselines
     output_dir: Path
     model_dir: Path
+    intervals: dict[str, float]  # the test block's interval coverage and width
 
     @property
     def metrics(self) -> dict[str, float]:
-        """Test scores (test_mse, skill_linear, ...) and validation's (val_mse,
-        val_skill_linear, ...)."""
-        return {**self.validation.metrics(), **self.evaluation.metrics()}
+        """Test scores (test_mse, skill_linear, test_coverage_80, ...) and validation's
+        (val_mse, val_skill_linear, ...)."""
+        return {**self.validation.metrics(), **self.evaluation.metrics(),
+                **{f"test_{k}": v for k, v in self.intervals.items()}}
 
     @property
     def linear_only(self) -> bool | None:
@@ -195,20 +198,28 @@ def train_and_evaluate(
     # validation against the baselines is what the gate may act on; test is only reported
     validation = evaluate(model, prepared, cfg.eval, season, "val", device, linear)
     evaluation = evaluate(model, prepared, cfg.eval, season, "test", device, linear)
+    # the intervals are calibrated on validation, once, and scored on test
+    calibration = calibrate(model, prepared.windows("val"))
+    intervals = interval_scores(model, calibration, prepared.windows("test"))
+    log.info("intervals calibrated on %d validation windows; test coverage: %s",
+             calibration.windows, ", ".join(f"{v:.3f} ({k.split('_')[1]}%)"
+                                            for k, v in intervals.items()
+                                            if k.startswith("coverage_")) or "none")
     model.cpu()
     out = run_dir(cfg)
     meta = BundleMeta(
         name=cfg.name, lookback=cfg.windows.lookback, horizon=cfg.windows.horizon,
         channels=series.channels, freq=series.freq, model=cfg.model.model_dump(mode="json"),
         timestamp_column=cfg.data.timestamp_column, id_column=cfg.data.id_column, season=season,
-        metrics=evaluation.metrics(),
+        metrics={**evaluation.metrics(), **{f"test_{k}": v for k, v in intervals.items()}},
     )
     scaler = prepared.scaler
     staging = outputs.stage(out)
     outcome = TrainOutcome(cfg, series, prepared, model, result, evaluation, validation,
-                           staging, staging / outputs.MODEL)
+                           staging, staging / outputs.MODEL, intervals)
     try:
-        save_bundle(outcome.model_dir, Bundle(model, scaler.mean, scaler.scale, meta))
+        save_bundle(outcome.model_dir,
+                    Bundle(model, scaler.mean, scaler.scale, meta, calibration))
         (staging / "config.yaml").write_text(dump_config(cfg))
         (staging / "metrics.json").write_text(json.dumps(
             {**outcome.metrics, **result.metrics(), "params": model.n_params()}, indent=2))

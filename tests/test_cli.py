@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -634,3 +635,44 @@ def test_a_learning_rate_that_overflows_the_step_is_a_training_error(tmp_path, c
     err = capsys.readouterr().err
     assert "error: the optimizer step overflowed in epoch 1; lower train.lr" in err
     assert "Traceback" not in err
+
+
+def test_predict_writes_quantile_and_interval_columns_that_never_cross(
+        trained, tmp_path, capsys, make_frame):
+    history = tmp_path / "history.csv"
+    make_frame().tail(40).to_csv(history, index=False)
+    out = tmp_path / "bands.csv"
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(out), "--quantiles", "0.9,0.1,0.5", "--levels", "80"])
+    assert rc == 0, capsys.readouterr().err
+    result = pd.read_csv(out)
+    assert list(result.columns) == [
+        "series_id", "step", "date", "a", "b",
+        "a-q-10", "a-q-50", "a-q-90", "a-lo-80", "a-hi-80",
+        "b-q-10", "b-q-50", "b-q-90", "b-lo-80", "b-hi-80"]
+    for c in ("a", "b"):
+        assert (result[f"{c}-q-10"] <= result[f"{c}-q-50"]).all()
+        assert (result[f"{c}-q-50"] <= result[f"{c}-q-90"]).all()
+        assert (result[f"{c}-q-10"] < result[f"{c}-q-90"]).any()
+        # the 80% interval is bounded by the 10% and 90% quantiles
+        assert np.allclose(result[f"{c}-lo-80"], result[f"{c}-q-10"])
+        assert np.allclose(result[f"{c}-hi-80"], result[f"{c}-q-90"])
+    metrics = json.loads((trained.run_dir / "metrics.json").read_text())
+    assert 0 < metrics["test_coverage_80"] <= 1 and metrics["test_interval_width_80"] > 0
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--levels", "99.9"], "--levels 99.9: 0.0005 is outside"),
+    (["--quantiles", "0.5,1.5"], "--quantiles: 1.5 is not between 0 and 1"),
+    (["--levels", "eighty"], "--levels: 'eighty' is not a number"),
+])
+def test_predict_refuses_levels_it_cannot_give_naming_the_flag(
+        trained, tmp_path, capsys, make_frame, flags, message):
+    history = tmp_path / "history.csv"
+    make_frame().tail(40).to_csv(history, index=False)
+    out = tmp_path / "bands.csv"
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(out), *flags])
+    assert rc == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not out.exists()

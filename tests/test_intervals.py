@@ -1,0 +1,143 @@
+"""Split-conformal intervals: the ranks, calibration on validation windows, quantiles that
+never cross at any level, their storage in the bundle, and the CLI's --quantiles / --levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from forecast.bundle import Bundle, BundleMeta, load_bundle, save_bundle
+from forecast.config import Config
+from forecast.errors import ConfigError, DataError, ForecastError
+from forecast.intervals import (
+    CALIBRATION,
+    GRID,
+    Calibration,
+    calibrate,
+    conformal_ranks,
+    interval_quantiles,
+    interval_scores,
+    parse_levels,
+)
+from forecast.model import build_model
+from forecast.predictor import Forecaster
+from forecast.windows import Prepared
+
+
+@pytest.fixture
+def model(tiny_prepared: Prepared, tiny_config: Config) -> torch.nn.Module:
+    # any model: conformal coverage holds whatever the forecasts are
+    torch.manual_seed(0)
+    return build_model(tiny_config.model, tiny_prepared.lookback, tiny_prepared.horizon,
+                       tiny_prepared.n_channels).eval()
+
+
+@pytest.fixture
+def calibration(model: torch.nn.Module, tiny_prepared: Prepared) -> Calibration:
+    return calibrate(model, tiny_prepared.windows("val"))
+
+
+def test_conformal_ranks_round_away_from_the_median() -> None:
+    ranks = conformal_ranks(9, np.array([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]))
+    # (n + 1) q = 0.5, 1, 2.5, 5, 7.5, 9, 9.5: floor below the median, ceiling above
+    assert ranks.tolist() == [0, 1, 2, 5, 8, 9, 10]
+
+
+def test_intervals_cover_the_windows_they_were_calibrated_on(
+        model: torch.nn.Module, calibration: Calibration, tiny_prepared: Prepared) -> None:
+    val = tiny_prepared.windows("val")
+    assert calibration.windows == len(val)
+    scores = interval_scores(model, calibration, val)
+    n = len(val)
+    # each step and channel holds at least its conformal share of the windows
+    assert 0.8 - 1e-9 <= scores["coverage_80"] <= 0.8 + 3 / n + 0.01, (scores, n)
+    # 35 windows cannot give 95% (ranks 0 and 36 of 35): left out, not an error
+    assert n < 39 and set(scores) == {"coverage_80", "interval_width_80"}
+    wider = interval_scores(model, calibration, val, coverages=(0.5, 0.8))
+    assert 0 < wider["interval_width_50"] < wider["interval_width_80"]
+
+
+def test_quantiles_never_cross_and_interpolate_between_grid_levels(
+        calibration: Calibration) -> None:
+    levels = np.linspace(calibration.levels[0], calibration.levels[-1], 57)
+    q = calibration.score_quantiles(levels)
+    assert (np.diff(q, axis=0) >= 0).all()
+    i = len(calibration.levels) // 2
+    on_grid = calibration.score_quantiles([calibration.levels[i], calibration.levels[i + 1]])
+    np.testing.assert_array_equal(on_grid, calibration.scores[i:i + 2])
+    middle = calibration.score_quantiles([(calibration.levels[i] + calibration.levels[i + 1]) / 2])
+    np.testing.assert_allclose(middle[0], calibration.scores[i:i + 2].mean(axis=0), rtol=1e-6)
+
+
+def test_a_level_the_calibration_cannot_give_is_refused_by_name(
+        calibration: Calibration) -> None:
+    with pytest.raises(ConfigError, match=r"^levels field: 0.999 is outside 0.0\d+\.\.0.9\d+"):
+        calibration.score_quantiles([0.5, 0.999], "levels field")
+    assert calibration.levels[0] >= GRID[0] and calibration.levels[-1] <= GRID[-1]
+
+
+@pytest.mark.parametrize(("text", "percent", "message"), [
+    ("0.1,abc", False, "'abc' is not a number"),
+    ("0,0.5", False, "0 is not between 0 and 1"),
+    ("80,100", True, "100 is not between 0 and 100"),
+    ("nan", False, "nan is not between"),
+])
+def test_bad_levels_are_refused_naming_the_field(text: str, percent: bool, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^--field: {message}"):
+        parse_levels(text, "--field", percent)
+
+
+def test_levels_read_as_sorted_unique_shares() -> None:
+    assert parse_levels("95, 80,80", "--levels", percent=True) == [0.8, 0.95]
+    assert interval_quantiles([0.8, 0.95]) == [0.025, 0.1, 0.9, 0.975]
+
+
+def bundle_for(model: torch.nn.Module, prepared: Prepared, config: Config,
+               calibration: Calibration | None) -> Bundle:
+    meta = BundleMeta(name="tiny", lookback=prepared.lookback, horizon=prepared.horizon,
+                      channels=prepared.series.channels, freq="h",
+                      model=config.model.model_dump(mode="json"))
+    return Bundle(model, prepared.scaler.mean, prepared.scaler.scale, meta, calibration)
+
+
+def test_a_saved_model_gives_the_same_quantiles_and_they_never_cross(
+        tmp_path, model, calibration, tiny_prepared, tiny_config) -> None:
+    saved = bundle_for(model, tiny_prepared, tiny_config, calibration)
+    save_bundle(tmp_path, saved)
+    loaded = load_bundle(tmp_path)
+    history = tiny_prepared.series.values[0][-tiny_prepared.lookback:]
+    levels = [0.05, 0.1, 0.5, 0.9, 0.95]
+    point, bands = Forecaster(saved).predict_quantiles([history], levels)
+    point2, bands2 = Forecaster(loaded).predict_quantiles([history], levels)
+    np.testing.assert_array_equal(bands, bands2)
+    np.testing.assert_array_equal(point, point2)
+    assert bands.shape == (1, tiny_prepared.horizon, tiny_prepared.n_channels, 5)
+    assert (np.diff(bands, axis=-1) >= 0).all()
+    # a history ten times as volatile around the same level gets bands ten times as wide
+    wild = history.mean(axis=0) + 10 * (history - history.mean(axis=0))
+    assert np.all(np.diff(Forecaster(saved).predict_quantiles([wild], [0.1, 0.9])[1], axis=-1)
+                  > 5 * np.diff(bands[..., [1, 3]], axis=-1))
+
+
+def test_a_model_without_calibration_forecasts_but_refuses_quantiles(
+        tmp_path, model, tiny_prepared, tiny_config) -> None:
+    save_bundle(tmp_path, bundle_for(model, tiny_prepared, tiny_config, None))
+    forecaster = Forecaster(load_bundle(tmp_path))
+    history = tiny_prepared.series.values[0][-tiny_prepared.lookback:]
+    assert forecaster.predict_arrays([history]).shape[0] == 1
+    with pytest.raises(DataError, match="^--quantiles: this model was saved without interval"):
+        forecaster.predict_quantiles([history], [0.5], field="--quantiles")
+
+
+def test_a_damaged_calibration_file_names_the_fix(
+        tmp_path, model, calibration, tiny_prepared, tiny_config) -> None:
+    save_bundle(tmp_path, bundle_for(model, tiny_prepared, tiny_config, calibration))
+    (tmp_path / CALIBRATION).write_bytes(b"not a safetensors file")
+    with pytest.raises(ForecastError, match="re-save the model with `forecast train`"):
+        load_bundle(tmp_path)
+    crossing = Calibration(calibration.levels, calibration.scores[::-1].copy(),
+                           calibration.windows)
+    save_bundle(tmp_path, bundle_for(model, tiny_prepared, tiny_config, crossing))
+    with pytest.raises(ForecastError, match="nondecreasing scores"):
+        load_bundle(tmp_path)
