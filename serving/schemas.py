@@ -62,6 +62,13 @@ class ForecastRequest(BaseModel):
     horizon: Annotated[int, Strict()] | None = Field(
         None, ge=1, description="Steps to forecast, at most the model's horizon (its default)."
     )
+    quantiles: list[Annotated[Finite, Field(gt=0, lt=1)]] | None = Field(
+        None, max_length=99, description="Quantile levels in (0, 1), e.g. [0.1, 0.5, 0.9]: "
+        "each series' answer then has `quantiles`, level -> channel -> values per step.")
+    levels: list[Annotated[Finite, Field(gt=0, lt=100)]] | None = Field(
+        None, max_length=99, description="Central prediction interval levels in percent, e.g. "
+        "[80, 95]: each series' answer then has `intervals`, level -> lower / upper -> "
+        "channel -> values per step.")
 
 
 class ModelRef(BaseModel):
@@ -70,10 +77,19 @@ class ModelRef(BaseModel):
     alias: str | None
 
 
+class Interval(BaseModel):
+    lower: dict[str, list[float]]
+    upper: dict[str, list[float]]
+
+
 class SeriesOut(BaseModel):
     id: str
     values: dict[str, list[float]] = Field(..., description="Channel -> forecast per step.")
     timestamps: list[str] | None = None
+    quantiles: dict[str, dict[str, list[float]]] | None = Field(
+        None, description="Level (as requested, e.g. '0.1') -> channel -> value per step.")
+    intervals: dict[str, Interval] | None = Field(
+        None, description="Level in percent (e.g. '80') -> lower and upper bounds.")
 
 
 class ForecastResponse(BaseModel):

@@ -13,7 +13,9 @@ from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from forecast.data import UTC_OFFSET
-from forecast.errors import DataError
+from forecast.errors import ConfigError, DataError
+from forecast.intervals import interval_quantiles, percent_name
+from forecast.predictor import Forecaster
 from serving.deps import Model, State
 from serving.json_body import StrictJSONRoute
 from serving.model_store import LoadedModel
@@ -117,6 +119,28 @@ def _histories(body: ForecastRequest, model: LoadedModel) -> tuple[list[np.ndarr
     return histories, lasts
 
 
+def _check_levels(forecaster: Forecaster, quantiles: list[float], levels: list[float]
+                  ) -> list[float]:
+    """The quantile levels to compute, or a 422 naming the field the model cannot give."""
+    wanted = sorted({round(q, 10) for q in quantiles} | set(interval_quantiles(levels)))
+    if not wanted:
+        return []
+    field = "quantiles" if quantiles else "levels"
+    if forecaster.bundle.calibration is None:
+        raise RequestValidationError([_error((field,), "this model was saved without interval "
+                                             "calibration; retrain it to get quantiles")])
+    calibration = forecaster.bundle.calibration
+    for name, values in (("quantiles", quantiles), ("levels", levels)):
+        for j, v in enumerate(values):
+            bounds = [v] if name == "quantiles" else interval_quantiles([v])
+            try:
+                calibration.check_levels(
+                    bounds, name if name == "quantiles" else f"levels {percent_name(v)}")
+            except ConfigError as err:
+                raise RequestValidationError([_error((name, j), str(err))]) from None
+    return wanted
+
+
 @router.post(
     "/forecast", response_model=ForecastResponse, summary="Forecast one or many series",
     responses={401: {"description": "Missing or wrong bearer token"},
@@ -134,18 +158,39 @@ async def forecast(body: ForecastRequest, model: Model, state: State) -> Respons
     if horizon > forecaster.horizon:
         raise RequestValidationError([_error(("horizon",), f"horizon {horizon} is above the "
                                              f"model's {forecaster.horizon}")])
+    quantiles = sorted(set(body.quantiles or []))
+    levels = sorted({v / 100 for v in body.levels or []})
+    wanted = _check_levels(forecaster, body.quantiles or [],
+                           [v / 100 for v in body.levels or []])
     histories, lasts = _histories(body, model)
+    ids = [s.id for s in body.series]
     try:
-        with torch.inference_mode():  # [N x h x C], original units
-            pred = forecaster.predict_arrays(histories, horizon, [s.id for s in body.series])
+        with torch.inference_mode():  # [N x h x C], original units; bands [N x h x C x Q]
+            if wanted:
+                pred, bands = forecaster.predict_quantiles(histories, wanted, horizon, ids)
+            else:
+                pred = forecaster.predict_arrays(histories, horizon, ids)
     except DataError as err:  # a forecast float32 cannot carry (the inputs were checked)
         raise RequestValidationError([_error(("series",), str(err))]) from None
+    if wanted:  # [N x Q x C x h]: each channel's steps contiguous, as orjson writes them
+        bands = np.ascontiguousarray(bands.transpose(0, 3, 2, 1))
+    at = {round(q, 10): j for j, q in enumerate(wanted)}
+    channels = forecaster.channels
     out = []
     for i, s in enumerate(body.series):
         item: dict[str, Any] = {
             "id": s.id,
-            "values": {c: pred[i, :, k] for k, c in enumerate(forecaster.channels)},
+            "values": {c: pred[i, :, k] for k, c in enumerate(channels)},
         }
+        if quantiles:
+            item["quantiles"] = {f"{q:g}": {c: bands[i, at[round(q, 10)], k]
+                                            for k, c in enumerate(channels)}
+                                 for q in quantiles}
+        if levels:
+            item["intervals"] = {percent_name(v): {
+                side: {c: bands[i, at[round(b, 10)], k] for k, c in enumerate(channels)}
+                for side, b in (("lower", (1 - v) / 2), ("upper", (1 + v) / 2))}
+                for v in levels}
         if lasts[i] is not None:
             item["timestamps"] = [t.isoformat() for t in forecaster.future_index(lasts[i],
                                                                                  horizon)]

@@ -220,6 +220,10 @@ def test_metrics_of_two_workers_are_summed_and_start_from_zero(
             while len(per_worker_counts(folder)) < 2 and sent < 400:
                 post_many(base, 40)
                 sent += 40
+            # a request is counted once its answer has gone out: let the last ones land
+            deadline = time.time() + 10
+            while sum(per_worker_counts(folder).values()) < sent and time.time() < deadline:
+                time.sleep(0.1)
             counts = per_worker_counts(folder)
             assert len(counts) == 2 and all(v > 0 for v in counts.values()), counts
             assert sum(counts.values()) == sent

@@ -352,3 +352,42 @@ def test_bodies_the_parser_refuses_get_400_naming_the_limits(client: TestClient,
                                              "JSON with the header Content-Type: "
                                              "application/json (UTF-8, not compressed, numbers "
                                              "under 4300 digits")
+
+
+def test_quantiles_and_intervals_equal_the_in_process_ones_and_never_cross(
+        client: TestClient, forecaster: Forecaster) -> None:
+    body = {"series": [series(60, "a", 300)], "horizon": 4, "quantiles": [0.9, 0.1, 0.5],
+            "levels": [80]}
+    reply = post(client, body)
+    assert reply.status_code == 200, reply.text
+    (f,) = reply.json()["forecasts"]
+    values = FRAME[CHANNELS].to_numpy(np.float32)
+    point, bands = forecaster.predict_quantiles([values[240:300]], [0.1, 0.5, 0.9], 4)
+    assert list(f["quantiles"]) == ["0.1", "0.5", "0.9"]
+    for j, q in enumerate(["0.1", "0.5", "0.9"]):
+        got = np.array([f["quantiles"][q][c] for c in CHANNELS]).T  # [h x C]
+        np.testing.assert_allclose(got, bands[0, :, :, j], rtol=1e-5)
+    low = np.array([f["quantiles"]["0.1"][c] for c in CHANNELS])
+    high = np.array([f["quantiles"]["0.9"][c] for c in CHANNELS])
+    assert (low <= high).all() and (low < high).any()
+    # the 80% interval is bounded by the 0.1 and 0.9 quantiles
+    interval = f["intervals"]["80"]
+    for c in CHANNELS:
+        np.testing.assert_allclose(interval["lower"][c], f["quantiles"]["0.1"][c], rtol=1e-6)
+        np.testing.assert_allclose(interval["upper"][c], f["quantiles"]["0.9"][c], rtol=1e-6)
+    plain = post(client, {"series": [series(60)]}).json()["forecasts"][0]
+    assert "quantiles" not in plain and "intervals" not in plain  # only when asked for
+
+
+@pytest.mark.parametrize(("extra", "loc", "message"), [
+    ({"quantiles": [0.5, 1.5]}, ["body", "quantiles", 1], "less than 1"),
+    ({"quantiles": [0.5, 0.999]}, ["body", "quantiles", 1], "0.999 is outside"),
+    ({"levels": [80, 99.9]}, ["body", "levels", 1], "levels 99.9: 0.0005 is outside"),
+    ({"levels": ["80"]}, ["body", "levels", 0], "valid number"),
+])
+def test_a_level_the_model_cannot_give_gets_422_naming_it(
+        client: TestClient, extra: dict, loc: list, message: str) -> None:
+    reply = post(client, {"series": [series(60)], **extra})
+    assert reply.status_code == 422, reply.text
+    got_loc, msg = detail(reply)
+    assert got_loc == loc and message in msg, (got_loc, msg)
