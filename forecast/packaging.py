@@ -3,8 +3,12 @@ is cloudpickled: MLflow re-runs `forecast/pyfunc_model.py` to build the wrapper,
 wrapper reads safetensors weights and JSON (see forecast/bundle.py).
 
 Input: a history frame (forecast/predictor.py): optional `series_id`, optional timestamp
-column, one numeric column per channel. Params: optional `horizon` (1..H).
-Output: `series_id`, `step`, [timestamp], one column per channel.
+column, one numeric column per channel. Params: optional `horizon` (1..H); `levels`, central
+interval levels in percent as text ("80,95" by default, of those the model's calibration can
+give; "" for none); `quantiles`, quantile levels as text ("0.1,0.9"; none by default).
+Output: `series_id`, `step`, [timestamp], one column per channel, then per channel
+`<channel>-q-<percent>` per quantile and `<channel>-lo-<level>`, `<channel>-hi-<level>` per
+interval (Nixtla's names).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mlflow.types import ColSpec, Schema
 
 import forecast
 from forecast.bundle import load_bundle
+from forecast.intervals import parse_levels, percent_name
 from forecast.predictor import SERIES_ID, Forecaster
 
 ARTIFACT_KEY = "model_dir"
@@ -40,8 +45,27 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
     # signature describes the columns.
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-        horizon = (params or {}).get("horizon")
-        return self.forecaster.predict_frame(model_input, None if horizon is None else int(horizon))
+        params = params or {}
+        horizon = params.get("horizon")
+        levels = params.get("levels")
+        levels = default_levels(self.forecaster) if levels is None else \
+            parse_levels(levels, "params.levels", percent=True) if levels else []
+        quantiles = parse_levels(params["quantiles"], "params.quantiles", percent=False) \
+            if params.get("quantiles") else []
+        return self.forecaster.predict_frame(
+            model_input, None if horizon is None else int(horizon), quantiles, levels)
+
+
+DEFAULT_LEVELS = (0.8, 0.95)
+
+
+def default_levels(forecaster: Forecaster) -> list[float]:
+    """The 80% and 95% intervals, those of them the model's calibration can give."""
+    calibration = forecaster.bundle.calibration
+    if calibration is None:
+        return []
+    lo, hi = calibration.levels[0], calibration.levels[-1]
+    return [c for c in DEFAULT_LEVELS if lo <= (1 - c) / 2 and (1 + c) / 2 <= hi]
 
 
 def requirements() -> list[str]:
@@ -57,14 +81,17 @@ def requirements() -> list[str]:
 def log_pyfunc(bundle_dir: Path, input_example: pd.DataFrame, name: str = "model") -> ModelInfo:
     """Log the bundle as a pyfunc model in the active run, with signature and input example."""
     forecaster = Forecaster(load_bundle(bundle_dir))
-    output = forecaster.predict_frame(input_example)
+    levels = default_levels(forecaster)
+    output = forecaster.predict_frame(input_example, levels=levels)
     example = input_example.copy()
     example.insert(0, SERIES_ID, "series")
     with warnings.catch_warnings():  # of integer columns that could hold missing values: the
         # only one is the output's `step`, 1..horizon, never missing
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column",
                                 UserWarning)
-        signature = infer_signature(example, output, params={"horizon": forecaster.horizon})
+        signature = infer_signature(example, output, params={
+            "horizon": forecaster.horizon, "quantiles": "",
+            "levels": ",".join(percent_name(c) for c in levels)})
     # series_id and the timestamps may be left out (one series; no future timestamps)
     optional = {SERIES_ID, forecaster.meta.timestamp_column}
     signature.inputs = Schema([

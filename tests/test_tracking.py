@@ -165,11 +165,18 @@ def test_pyfunc_round_trip_equals_in_process_prediction_without_pickle(
     frame = pd.read_csv(history.csv, parse_dates=["date"]).iloc[-60:]
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/2")
     remote = pyfunc.predict(frame, params={"horizon": 5})
-    local = Forecaster(load_bundle(tracked.outcome.model_dir)).predict_frame(frame, 5)
-    assert list(remote.columns) == ["series_id", "step", "date", "a", "b"]
+    forecaster = Forecaster(load_bundle(tracked.outcome.model_dir))
+    local = forecaster.predict_frame(frame, 5, levels=[0.8, 0.95])
+    # the calibrated 80% and 95% intervals by default
+    assert list(remote.columns) == [
+        "series_id", "step", "date", "a", "b", "a-lo-80", "a-hi-80", "a-lo-95", "a-hi-95",
+        "b-lo-80", "b-hi-80", "b-lo-95", "b-hi-95"]
     assert len(remote) == 5
-    np.testing.assert_allclose(remote[["a", "b"]].to_numpy(), local[["a", "b"]].to_numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(remote[local.columns[3:]].to_numpy(dtype=float),
+                               local[local.columns[3:]].to_numpy(dtype=float), rtol=1e-6)
+    asked = pyfunc.predict(frame, params={"quantiles": "0.1,0.9", "levels": ""})
+    assert list(asked.columns)[5:] == ["a-q-10", "a-q-90", "b-q-10", "b-q-90"]
+    assert (asked["a-q-10"] <= asked["a-q-90"]).all()
     assert (pd.to_datetime(remote["date"]) == pd.date_range(
         pd.Timestamp(frame["date"].iloc[-1]) + pd.Timedelta(hours=1), periods=5, freq="h")).all()
 
