@@ -69,7 +69,7 @@ def test_train_writes_model_metrics_config_and_prints_baselines(trained):
     assert trained.rc == 0, trained.stderr
     model_dir = trained.run_dir / "model"
     assert {p.name for p in model_dir.iterdir()} == {"weights.safetensors", "model.json",
-                                                     "scaler.json"}
+                                                     "scaler.json", "calibration.safetensors"}
     metrics = json.loads((trained.run_dir / "metrics.json").read_text())
     for key in ("test_mse", "test_mase", "baseline_naive_mse", "baseline_seasonal_naive_mse",
                 "baseline_linear_mse", "skill_naive", "skill_linear", "best_epoch", "params"):
