@@ -53,6 +53,14 @@ class Calibration:
                 f"model's calibration on {self.windows} validation windows can give")
         return q
 
+    def gives(self, coverage: float) -> bool:
+        """Whether the central interval of this coverage (0.8 for 80%) is within reach."""
+        return self.levels[0] <= (1 - coverage) / 2 and (1 + coverage) / 2 <= self.levels[-1]
+
+    def check_coverage(self, coverage: float, field: str) -> None:
+        """A ConfigError naming `field` (e.g. 'levels 99.9') for an interval out of reach."""
+        self.check_levels(interval_quantiles([coverage]), f"{field} {percent_name(coverage)}")
+
     def score_quantiles(self, levels: Sequence[float], field: str = "quantiles") -> np.ndarray:
         """Score quantiles at `levels`: [Q x H x C], interpolated between the grid's levels."""
         q = self.check_levels(levels, field)
@@ -171,8 +179,7 @@ def interval_scores(model: torch.nn.Module, calibration: Calibration, windows: W
     give (too few validation windows) is left out."""
     model.eval()
     device = next(model.parameters()).device
-    lo, hi = calibration.levels[0], calibration.levels[-1]
-    coverages = [c for c in coverages if lo <= (1 - c) / 2 and (1 + c) / 2 <= hi]
+    coverages = [c for c in coverages if calibration.gives(c)]
     bounds = {c: torch.from_numpy(calibration.score_quantiles(
         [(1 - c) / 2, (1 + c) / 2], "coverages")).float() for c in coverages}  # [2 x H x C]
     inside = dict.fromkeys(coverages, 0.0)
@@ -181,8 +188,8 @@ def interval_scores(model: torch.nn.Module, calibration: Calibration, windows: W
     for x, y in windows.batches(batch_size):
         pred = model(x.to(device)).float().cpu()
         s = spread(x)[:, None, :]
-        for c, (lo, hi) in bounds.items():
-            lower, upper = pred + s * lo, pred + s * hi
+        for c, (low, high) in bounds.items():
+            lower, upper = pred + s * low, pred + s * high
             inside[c] += float(((y >= lower) & (y <= upper)).sum())
             width[c] += float((upper - lower).sum())
         count += y.numel()

@@ -62,10 +62,7 @@ DEFAULT_LEVELS = (0.8, 0.95)
 def default_levels(forecaster: Forecaster) -> list[float]:
     """The 80% and 95% intervals, those of them the model's calibration can give."""
     calibration = forecaster.bundle.calibration
-    if calibration is None:
-        return []
-    lo, hi = calibration.levels[0], calibration.levels[-1]
-    return [c for c in DEFAULT_LEVELS if lo <= (1 - c) / 2 and (1 + c) / 2 <= hi]
+    return [] if calibration is None else [c for c in DEFAULT_LEVELS if calibration.gives(c)]
 
 
 def requirements() -> list[str]:

@@ -130,14 +130,16 @@ def _check_levels(forecaster: Forecaster, quantiles: list[float], levels: list[f
         raise RequestValidationError([_error((field,), "this model was saved without interval "
                                              "calibration; retrain it to get quantiles")])
     calibration = forecaster.bundle.calibration
-    for name, values in (("quantiles", quantiles), ("levels", levels)):
-        for j, v in enumerate(values):
-            bounds = [v] if name == "quantiles" else interval_quantiles([v])
-            try:
-                calibration.check_levels(
-                    bounds, name if name == "quantiles" else f"levels {percent_name(v)}")
-            except ConfigError as err:
-                raise RequestValidationError([_error((name, j), str(err))]) from None
+    loc: tuple[str, int] = ("quantiles", 0)
+    try:
+        for j, q in enumerate(quantiles):
+            loc = ("quantiles", j)
+            calibration.check_levels([q], "quantiles")
+        for j, v in enumerate(levels):
+            loc = ("levels", j)
+            calibration.check_coverage(v, "levels")
+    except ConfigError as err:
+        raise RequestValidationError([_error(loc, str(err))]) from None
     return wanted
 
 
