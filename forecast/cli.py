@@ -40,7 +40,7 @@ from forecast.errors import (
     TrainingError,
 )
 from forecast.evaluate import evaluate
-from forecast.intervals import interval_quantiles, parse_levels, percent_name
+from forecast.intervals import parse_levels
 from forecast.logs import failure_line, json_requested, setup_logging
 from forecast.model import describe
 from forecast.paths import writable_file
@@ -279,15 +279,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.horizon is not None and args.horizon > forecaster.horizon:
         raise ConfigError(f"--horizon {args.horizon} is beyond the {forecaster.horizon} steps "
                           f"the model forecasts; give --horizon {forecaster.horizon} or less")
+    # given empty, a flag is refused as not a number rather than read as "none"
     quantiles = parse_levels(args.quantiles, "--quantiles", percent=False) \
-        if args.quantiles else []
-    levels = parse_levels(args.levels, "--levels", percent=True) if args.levels else []
+        if args.quantiles is not None else []
+    levels = parse_levels(args.levels, "--levels", percent=True) \
+        if args.levels is not None else []
     if quantiles or levels:  # checked before the history is read
         calibration = forecaster.calibration("--quantiles" if quantiles else "--levels")
         calibration.check_levels(quantiles, "--quantiles")
         for level in levels:
-            calibration.check_levels(interval_quantiles([level]),
-                                     f"--levels {percent_name(level)}")
+            calibration.check_coverage(level, "--levels")
     history = read_table(args.history, "--history")
     forecast = forecaster.predict_frame(history, args.horizon, quantiles, levels)
     out = Path(args.out)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
+from forecast.errors import ConfigError
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -22,9 +24,13 @@ def prepare_multiprocess_dir() -> Path:
     Emptied: files a previous run's workers left would be summed into this run's counts."""
     given = os.environ.get(MULTIPROC_DIR)
     folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="forecast-metrics-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    except OSError as err:
+        raise ConfigError(f"{MULTIPROC_DIR} {str(folder)!r}: {err.strerror or err}; point it "
+                          "at a folder the service can write, or unset it") from None
     os.environ[MULTIPROC_DIR] = str(folder)
     return folder
 

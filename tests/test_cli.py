@@ -676,3 +676,36 @@ def test_predict_refuses_levels_it_cannot_give_naming_the_flag(
     assert rc == 2
     assert message in one_error_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_serve_with_a_metrics_folder_it_cannot_use_is_exit_2_naming_it(
+        trained, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(blocker / "metrics"))
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rc = main(["serve", "--model", str(trained.run_dir / "model"), "--workers", "2",
+               "--port", str(port)])  # refused before uvicorn starts
+    assert rc == 2
+    assert f"PROMETHEUS_MULTIPROC_DIR '{blocker / 'metrics'}'" in one_error_line(
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--quantiles", ""], "--quantiles: '' is not a number"),
+    (["--levels", " "], "--levels: '' is not a number"),
+    (["--quantiles", "nan"], "--quantiles: nan is not between 0 and 1"),
+])
+def test_predict_refuses_an_empty_or_nan_level(trained, tmp_path, capsys, make_frame, flags,
+                                               message):
+    history = tmp_path / "history.csv"
+    make_frame().tail(40).to_csv(history, index=False)
+    rc = main(["predict", "--model", str(trained.run_dir / "model"), "--history", str(history),
+               "--out", str(tmp_path / "out.csv"), *flags])
+    assert rc == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out.csv").exists()
