@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class BundleMeta:
     metrics: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
-    @property
+    @cached_property  # read per series by the forecast checks: validate once
     def model_config(self) -> ModelConfig:
         return ModelConfig.model_validate(self.model)
 

@@ -118,12 +118,25 @@ class Forecaster:
         L, C = self.lookback, len(self.channels)
         x = np.zeros((len(histories), L, C), dtype=np.float32)
         pad = np.zeros((len(histories), L), dtype=bool)
-        for i, values in enumerate(histories):
-            self.check_history(values, f"series {ids[i] if ids else i!r}")
-            tail = values[-L:]
+        if not self._all_valid(histories):  # find the first bad one, in its own words
+            for i, values in enumerate(histories):
+                self.check_history(values, f"series {ids[i] if ids else i!r}")
+        tails = [values[-L:] for values in histories]
+        if histories and all(len(tail) == L for tail in tails):  # no padding: one array step
+            x[:] = (np.stack(tails) - self._mean) / self._scale
+            return x, pad
+        for i, tail in enumerate(tails):
             x[i, L - len(tail):] = (tail - self._mean) / self._scale
             pad[i, : L - len(tail)] = True
         return x, pad
+
+    def _all_valid(self, histories: list[np.ndarray]) -> bool:
+        """`check_history` for all at once: the common case, where every one passes."""
+        C, shortest = len(self.channels), self.meta.min_history
+        if not all(v.ndim == 2 and v.shape[1] == C and len(v) >= shortest for v in histories):
+            return False
+        # only the tails reach the model, but a NaN anywhere in a history is refused
+        return bool(np.isfinite(np.concatenate(histories)).all()) if histories else True
 
     def _forward(self, x: np.ndarray, pad: np.ndarray, h: int) -> np.ndarray:
         with torch.inference_mode():
@@ -143,7 +156,8 @@ class Forecaster:
             forecast, bands = self.predict_quantiles(values, wanted, horizon, ids)
         else:
             forecast = self.predict_arrays(values, horizon, ids)
-        out = self.to_frame(forecast, ids, stamps)
+        out = self.to_frame(forecast, ids, None if stamps is None else
+                            pd.DatetimeIndex([s[-1] for s in stamps]))
         if wanted:
             out = out.join(pd.DataFrame(quantile_columns(
                 bands, self.channels, wanted, quantiles, levels)))
@@ -177,19 +191,61 @@ class Forecaster:
         values = [g.to_numpy(dtype=np.float32) for _, g in groups]
         return ids, values, None
 
+    def regular_histories(self, frame: pd.DataFrame
+                          ) -> tuple[list[str], list[np.ndarray], pd.DatetimeIndex] | None:
+        """`histories` for a frame that needs none of its fixes, found in whole-array steps:
+        ids, values [T_i x C] and each series' last timestamp. None when any series could
+        need `histories`' own checks (or words): rows not contiguous by id or not time-sorted,
+        a gap, duplicate or off-grid time, a missing or non-finite value, a history too
+        short, or a calendar frequency (month, week) whose steps are not a fixed length."""
+        ts_col = self.meta.timestamp_column
+        offset = pd.tseries.frequencies.to_offset(self.meta.freq)
+        if (SERIES_ID not in frame.columns or ts_col not in frame.columns or len(frame) == 0
+                or not isinstance(offset, pd.offsets.Tick)
+                or not pd.api.types.is_datetime64_dtype(frame[ts_col].dtype)
+                or not all(pd.api.types.is_numeric_dtype(frame[c].dtype)
+                           for c in self.channels)):
+            return None
+        sids = frame[SERIES_ID].to_numpy()
+        starts = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])
+        ends = np.r_[starts[1:], len(sids)]
+        stamps = frame[ts_col].to_numpy().astype("datetime64[ns]").view("i8")
+        steps = np.diff(stamps)
+        steps[starts[1:] - 1] = offset.nanos  # a series' first row follows another series
+        values = frame[self.channels].to_numpy(dtype=np.float64)
+        if (len(pd.unique(sids)) != len(starts) or (steps != offset.nanos).any()
+                or (ends - starts < self.meta.min_history).any()
+                or not (np.abs(values) <= np.finfo(np.float32).max).all()):  # NaN fails too
+            return None
+        ids = [str(s) for s in sids[starts]]
+        series = np.split(values.astype(np.float32), starts[1:])
+        last = pd.DatetimeIndex(frame[ts_col].to_numpy()[ends - 1])
+        return ids, series, last
+
     def future_index(self, last: pd.Timestamp, steps: int) -> pd.DatetimeIndex:
         return pd.date_range(last, periods=steps + 1, freq=self.meta.freq)[1:]
 
+    def future_stamps(self, last: pd.DatetimeIndex, steps: int) -> pd.DatetimeIndex:
+        """The `steps` forecast times after each of `last`, series after series."""
+        offset = pd.tseries.frequencies.to_offset(self.meta.freq)
+        if not isinstance(offset, pd.offsets.Tick):  # months, weeks: calendar arithmetic
+            return pd.DatetimeIndex(np.concatenate(
+                [self.future_index(t, steps) for t in last])).as_unit(last.unit)
+        ahead = np.arange(1, steps + 1) * pd.Timedelta(offset).as_unit("ns").to_timedelta64()
+        grid = last.as_unit("ns").to_numpy()[:, None] + ahead[None, :]
+        return pd.DatetimeIndex(grid.reshape(-1)).as_unit(last.unit)
+
     def to_frame(self, forecast: np.ndarray, ids: list[str],
-                 stamps: list[pd.DatetimeIndex] | None) -> pd.DataFrame:
+                 last: pd.DatetimeIndex | None) -> pd.DataFrame:
+        """Forecasts [N x h x C] → a forecast frame; `last`: each series' last observed time,
+        which gives the forecast's timestamps."""
         n, h, C = forecast.shape
         out = pd.DataFrame({
             SERIES_ID: np.repeat(ids, h),
             STEP: np.tile(np.arange(1, h + 1), n),
         })
-        if stamps is not None:
-            out[self.meta.timestamp_column] = np.concatenate(
-                [self.future_index(s[-1], h) for s in stamps])
+        if last is not None:
+            out[self.meta.timestamp_column] = self.future_stamps(last, h)
         for c, name in enumerate(self.channels):
             out[name] = forecast[:, :, c].reshape(-1)
         return out

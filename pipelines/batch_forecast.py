@@ -106,10 +106,17 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
     channel = forecaster.channels[0] if wide else None
     bad: list[tuple[str, str]] = []
     try:
-        ids, values, stamps = forecaster.histories(tails)
+        # clean tails (the usual case) are checked in whole-array steps; the rest the slow way
+        regular = forecaster.regular_histories(tails)
+        if regular is None:
+            ids, values, stamps = forecaster.histories(tails)
+            assert stamps is not None  # tails always carry timestamps
+            last = pd.DatetimeIndex([s[-1] for s in stamps])
+        else:
+            ids, values, last = regular
         forecast = forecaster.predict_arrays(values, horizon, ids)
     except DataError:
-        ids, values, stamps = [], [], []
+        ids, values, lasts = [], [], []
         sid_column = tails[SERIES_ID].to_numpy()
         starts = block_starts(sid_column)
         for lo, hi in zip(starts, np.r_[starts[1:], len(tails)], strict=True):
@@ -120,9 +127,10 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
             except DataError as err:
                 bad.append((sid, bad_series_reason(err, sid, channel)))
                 continue
+            assert one_stamps is not None
             ids += one_ids
             values += one_values
-            stamps += one_stamps or []
+            lasts.append(one_stamps[0][-1])
         # a valid history can still overflow inside the model: that series is bad, not the job
         forecast = forecaster.unchecked_forecast(values, horizon, ids) if ids else np.empty(0)
         broken = [i for i in range(len(ids)) if not np.isfinite(forecast[i]).all()]
@@ -133,10 +141,9 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
         if not keep:
             return None, bad
         forecast = forecast[keep]
-        ids, stamps = [ids[i] for i in keep], [stamps[i] for i in keep]
-    assert stamps is not None  # tails always carry timestamps
-    out = forecaster.to_frame(forecast, ids, stamps)
-    out.insert(1, ORIGIN, pd.DatetimeIndex([s[-1] for s in stamps]).repeat(horizon))
+        ids, last = [ids[i] for i in keep], pd.DatetimeIndex([lasts[i] for i in keep])
+    out = forecaster.to_frame(forecast, ids, last)
+    out.insert(1, ORIGIN, last.repeat(horizon))
     out = out.rename(columns={forecaster.meta.timestamp_column: TIMESTAMP})
     out[MODEL_NAME] = model_name
     out[MODEL_VERSION] = model_version

@@ -58,7 +58,10 @@ def _last_rows(frame: pd.DataFrame, ts_col: str, lookback: int) -> pd.DataFrame:
     sizes = np.diff(np.r_[starts, n])
     block = np.repeat(np.arange(len(starts)), sizes)
     stamps = frame[ts_col].to_numpy().view("i8")
-    order = np.lexsort((stamps, block))  # by series, then time; stable for equal stamps
+    later = np.diff(stamps) > 0
+    later[starts[1:] - 1] = True  # a series' first row may be earlier than the one before it
+    # files are usually written in time order: then there is nothing to sort
+    order = np.arange(n) if later.all() else np.lexsort((stamps, block))  # stable for ties
     # After the sort series k still occupies rows starts[k]..ends[k]; keep its last rows.
     from_end = (starts + sizes)[block[order]] - np.arange(n) - 1
     return frame.iloc[order[from_end < lookback]].reset_index(drop=True)
@@ -191,17 +194,23 @@ class _LongTails:
         frame = self._parse(raw, ids)
         self.rows += len(raw)
         both = frame if self.carry is None else pd.concat([self.carry, frame], ignore_index=True)
-        # Contiguity holds, so the rows with the last id are exactly the still open block.
-        is_open = (both[SERIES_ID] == ids[-1]).to_numpy()
-        self.carry = _last_rows(both[is_open], self.ts_col, self.lookback)
-        return self._emit(both[~is_open])
+        # Contiguity holds, so the last block of rows is the still open series, unless none
+        # of that series' rows had a readable time
+        sids = both[SERIES_ID].to_numpy()
+        open_from = int(block_starts(sids)[-1]) if len(sids) and sids[-1] == ids[-1] \
+            else len(sids)
+        self.carry = _last_rows(both.iloc[open_from:], self.ts_col, self.lookback)
+        return self._emit(both.iloc[:open_from])
 
     def finish(self) -> Batch:
         done, self.carry, self.carry_id = self.carry, None, None
         return self._emit(done)
 
     def _ids(self, raw: pd.Series) -> np.ndarray:
-        ids = raw.astype(str).to_numpy(dtype=object)
+        # one str object per distinct id, shared by its rows: far cheaper than one per row
+        codes, uniques = pd.factorize(raw.astype(str))
+        ids = np.asarray(uniques, dtype=object)[codes] if len(uniques) else \
+            np.zeros(len(raw), dtype=object)
         empty = raw.isna().to_numpy() | (ids == "")
         if empty.any():
             row = self.rows + int(np.flatnonzero(empty)[0]) + 1
@@ -237,7 +246,10 @@ class _LongTails:
         if no_time.any():
             col = raw[self.ts_column]
             self._mark(ids, no_time, lambda p: _stamp_problem(col, p, row0 + p))
-        columns: dict[str, object] = {SERIES_ID: ids, self.ts_col: stamps.to_numpy()}
+        # object dtype kept: pandas would store text as Arrow strings, and every later
+        # `.to_numpy()` of the column would build a Python str per row again
+        columns: dict[str, object] = {SERIES_ID: pd.Series(ids, dtype=object),
+                                      self.ts_col: stamps.to_numpy()}
         for c in self.channels:
             num, bad = _numbers(raw[c])
             if bad.any():

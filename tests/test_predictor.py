@@ -317,3 +317,69 @@ def test_history_errors_name_a_fix_to_the_history_not_to_data_settings(forecaste
     with pytest.raises(DataError) as err:
         forecaster.predict_frame(change(frame_for(history(30), "2024-03-01")))
     assert str(err.value).endswith(fix) and "data." not in str(err.value)
+
+
+def long_history(lengths: list[int], freq: str = "h", unit: str = "us") -> pd.DataFrame:
+    """Contiguous, time-sorted series with their own start times, as batch jobs hand them on."""
+    parts = []
+    for i, n in enumerate(lengths):
+        stamps = pd.date_range(pd.Timestamp("2024-01-01") + pd.Timedelta(hours=5 * i),
+                               periods=n, freq=freq).as_unit(unit)
+        values = history(n, seed=i).astype(np.float64)  # as files are read
+        parts.append(pd.DataFrame({"series_id": f"s{i}", "date": stamps,
+                                   "a": values[:, 0], "b": values[:, 1]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_regular_histories_equal_the_checked_ones(forecaster):
+    frame = long_history([30, 8, 24, 61])
+    ids, values, last = forecaster.regular_histories(frame)
+    want_ids, want_values, want_stamps = forecaster.histories(frame)
+    assert ids == want_ids
+    for got, want in zip(values, want_values, strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype
+    assert list(last) == [s[-1] for s in want_stamps]
+
+
+@pytest.mark.parametrize("spoil", ["gap", "duplicate", "unsorted", "nan", "inf", "huge", "short",
+                                   "not contiguous", "text time"])
+def test_regular_histories_leave_every_irregular_frame_to_the_checks(forecaster, spoil):
+    frame = long_history([30, 12, 24])
+    i = 35  # the second series' sixth row
+    if spoil == "gap":
+        frame = frame.drop(index=i)
+    elif spoil == "duplicate":
+        frame.loc[i, "date"] = frame.loc[i - 1, "date"]
+    elif spoil == "unsorted":
+        frame.iloc[[i, i + 1]] = frame.iloc[[i + 1, i]].to_numpy()
+    elif spoil in ("nan", "inf", "huge"):
+        frame.loc[i, "a"] = {"nan": np.nan, "inf": np.inf, "huge": 1e39}[spoil]
+    elif spoil == "short":
+        frame = frame[frame.series_id != "s1"].pipe(
+            lambda f: pd.concat([f, long_history([7]).assign(series_id="s9")]))
+    elif spoil == "not contiguous":
+        frame = pd.concat([frame, long_history([10])], ignore_index=True)  # s0 again
+    else:
+        frame["date"] = frame["date"].astype(str)
+    assert forecaster.regular_histories(frame.reset_index(drop=True)) is None
+
+
+def test_regular_histories_leave_calendar_frequencies_to_the_checks(bundle):
+    bundle.meta.freq = "MS"
+    frame = long_history([30], freq="MS")
+    assert Forecaster(bundle).regular_histories(frame) is None
+
+
+@pytest.mark.parametrize("freq", ["h", "15min", "D", "MS", "W-SUN"])
+@pytest.mark.parametrize("unit", ["s", "us", "ns"])
+def test_future_stamps_equal_the_calendar_per_series(bundle, freq, unit):
+    bundle.meta.freq = freq
+    forecaster = Forecaster(bundle)
+    starts = ["2024-01-07 00:00", "2024-02-04 00:00", "2024-12-29 00:00"]
+    last = pd.DatetimeIndex([pd.date_range(s, periods=3, freq=freq)[-1] for s in starts]
+                            ).as_unit(unit)
+    got = forecaster.future_stamps(last, 5)
+    want = pd.DatetimeIndex(np.concatenate([forecaster.future_index(t, 5) for t in last]))
+    assert got.unit == unit
+    assert list(got) == list(want)
