@@ -363,11 +363,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_batch_forecast(args: argparse.Namespace) -> int:
-    s = batch_forecast(BatchOptions(
-        model=args.model, input=Path(args.input), output=Path(args.output), layout=args.layout,
+    options = BatchOptions(
+        model=args.model, input=args.input, output=args.output, layout=args.layout,
         chunk_size=args.chunk_size, horizon=args.horizon, tracking_uri=args.tracking_uri,
         timestamp_column=args.timestamp_column, id_column=args.id_column,
-        on_bad_series=args.on_bad_series, read_rows=args.read_rows))
+        on_bad_series=args.on_bad_series, read_rows=args.read_rows, engine=args.engine,
+        spark_master=args.spark_master, spark_conf=tuple(args.spark_conf))
+    if args.engine == "spark":  # PySpark is an optional extra: imported only when asked for
+        from pipelines.batch_spark import spark_batch_forecast
+        s = spark_batch_forecast(options)
+    else:
+        s = batch_forecast(options)
     skipped = f"{s.series_skipped:,} skipped (see {s.errors_file})" if s.series_skipped \
         else "none skipped"
     if args.log_format != "json":  # JSON: every line is one object
@@ -498,9 +504,11 @@ def batch_forecast_flags(p: argparse.ArgumentParser) -> None:
     """The flags of `forecast pipeline batch-forecast`; they map one to one to BatchOptions."""
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION "
                    "or a model directory written by `forecast train`")
-    p.add_argument("--input", required=True, help="series file, .csv or .parquet")
-    p.add_argument("--output", required=True, help="forecast file, .parquet or .csv; bad "
-                   "series are listed in <stem>.errors.csv beside it")
+    p.add_argument("--input", required=True, help="series file, .csv or .parquet (--engine "
+                   "spark: Parquet, any path or URI Spark reads)")
+    p.add_argument("--output", required=True, help="forecast file, .parquet or .csv (--engine "
+                   "spark: a Parquet folder); bad series are listed in <stem>.errors.csv "
+                   "beside it")
     p.add_argument("--layout", choices=["long", "wide"], default="long",
                    help="long: id, timestamp, channel columns, a series' rows together; wide: "
                    "timestamp plus one column per series (single-channel models)")
@@ -518,6 +526,15 @@ def batch_forecast_flags(p: argparse.ArgumentParser) -> None:
                    help="series id column (long layout)")
     p.add_argument("--on-bad-series", choices=["skip", "fail"], default="skip",
                    help="skip (default): forecast the others and list the bad ones; fail: stop")
+    p.add_argument("--engine", choices=["local", "spark"], default="local",
+                   help="local (default): this process, streaming the file; spark: "
+                   "groupBy().applyInPandas on a Spark session (Parquet in, a Parquet folder "
+                   "out; needs forecast[spark])")
+    p.add_argument("--spark-master", help="--engine spark: the master URL (e.g. local[4], "
+                   "yarn, spark://host:7077); default: the session's, local[*] when unset")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="--engine spark: a Spark setting, repeatable (e.g. "
+                   "spark.executor.memory=4g)")
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -30,6 +30,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -46,10 +47,11 @@ from forecast.data import (
 from forecast.errors import ConfigError, DataError, ForecastError
 from forecast.paths import writable_file
 from forecast.predictor import Forecaster
-from forecast.registry import ModelSource, load_model
+from forecast.registry import ModelSource, ResolvedModel, load_model
 from forecast.tracking import PREFLIGHT_SECONDS, default_uri, preflight
 from pipelines.batch_input import (
     SERIES_ID,
+    Batch,
     Reader,
     bad_series_reason,
     block_starts,
@@ -71,8 +73,8 @@ class BatchOptions:
     """One batch job; the CLI flags map one to one (see `add_arguments`)."""
 
     model: str  # models:/NAME@ALIAS, models:/NAME/VERSION or a bundle directory
-    input: Path
-    output: Path  # .parquet/.pq or .csv
+    input: str | Path  # the spark engine also reads any URI Spark reads (s3a://, hdfs://)
+    output: str | Path  # .parquet/.pq or .csv; the spark engine writes a Parquet folder
     layout: Literal["long", "wide"] = "long"
     chunk_size: int = 2000  # series per forward pass
     horizon: int | None = None  # None: the model's horizon
@@ -81,6 +83,9 @@ class BatchOptions:
     id_column: str = "series_id"
     on_bad_series: Literal["skip", "fail"] = "skip"
     read_rows: int = 200_000  # rows per read chunk: bounds memory, does not change results
+    engine: Literal["local", "spark"] = "local"
+    spark_master: str | None = None  # None: the session's own (local[*] when none is set)
+    spark_conf: tuple[str, ...] = ()  # KEY=VALUE Spark settings
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,10 @@ class BatchSummary:
     rows: int
     seconds: float
     series_per_second: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # this process's; on Spark the driver's, workers' below
+    engine: str = "local"
+    model_loads: int = 1  # on Spark: loads across all Python workers (one each, cached)
+    workers_peak_rss_mb: float | None = None  # on Spark: the largest Python worker's
 
 
 
@@ -150,6 +158,20 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
     return out, bad
 
 
+def forecast_stream(forecaster: Forecaster, read: Iterable[Batch], chunk_size: int,
+                    horizon: int, model_name: str, model_version: str, wide: bool
+                    ) -> Iterator[tuple[pd.DataFrame | None, list[tuple[str, str]]]]:
+    """Read batches → (forecast frame or None, bad series) per `chunk_size` series."""
+    for batch in rebatch(read, chunk_size):
+        bad = list(batch.bad)
+        frame = None
+        if batch.tails is not None:
+            frame, more = _forecast(forecaster, batch.tails, horizon, model_name,
+                                    model_version, wide)
+            bad += more
+        yield frame, bad
+
+
 class _AtomicWriter:
     """Appends chunks to a hidden temp file beside the output; `commit` renames it into place
     (atomic on one file system), `discard` removes it."""
@@ -200,12 +222,8 @@ def _write_errors(path: Path, bad: list[tuple[str, str]]) -> None:
     os.replace(tmp, path)
 
 
-def _check(options: BatchOptions) -> str:
-    """Option checks that need no model; returns the output kind."""
-    out = Path(options.output)
-    kind = SUFFIXES.get(out.suffix.lower())
-    if kind is None:
-        raise ConfigError(f"--output {str(out)!r}: use a .parquet (or .pq) or .csv file name")
+def check_options(options: BatchOptions) -> None:
+    """Option checks that need no model, for both engines."""
     if options.layout not in ("long", "wide"):
         raise ConfigError(f"--layout {options.layout!r}: use 'long' or 'wide'")
     if options.on_bad_series not in ("skip", "fail"):
@@ -214,9 +232,41 @@ def _check(options: BatchOptions) -> str:
         if getattr(options, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be "
                               "at least 1")
-    if out.resolve() == Path(options.input).resolve():
-        raise ConfigError(f"--output {str(out)!r} is the input file; write elsewhere")
+    if str(options.output).rstrip("/") == str(options.input).rstrip("/") or (
+            Path(options.output).resolve() == Path(options.input).resolve()):
+        raise ConfigError(f"--output {str(options.output)!r} is the input; write elsewhere")
+
+
+def _check(options: BatchOptions) -> str:
+    """The local engine's option checks; returns the output kind."""
+    if options.spark_master or options.spark_conf:
+        raise ConfigError("--spark-master and --spark-conf are for --engine spark; drop them "
+                          "or add --engine spark")
+    check_options(options)
+    out = Path(options.output)
+    kind = SUFFIXES.get(out.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"--output {str(out)!r}: use a .parquet (or .pq) or .csv file name")
     return kind
+
+
+def open_model(options: BatchOptions) -> tuple[ResolvedModel, int, str]:
+    """The model, the horizon to forecast and the input's timestamp column, checked."""
+    source = ModelSource.parse(options.model)
+    uri = default_uri(options.tracking_uri)
+    if not source.is_local:  # an unreachable server would be retried for minutes
+        preflight(uri, PREFLIGHT_SECONDS, create=False)
+    model = load_model(source, uri)
+    forecaster = model.forecaster
+    clash = set(OUTPUT_COLUMNS) & set(forecaster.channels)
+    if clash:
+        raise ForecastError(f"model channel(s) {sorted(clash)} clash with output columns "
+                            f"{list(OUTPUT_COLUMNS)}; rename the channels and retrain")
+    horizon = forecaster.horizon if options.horizon is None else options.horizon
+    if not 1 <= horizon <= forecaster.horizon:
+        raise ConfigError(f"--horizon {horizon}: model {model.name} (version {model.version}) "
+                          f"forecasts 1 to {forecaster.horizon} steps; pass one of those")
+    return model, horizon, options.timestamp_column or forecaster.meta.timestamp_column
 
 
 def peak_rss_mb() -> float:
@@ -234,21 +284,8 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
     errors_path = output.with_name(f"{output.stem}.errors.csv")
     writable_file(errors_path, "--output's errors file")
     reader = Reader(Path(options.input))
-    source = ModelSource.parse(options.model)
-    uri = default_uri(options.tracking_uri)
-    if not source.is_local:  # an unreachable server would be retried for minutes
-        preflight(uri, PREFLIGHT_SECONDS, create=False)
-    model = load_model(source, uri)
+    model, horizon, ts_column = open_model(options)
     forecaster = model.forecaster
-    clash = set(OUTPUT_COLUMNS) & set(forecaster.channels)
-    if clash:
-        raise ForecastError(f"model channel(s) {sorted(clash)} clash with output columns "
-                            f"{list(OUTPUT_COLUMNS)}; rename the channels and retrain")
-    horizon = forecaster.horizon if options.horizon is None else options.horizon
-    if not 1 <= horizon <= forecaster.horizon:
-        raise ConfigError(f"--horizon {horizon}: model {model.name} (version {model.version}) "
-                          f"forecasts 1 to {forecaster.horizon} steps; pass one of those")
-    ts_column = options.timestamp_column or forecaster.meta.timestamp_column
     log.info("model %s (version %s): lookback %d, horizon %d, channels %s; reading %s (%s layout)",
              model.name, model.version, forecaster.lookback, horizon, forecaster.channels,
              reader.path, options.layout)
@@ -266,25 +303,21 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
     skipped: list[tuple[str, str]] = []
     done = chunks = 0
     try:
-        for batch in rebatch(read, options.chunk_size):
-            bad = list(batch.bad)
-            if batch.tails is not None:
-                frame, more = _forecast(forecaster, batch.tails, horizon, model.name,
-                                        model.version, options.layout == "wide")
-                if frame is not None and utc:
+        for frame, bad in forecast_stream(forecaster, read, options.chunk_size, horizon,
+                                          model.name, model.version, options.layout == "wide"):
+            if frame is not None:
+                if utc:
                     frame[[ORIGIN, TIMESTAMP]] = frame[[ORIGIN, TIMESTAMP]].apply(
                         lambda c: c.dt.tz_localize("UTC"))
-                bad += more
-                if frame is not None:
-                    writer.write(frame)
-                    done += len(frame) // horizon
+                writer.write(frame)
+                done += len(frame) // horizon
             if bad and options.on_bad_series == "fail":
                 sid, reason = bad[0]
                 raise DataError(f"series {sid!r}: {reason}; --on-bad-series is 'fail': fix it, "
                                 "or pass --on-bad-series skip to forecast the others and list "
                                 f"the bad ones in {errors_path}")
             skipped += bad
-            if batch.tails is not None:
+            if frame is not None:
                 chunks += 1
                 log.info("chunk %d: %d series done (%d skipped), %d rows written, %.0f series/s",
                          chunks, done, len(skipped), writer.rows,

@@ -87,11 +87,17 @@ def _parse_stamps(raw: pd.Series, source: str) -> pd.Series:
     return parsed.dt.tz_convert("UTC").dt.tz_localize(None)
 
 
-def _stamp_problem(raw: pd.Series, pos: int, row: int) -> str:
+def _at(row: int | None) -> str:
+    """' row N' where the file's row numbers are known (not on Spark, which reads in parts)."""
+    return "" if row is None else f" row {row}"
+
+
+def _stamp_problem(raw: pd.Series, pos: int, row: int | None) -> str:
     shown = shown_value(raw, pos)
     hint = " (a number: does --timestamp-column name the time column?)" \
         if shown != "an empty value" and _is_number(raw.iloc[pos]) else ""
-    return f"timestamp column {raw.name!r} row {row} has {shown}, which is not a timestamp{hint}"
+    return (f"timestamp column {raw.name!r}{_at(row)} has {shown}, which is not a "
+            f"timestamp{hint}")
 
 
 def _is_number(value: object) -> bool:
@@ -111,11 +117,11 @@ def _numbers(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return num, bad
 
 
-def _value_problem(raw: pd.Series, pos: int, column: str, row: int) -> str:
+def _value_problem(raw: pd.Series, pos: int, column: str, row: int | None) -> str:
     value = raw.iloc[pos]
     if isinstance(value, float | np.floating):
-        return f"column {column!r} row {row} is infinite"
-    return f"column {column!r} row {row} has {value!r}, which is not a number"
+        return f"column {column!r}{_at(row)} is infinite"
+    return f"column {column!r}{_at(row)} has {value!r}, which is not a number"
 
 
 def bad_series_reason(err: DataError, sid: str, channel: str | None) -> str:
@@ -170,14 +176,16 @@ class Reader:
             raise DataError(f"could not read {str(self.path)!r} as {self.kind}: {err}") from None
 
 
-class _LongTails:
+class LongTails:
     """Read chunks of a long file → the last `lookback` rows of each series whose block ended.
 
     Only the series still open at a chunk's end is carried over, trimmed to `lookback` rows,
-    so memory does not grow with the file."""
+    so memory does not grow with the file. `row_numbers`: name the file's row in problems
+    (off where rows arrive in parts, as on Spark)."""
 
     def __init__(self, forecaster: Forecaster, id_column: str, ts_column: str,
-                 source: str) -> None:
+                 source: str, row_numbers: bool = True) -> None:
+        self.row_numbers = row_numbers
         self.lookback = forecaster.lookback
         self.channels = forecaster.channels
         self.ts_col = forecaster.meta.timestamp_column  # the name Forecaster.histories reads
@@ -239,13 +247,15 @@ class _LongTails:
         for pos in pd.Series(np.flatnonzero(mask)).groupby(ids[mask], sort=False).first():
             self.bad.setdefault(ids[pos], why(int(pos)))
 
+    def _row(self, pos: int) -> int | None:
+        return self.rows + pos + 1 if self.row_numbers else None
+
     def _parse(self, raw: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
-        row0 = self.rows + 1
         stamps = _parse_stamps(raw[self.ts_column], self.source)
         no_time = stamps.isna().to_numpy()
         if no_time.any():
             col = raw[self.ts_column]
-            self._mark(ids, no_time, lambda p: _stamp_problem(col, p, row0 + p))
+            self._mark(ids, no_time, lambda p: _stamp_problem(col, p, self._row(p)))
         # object dtype kept: pandas would store text as Arrow strings, and every later
         # `.to_numpy()` of the column would build a Python str per row again
         columns: dict[str, object] = {SERIES_ID: pd.Series(ids, dtype=object),
@@ -253,7 +263,7 @@ class _LongTails:
         for c in self.channels:
             num, bad = _numbers(raw[c])
             if bad.any():
-                self._mark(ids, bad, lambda p, c=c: _value_problem(raw[c], p, c, row0 + p))
+                self._mark(ids, bad, lambda p, c=c: _value_problem(raw[c], p, c, self._row(p)))
             columns[c] = num
         frame = pd.DataFrame(columns)
         return frame[~no_time] if no_time.any() else frame
@@ -273,9 +283,10 @@ class _LongTails:
         return Batch(tails if n else None, n, bad)
 
 
-def long_batches(reader: Reader, forecaster: Forecaster, ts_column: str,
-                 id_column: str, read_rows: int) -> Iterator[Batch]:
-    channels, have = forecaster.channels, set(reader.columns)
+def check_long_columns(columns: list[str], source: str, forecaster: Forecaster,
+                       ts_column: str, id_column: str) -> None:
+    """A long file's columns hold an id, a time and every channel, each in its own column."""
+    channels, have = forecaster.channels, set(columns)
     problems = []
     if ts_column not in have:
         problems.append(f"no timestamp column {ts_column!r}: pass --timestamp-column")
@@ -293,8 +304,14 @@ def long_batches(reader: Reader, forecaster: Forecaster, ts_column: str,
         problems.append(f"--id-column and --timestamp-column both name {ts_column!r}; the "
                         "series ids and the times need a column each")
     if problems:
-        raise DataError(f"{reader.path}: {'; '.join(problems)} (columns: {reader.columns[:20]})")
-    tails = _LongTails(forecaster, id_column, ts_column, str(reader.path))
+        raise DataError(f"{source}: {'; '.join(problems)} (columns: {columns[:20]})")
+
+
+def long_batches(reader: Reader, forecaster: Forecaster, ts_column: str,
+                 id_column: str, read_rows: int) -> Iterator[Batch]:
+    check_long_columns(reader.columns, str(reader.path), forecaster, ts_column, id_column)
+    channels = forecaster.channels
+    tails = LongTails(forecaster, id_column, ts_column, str(reader.path))
     columns = list(dict.fromkeys([id_column, ts_column, *channels]))
     for raw in reader.chunks(columns, read_rows, text=[id_column, ts_column],
                              verbatim=[id_column]):
@@ -303,20 +320,27 @@ def long_batches(reader: Reader, forecaster: Forecaster, ts_column: str,
     yield tails.finish()
 
 
-def wide_batches(reader: Reader, forecaster: Forecaster, ts_column: str, id_column: str,
-                 read_rows: int, chunk_size: int) -> Iterator[Batch]:
-    """Keep the last `lookback` rows of all series while streaming, then hand them out
-    `chunk_size` columns at a time."""
+def wide_series(columns: list[str], source: str, forecaster: Forecaster, ts_column: str,
+                id_column: str) -> list[str]:
+    """A wide file's series columns, checked: a time column, and a single-channel model."""
     if len(forecaster.channels) != 1:
         raise DataError(f"--layout wide holds one value per series and time step, but the model "
                         f"has channels {forecaster.channels}; use --layout long with columns "
                         f"{id_column}, {ts_column}, {', '.join(forecaster.channels)}")
-    if ts_column not in reader.columns:
-        raise DataError(f"{reader.path}: no timestamp column {ts_column!r}; pass "
-                        f"--timestamp-column (columns: {reader.columns[:20]})")
-    series = [c for c in reader.columns if c != ts_column]
+    if ts_column not in columns:
+        raise DataError(f"{source}: no timestamp column {ts_column!r}; pass "
+                        f"--timestamp-column (columns: {columns[:20]})")
+    series = [c for c in columns if c != ts_column]
     if not series:
-        raise DataError(f"{reader.path}: no series columns besides {ts_column!r}")
+        raise DataError(f"{source}: no series columns besides {ts_column!r}")
+    return series
+
+
+def wide_batches(reader: Reader, forecaster: Forecaster, ts_column: str, id_column: str,
+                 read_rows: int, chunk_size: int) -> Iterator[Batch]:
+    """Keep the last `lookback` rows of all series while streaming, then hand them out
+    `chunk_size` columns at a time."""
+    series = wide_series(reader.columns, str(reader.path), forecaster, ts_column, id_column)
     lookback, ts_col, channel = forecaster.lookback, forecaster.meta.timestamp_column, \
         forecaster.channels[0]
     stamps: np.ndarray | None = None  # [rows] the last `lookback` timestamps seen
