@@ -129,7 +129,10 @@ def forecast_group(frame: pd.DataFrame, job: _Job) -> pd.DataFrame:
     # expects an Array); plain Python strings it can
     text = [SERIES_ID, MODEL_NAME, MODEL_VERSION, REASON]
     out[text] = out[text].astype(object)
-    return out
+    # a bad series' row leaves the other columns empty: keep their types (NaN is a float)
+    for c in (ORIGIN, TIMESTAMP):
+        out[c] = pd.to_datetime(out[c])
+    return out.astype({STEP: "Int64", **{c: "float32" for c in forecaster.channels}})
 
 
 def _session(options: BatchOptions) -> Any:
@@ -157,10 +160,15 @@ def _session(options: BatchOptions) -> Any:
         raise ForecastError(f"Spark did not start: {first_line(err)[:300]}; it needs Java 17 "
                             "(apt-get install openjdk-17-jre-headless) and, for a cluster, a "
                             "reachable --spark-master") from None
-    # naive times are read and written as they are, and times with a zone as UTC, as the
-    # local engine does: only a UTC session time zone gives both
-    spark.conf.set("spark.sql.session.timeZone", "UTC")
     return spark
+
+
+def _configure(spark: Any) -> None:
+    """Times as the local engine writes them: naive ones as they are, and ones with a zone as
+    UTC instants (a UTC session zone), stored as Parquet's UTC-adjusted microseconds, not
+    INT96, which readers take as naive."""
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
 
 
 class _Max:
@@ -265,6 +273,7 @@ def spark_batch_forecast(options: BatchOptions, spark: Any | None = None) -> Bat
     model, horizon, ts_column = open_model(options)
     forecaster = model.forecaster
     spark = spark or _session(options)
+    _configure(spark)
     df, id_column, utc = _read(spark, options, model, ts_column)
     rows = df.count()
     if rows == 0:
