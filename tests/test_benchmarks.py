@@ -99,8 +99,11 @@ def test_batch_forecast_smoke(tmp_path: Path) -> None:
     proc = run_script("batch_forecast.py", tmp_path / "b.json", "--series", "50", "--rows", "300",
                       "--workdir", str(tmp_path / "work"))
     result = recorded(proc, tmp_path / "b.json", "batch_forecast")
-    assert result["series_forecast"] == 50
-    assert set(result) >= {"series_per_second", "job_seconds", "peak_rss_mb", "within_budget"}
+    assert [(r["engine"], r["series_forecast"]) for r in result["runs"]] == [("local", 50),
+                                                                             ("spark", 50)]
+    spark = result["runs"][1]
+    assert spark["peak_rss_mb"]["jvm"] > 0 and spark["peak_rss_mb"]["python_workers"] > 0
+    assert spark["model_loads"] >= 1 and result["max_abs_diff"] < 1e-4
 
 
 @pytest.mark.slow
