@@ -7,7 +7,8 @@ windows) with tracking on in a temporary SQLite store so that `models:/NAME@cham
 then runs `forecast pipeline batch-forecast` once per engine and size, each in a subprocess.
 A sampler reads /proc every 0.1 s for the job's whole process tree, so the peak RSS is the
 driver's own, and on Spark also the JVM's and the Python workers' (each process's high-water
-mark, VmHWM) and the largest total the tree held at once.
+mark, VmHWM) and the largest total the tree held at once (the sum of PSS, which counts pages
+that forked workers share once).
 
     python benchmarks/batch_forecast.py                     # 10,000 and 100,000 series, both
     python benchmarks/batch_forecast.py --series 50 --rows 300 --results /tmp/b.json  # smoke
@@ -139,12 +140,24 @@ class TreeSampler:
             except OSError:
                 continue
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if "VmRSS" not in fields:
+            if "VmHWM" not in fields:
                 continue
-            total += int(fields["VmRSS"].split()[0]) / 1024
+            total += self._pss_mb(pid)
             # the role is read each time: spark-submit's shell execs the JVM in place
             self.hwm[pid] = (self._role(pid), int(fields["VmHWM"].split()[0]) / 1024)
         self.total_mb = max(self.total_mb, total)
+
+    @staticmethod
+    def _pss_mb(pid: int) -> float:
+        """Proportional set size: pages shared with other processes (Spark's Python workers
+        are forked from one daemon) counted once across them, not once in each."""
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -212,13 +212,45 @@ def windows_page(doc: dict[str, Any]) -> str:
 
 def batch_forecast_page(doc: dict[str, Any]) -> str:
     r = doc["results"]
-    head = ["series", "rows each", "chunk", "forecast", "series/s", "job s", "wall s",
-            "peak RSS MB", "budget MB"]
-    row = [f"{r['series']:,}", r["rows"], f"{r['chunk_size']:,}", f"{r['series_forecast']:,}",
-           f"{r['series_per_second']:,.0f}", f"{r['job_seconds']:.1f}",
-           f"{r['wall_seconds']:.1f}", f"{r['peak_rss_mb']:.0f}",
-           f"{r['rss_budget_mb']} ({'within' if r['within_budget'] else 'over'})"]
-    return table(head, [row], "r" * len(head)) + "\n" + provenance(doc)
+    head = ["engine", "series", "series/s", "job s", "wall s", "peak RSS MB: driver", "JVM",
+            "largest Python worker", "whole job at once", "model loads"]
+    rows = []
+    for run in r["runs"]:
+        peak, spark = run["peak_rss_mb"], run["engine"] == "spark"
+        rows.append([run["engine"], f"{run['series']:,}", f"{run['series_per_second']:,.0f}",
+                     f"{run['job_seconds']:.1f}", f"{run['wall_seconds']:.1f}",
+                     f"{peak['driver']:.0f}", f"{peak['jvm']:.0f}" if spark else "",
+                     f"{peak['python_workers']:.0f}" if spark else "",
+                     f"{peak['tree_total']:.0f}", run["model_loads"]])
+    fits = [f"{engine}: {f['fixed_seconds']:.0f} s fixed + 1 s per "
+            f"{f['series_per_second_marginal']:,.0f} series" for engine, f in r["fit"].items()]
+    notes = (f"{r['rows']} rows per series, {r['chunk_size']:,} series per forward pass; Spark "
+             f"on `{r['spark_master']}`. Wall time fitted from the two largest runs: "
+             f"{'; '.join(fits)}. Largest difference between the engines' forecasts: "
+             f"{r['max_abs_diff']:.1e}.\n")
+    return (table(head, rows, "lrrrrrrrrr") + "\n" + notes + "\n" + crossover(r)
+            + "\n" + provenance(doc))
+
+
+def crossover(r: dict[str, Any]) -> str:
+    """Where Spark would overtake the local engine, from the fitted fixed cost and marginal
+    rate of each, if Spark's marginal rate grew in proportion to its cores."""
+    fit, local = r["fit"], re.fullmatch(r"local\[(\d+)\]", r["spark_master"] or "")
+    if not {"local", "spark"} <= set(fit) or local is None:
+        return ""
+    cores = int(local.group(1))
+    f_l, r_l = fit["local"]["fixed_seconds"], fit["local"]["series_per_second_marginal"]
+    f_s, r_s = fit["spark"]["fixed_seconds"], fit["spark"]["series_per_second_marginal"]
+    rows = []
+    for total in (8, 32, 128, 512):
+        rate = r_s * total / cores
+        gain = 1 / r_l - 1 / rate  # seconds saved per series
+        rows.append([total, f"{rate:,.0f}", f"{(f_s - f_l) / gain:,.0f}" if gain > 0 else
+                     "never (slower per series)"])
+    return ("Projected, if Spark's marginal rate grew in proportion to its cores (each task is "
+            "one Python worker on one core) and its fixed cost stayed as measured:\n\n"
+            + table(["Spark cores", "Spark series/s", "Spark is faster above (series)"], rows,
+                    "rrr"))
 
 
 LOADS = {"c1": "1 series, concurrency 1", "c16": "1 series, concurrency 16",

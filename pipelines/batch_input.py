@@ -169,8 +169,10 @@ class Reader:
                                  ) as reader:
                     yield from reader
             else:
-                for batch in pq.ParquetFile(self.path).iter_batches(batch_size=rows,
-                                                                    columns=columns):
+                # pre_buffer (pyarrow's default) keeps every column chunk read so far until the
+                # file is closed: memory would grow with the file, ~8 bytes a row
+                parquet = pq.ParquetFile(self.path, pre_buffer=False)
+                for batch in parquet.iter_batches(batch_size=rows, columns=columns):
                     yield batch.to_pandas()
         except (ValueError, OSError, pa.ArrowException) as err:
             raise DataError(f"could not read {str(self.path)!r} as {self.kind}: {err}") from None

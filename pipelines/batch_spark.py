@@ -147,6 +147,7 @@ def _session(options: BatchOptions) -> Any:
             raise ConfigError(f"--spark-conf {item!r}: use KEY=VALUE, e.g. "
                               "spark.executor.memory=4g")
         settings.append((key.strip(), value))
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # a line per gateway call otherwise
     # local mode starts Python workers with this interpreter, where forecast is installed
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName("forecast batch-forecast")

@@ -129,3 +129,32 @@ def tiny_series(wide_frame: pd.DataFrame) -> SeriesSet:
 @pytest.fixture
 def tiny_prepared(tiny_series: SeriesSet, tiny_config: Config) -> Prepared:
     return prepare(tiny_series, tiny_config.split, tiny_config.windows)
+
+
+# Tiny models for the batch-forecast tests of both engines (tests/batch_files.py).
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-channel (a, b) bundle directory."""
+    from tests.batch_files import train_bundle
+
+    return train_bundle(tmp_path_factory.mktemp("two-channel"), ["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def mono_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-channel (a) bundle directory."""
+    from tests.batch_files import train_bundle
+
+    return train_bundle(tmp_path_factory.mktemp("one-channel"), ["a"])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite store where tiny-model v1 is champion (the first model always is)."""
+    from forecast.tracking import train_tracked
+    from tests.tracked import config, series_csv
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    train_tracked(config(root, series_csv(root / "series.csv"), train={"epochs": 1}), uri)
+    return uri

@@ -18,62 +18,21 @@ import pytest
 
 from forecast.bundle import load_bundle
 from forecast.cli import main
-from forecast.config import DataConfig, build_config
-from forecast.data import frame_to_series
 from forecast.errors import ConfigError, DataError, ForecastError, TrackingError
 from forecast.predictor import Forecaster
 from forecast.registry import ModelSource, load_version_forecaster
-from forecast.runner import train_and_evaluate
-from forecast.tracking import train_tracked
 from pipelines.batch_forecast import BatchOptions, BatchSummary, batch_forecast
-from tests.conftest import make_frame, tiny_raw
-from tests.tracked import NAME, config, series_csv
+from tests.batch_files import H, bad_frame, long_frame, write
+from tests.conftest import make_frame
+from tests.tracked import NAME
 
-H = 6  # the TINY model's horizon; lookback 24, min_history 8
-LENGTHS = [30, 8, 24, 61, 12, 100, 25]  # ≥ min_history; some shorter than the lookback
 OUTPUT_COLUMNS = ["series_id", "forecast_origin", "step", "timestamp", "a", "b", "model_name",
                   "model_version"]
-
-
-def _train(out: Path, channels: list[str]):
-    raw = tiny_raw(train={"epochs": 1})
-    raw["output_dir"] = str(out)
-    series = frame_to_series(make_frame(channels=channels), DataConfig(columns=channels))
-    return train_and_evaluate(build_config(raw, "batch test"), series).model_dir
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train(tmp_path_factory.mktemp("two-channel"), ["a", "b"])
-
-
-@pytest.fixture(scope="module")
-def mono_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train(tmp_path_factory.mktemp("one-channel"), ["a"])
 
 
 @pytest.fixture(scope="module")
 def forecaster(model_dir: Path) -> Forecaster:
     return Forecaster(load_bundle(model_dir))
-
-
-def long_frame(lengths: list[int] = LENGTHS, prefix: str = "s") -> pd.DataFrame:
-    """One block of rows per series, each starting at its own hour."""
-    parts = []
-    for i, n in enumerate(lengths):
-        part = make_frame(n=n, seed=i, start=str(pd.Timestamp("2024-01-01") + pd.Timedelta(
-            hours=7 * i)))
-        part.insert(0, "series_id", f"{prefix}{i}")
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True)
-
-
-def write(frame: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
-    return path
 
 
 def read(path: Path) -> pd.DataFrame:
@@ -243,25 +202,6 @@ def test_failure_midway_leaves_no_partial_output(model_dir, tmp_path, caplog):
     assert "chunk 3: 3 series done" in caplog.text  # rows had been written before the error
     assert out.read_text() == "yesterday's forecasts\n"  # the old file, untouched
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
-
-
-def bad_frame() -> tuple[pd.DataFrame, dict[str, str]]:
-    """Seven series, five of them bad; and a phrase of each bad one's reason."""
-    frame = long_frame([30] * 7).astype({"a": object, "date": object})
-    rows = {sid: frame.index[frame["series_id"] == sid] for sid in frame["series_id"].unique()}
-    frame = frame.drop(index=rows["s1"][5:])  # s1: 5 rows, fewer than min_history 8
-    frame.loc[rows["s2"][27], "b"] = np.nan  # s2: a missing value in the last 24 rows
-    frame = frame.drop(index=rows["s3"][20])  # s3: a gap
-    frame.loc[rows["s4"][2], "a"] = "oops"  # s4: text, early in the series
-    frame.loc[rows["s5"][0], "date"] = "yesterday"  # s5: not a timestamp
-    reasons = {
-        "s1": "5 steps of history; the model needs at least 8 (lookback 24)",
-        "s2": "column 'b' is missing a value at",
-        "s3": "1 missing time step(s) at frequency 'h'",
-        "s4": "column 'a' row 97 has 'oops', which is not a number",
-        "s5": "timestamp column 'date' row 125 has 'yesterday', which is not a timestamp",
-    }
-    return frame.reset_index(drop=True), reasons
 
 
 def test_bad_series_are_skipped_and_listed(model_dir, forecaster, tmp_path, caplog):
@@ -456,15 +396,6 @@ def test_model_source_parse():
             ModelSource.parse(bad)
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A SQLite store where tiny-model v1 is champion (the first model always is)."""
-    root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    train_tracked(config(root, series_csv(root / "series.csv"), train={"epochs": 1}), uri)
-    return uri
-
-
 def test_registered_champion_fills_model_name_and_version(registry, tmp_path):
     frame = long_frame([60, 80, 70])  # lookback 48 for this model
     expected = load_version_forecaster(registry, NAME, "1").predict_frame(frame)
@@ -537,3 +468,29 @@ def test_day_first_input_timestamps_are_read_as_training_reads_them():
     # a chunk that reads both ways is read month-first, not refused
     one = pd.Series(["01/02/2024"], name="date")
     assert _parse_stamps(one, "in.csv")[0] == pd.Timestamp("2024-01-02")
+
+
+def test_reading_parquet_holds_no_more_memory_as_the_file_goes_on(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.batch_input import Reader
+
+    # row groups as a writer streaming series makes them, of values that do not compress
+    groups, per = 20, 100_000
+    schema = pa.schema([("series_id", pa.string()), ("date", pa.timestamp("us")),
+                        ("a", pa.float64())])
+    with pq.ParquetWriter(tmp_path / "big.parquet", schema) as writer:
+        for g in range(groups):
+            writer.write_table(pa.table({
+                "series_id": np.repeat([f"s{g:02d}-{i:04d}" for i in range(per // 100)], 100),
+                "date": np.datetime64("2024-01-01", "us") + np.arange(per) * np.timedelta64(
+                    1, "h"),
+                "a": np.random.default_rng(g).standard_normal(per)}, schema=schema))
+    held = []
+    for chunk in Reader(tmp_path / "big.parquet").chunks(["series_id", "date", "a"], 30_000,
+                                                          text=[], verbatim=[]):
+        del chunk
+        held.append(pa.total_allocated_bytes())
+    # pyarrow's default pre-buffering kept column chunks read so far: 4.5 MB more by the end
+    assert len(held) == 67 and held[-1] - held[2] < 1_000_000, (held[2], held[-1])

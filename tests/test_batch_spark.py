@@ -4,6 +4,7 @@ series equal the local engine's, value for value, on the same files."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -19,14 +20,8 @@ from pyspark.sql import SparkSession
 from forecast.errors import ConfigError, DataError
 from pipelines.batch_forecast import BatchOptions, BatchSummary, batch_forecast
 from pipelines.batch_spark import errors_uri, spark_batch_forecast
-from tests.test_batch_forecast import (  # noqa: F401 (fixtures)
-    bad_frame,
-    long_frame,
-    mono_dir,
-    model_dir,
-    registry,
-    write,
-)
+from tests.batch_files import bad_frame, long_frame, write
+from tests.conftest import make_frame
 from tests.tracked import NAME
 
 pytestmark = pytest.mark.slow
@@ -37,6 +32,8 @@ LOCAL_SPARK = {"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
 @pytest.fixture(scope="module")
 def spark() -> Iterator[SparkSession]:
     os.environ.update(LOCAL_SPARK)
+    # py4j logs at interpreter exit, after pytest has closed the streams it captured
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     session = (SparkSession.builder.master("local[2]").appName("forecast-tests")
                .config("spark.ui.enabled", "false")
                .config("spark.driver.host", "127.0.0.1")
@@ -93,8 +90,6 @@ def test_forecasts_and_bad_series_equal_the_local_engine(spark, model_dir, tmp_p
 
 
 def test_wide_layout_equals_the_local_engine(spark, mono_dir, tmp_path):
-    from tests.conftest import make_frame
-
     wide = make_frame(n=40, channels=["north", "south", "east", "west", "up"], seed=3)
     wide.loc[35, "east"] = np.nan  # a bad series among good ones
     inp = write(wide, tmp_path / "wide.parquet")
