@@ -5,7 +5,7 @@ level and noise per series, each series ending at its own hour) for each N in `-
 trains a small single-channel model on the built-in synthetic series (1 epoch, capped
 windows) with tracking on in a temporary SQLite store so that `models:/NAME@champion` exists,
 then runs `forecast pipeline batch-forecast` once per engine and size, each in a subprocess.
-A sampler reads /proc every 0.1 s for the job's whole process tree, so the peak RSS is the
+A sampler reads /proc every 0.5 s for the job's whole process tree, so the peak RSS is the
 driver's own, and on Spark also the JVM's and the Python workers' (each process's high-water
 mark, VmHWM) and the largest total the tree held at once (the sum of PSS, which counts pages
 that forked workers share once).
@@ -90,7 +90,7 @@ def register_model(work: Path, uri: str) -> None:
 class TreeSampler:
     """Peak memory of a process and all its descendants, from /proc (Linux)."""
 
-    def __init__(self, pid: int, every: float = 0.1) -> None:
+    def __init__(self, pid: int, every: float = 0.5) -> None:
         self.pid, self.every = pid, every
         self.hwm: dict[int, tuple[str, float]] = {}  # pid → (role, VmHWM MB)
         self.total_mb = 0.0
