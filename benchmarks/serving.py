@@ -6,13 +6,15 @@ asyncio HTTP/1.1 load generator (keep-alive connections): single-series requests
 concurrency 1, 16 and 64, and a 256-series batch request. Every level is bounded in request
 count and in time. Both servers get the same histories; MLflow's as `dataframe_split` rows.
 
-    python benchmarks/serving.py [--data-dir ../shared/data] [--requests 400]
+    python benchmarks/serving.py [--data-dir ../shared/data] [--requests 400] [--workers 1,2]
     python benchmarks/serving.py --data-dir DIR --requests 20 --batch-requests 2 \
         --seconds 2 --skip-mlflow --set windows.lookback=48 --results /tmp/s.json   # smoke
 
-Prints a table, then one JSON line, saved to benchmarks/results/serving.json (--results):
-{"ours": {"c1": {"p50_ms", "p95_ms", "p99_ms", "rps", "errors"}, "c16", "c64", "batch256"},
- "mlflow": {same keys}}   ("mlflow" left out with --skip-mlflow)
+Our service runs once per `--workers` count (default 1 and 2), `mlflow models serve` with the
+first count. Prints a table, then one JSON line, saved to benchmarks/results/serving.json
+(--results): {"ours_1w": {"c1": {"p50_ms", "p95_ms", "p99_ms", "rps", "errors"}, "c16",
+"c64", "batch256"}, "ours_2w": {same keys}, "mlflow_1w": {same keys}}   ("mlflow_1w" left
+out with --skip-mlflow)
 """
 
 from __future__ import annotations
@@ -171,30 +173,31 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     bin_dir = Path(sys.executable).parent
     servers: dict[str, tuple[list[str], str, str]] = {
-        "ours": ([str(bin_dir / "forecast"), "-q", "serve", "--model", f"models:/{NAME}/1",
-                  "--workers", str(args.workers)], "/v1/forecast", "/readyz"),
-        "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1",
-                    "--env-manager", "local", "--workers", str(args.workers)],
-                   "/invocations", "/ping"),
-    }
-    if args.skip_mlflow:
-        del servers["mlflow"]
+        f"ours_{w}w": ([str(bin_dir / "forecast"), "-q", "serve", "--model", f"models:/{NAME}/1",
+                        "--workers", str(w)], "/v1/forecast", "/readyz")
+        for w in args.workers}
+    if not args.skip_mlflow:  # the peer, at the first worker count
+        servers[f"mlflow_{args.workers[0]}w"] = (
+            [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1",
+             "--env-manager", "local", "--workers", str(args.workers[0])],
+            "/invocations", "/ping")
     results: dict[str, dict[str, Any]] = {}
     for name, (cmd, path, ready) in servers.items():
+        kind = name.split("_")[0]  # the request format: ours or mlflow
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = start([*cmd, "--host", "127.0.0.1", "--port", str(port)], env, base, ready)
         try:
             warm_up = min(30, args.requests)
-            asyncio.run(drive(port, path, payloads[name]["single"], 1, warm_up, 30))
+            asyncio.run(drive(port, path, payloads[kind]["single"], 1, warm_up, 30))
             results[name] = {}
             for level in (1, 16, 64):
                 results[name][f"c{level}"] = asyncio.run(drive(
-                    port, path, payloads[name]["single"], level,
+                    port, path, payloads[kind]["single"], level,
                     args.requests * max(1, level // 8), args.seconds))
                 print(f"{name} c{level}: {results[name][f'c{level}']}", flush=True)
             results[name]["batch256"] = asyncio.run(drive(
-                port, path, payloads[name]["batch"], 1, args.batch_requests, args.seconds * 2))
+                port, path, payloads[kind]["batch"], 1, args.batch_requests, args.seconds * 2))
             print(f"{name} batch256: {results[name]['batch256']}", flush=True)
         finally:
             proc.terminate()
@@ -209,7 +212,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=400, help="single-series requests per level")
     p.add_argument("--batch-requests", type=int, default=20)
     p.add_argument("--seconds", type=float, default=45, help="time bound per level")
-    p.add_argument("--workers", type=int, default=1, help="worker processes of each server")
+    p.add_argument("--workers", type=lambda v: [int(w) for w in v.split(",")], default=[1, 2],
+                   help="comma-separated worker counts for our service (default 1,2); "
+                   "`mlflow models serve` runs with the first")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the model's config (e.g. windows.lookback=48 for a "
                    "small, quick model)")
@@ -232,10 +237,16 @@ def main() -> None:
         for level, r in levels.items():
             print(f"{name:<8}{level:<10}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                   f"{r['rps']:>9.1f}{r['errors']:>8}{r['requests']:>10}")
-    if "mlflow" in results:
-        ratio = results["ours"]["c16"]["rps"] / max(results["mlflow"]["c16"]["rps"], 1e-9)
-        print(f"throughput at concurrency 16: ours / mlflow = {ratio:.1f}x; "
-              f"{os.cpu_count()} cores shared by both servers' clients")
+    first = args.workers[0]
+    if f"mlflow_{first}w" in results:
+        ratio = results[f"ours_{first}w"]["c16"]["rps"] / max(
+            results[f"mlflow_{first}w"]["c16"]["rps"], 1e-9)
+        print(f"throughput at concurrency 16, {first} worker(s): ours / mlflow = {ratio:.1f}x; "
+              f"{os.cpu_count()} cores shared by the servers and the load generator")
+    for w in args.workers[1:]:
+        ratio = results[f"ours_{w}w"]["c16"]["rps"] / max(results[f"ours_{first}w"]["c16"]["rps"],
+                                                          1e-9)
+        print(f"throughput at concurrency 16: {w} workers / {first} = {ratio:.2f}x")
     summary = {k: {lvl: {m: r[m] for m in ("p50_ms", "p95_ms", "p99_ms", "rps", "errors")}
                    for lvl, r in v.items()} for k, v in results.items()}
     record.finish(run, summary, args.results)

@@ -7,7 +7,7 @@ Reads benchmarks/results/*.json (each script's saved result, see benchmarks/reco
 benchmarks/reference.json (the published and all-windows reference figures) and the pydantic
 config models, and writes:
 
-- docs/generated/ett.md, reference.md, windows.md, batch_forecast.md, serving.md: the
+- docs/generated/ett.md, reference.md, windows.md, batch_forecast.md, serving.md, soak.md: the
   benchmark tables, each with a line saying which commit, date and machine measured it
   (included into docs/benchmarks.md with `--8<-- "ett.md"` and so on);
 - docs/config-reference.md: every config key, its type, default, constraints and description;
@@ -213,7 +213,7 @@ def windows_page(doc: dict[str, Any]) -> str:
 def batch_forecast_page(doc: dict[str, Any]) -> str:
     r = doc["results"]
     head = ["engine", "series", "series/s", "job s", "wall s", "peak RSS MB: driver", "JVM",
-            "largest Python worker", "whole job at once", "model loads"]
+            "largest Python worker", "whole job at once (PSS)", "model loads"]
     rows = []
     for run in r["runs"]:
         peak, spark = run["peak_rss_mb"], run["engine"] == "spark"
@@ -258,12 +258,34 @@ LOADS = {"c1": "1 series, concurrency 1", "c16": "1 series, concurrency 16",
 SERVERS = {"ours": "ours (`forecast serve`)", "mlflow": "`mlflow models serve`"}
 
 
+def server_label(key: str) -> str:
+    """'ours_2w' → 'ours (`forecast serve`), 2 workers'."""
+    kind, _, workers = key.partition("_")
+    n = workers.removesuffix("w")
+    return SERVERS.get(kind, kind) + (f", {n} worker{'s' if n != '1' else ''}" if n else "")
+
+
 def serving_page(doc: dict[str, Any]) -> str:
-    rows = [[SERVERS.get(server, server), LOADS.get(level, level), f"{r['p50_ms']:.1f}",
+    rows = [[server_label(server), LOADS.get(level, level), f"{r['p50_ms']:.1f}",
              f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['rps']:.1f}", r["errors"]]
             for server, levels in doc["results"].items() for level, r in levels.items()]
     head = ["server", "request, load", "p50 ms", "p95 ms", "p99 ms", "requests/s", "errors"]
     return table(head, rows, "llrrrrr") + "\n" + provenance(doc)
+
+
+def soak_page(doc: dict[str, Any]) -> str:
+    r = doc["results"]
+    rows = [[m["minute"], f"{m['requests']:,}", m["errors"], f"{m['p50_ms']:.1f}",
+             f"{m['p99_ms']:.1f}", f"{m['rps']:.0f}", f"{m['rss_mb']:.0f}", m["version"]]
+            for m in r["minutes"]]
+    head = ["minute", "requests", "errors", "p50 ms", "p99 ms", "requests/s", "RSS MB",
+            "version answering"]
+    moves = ", ".join(f"to version {m['version']} at {m['at_s']:.0f} s" for m in r["alias_moves"])
+    return (table(head, rows, "r" * len(head)) + "\n"
+            f"Concurrency {r['concurrency']}, one worker. The alias moved {moves}. RSS after "
+            f"the first minute {r['rss_after_warmup_mb']:.0f} MB, at the end "
+            f"{r['rss_end_mb']:.0f} MB ({r['rss_growth_pct']:+.1f}%); {r['errors']} failed "
+            "requests.\n\n" + provenance(doc))
 
 
 DEFAULTS_CANDIDATES = {

@@ -136,11 +136,28 @@ def test_serving_smoke(tmp_path: Path, data_dir: Path) -> None:
                       "--set", "eval.linear_max_windows=500", "--set", "split.train=1000",
                       "--set", "split.val=300", "--set", "split.test=300")
     result = recorded(proc, tmp_path / "s.json", "serving")
-    assert set(result) == {"ours"}
-    assert set(result["ours"]) == {"c1", "c16", "c64", "batch256"}
-    for level in result["ours"].values():
+    assert set(result) == {"ours_1w", "ours_2w"}
+    for level in (v for server in result.values() for v in server.values()):
         assert set(level) == {"p50_ms", "p95_ms", "p99_ms", "rps", "errors"}
         assert level["errors"] == 0 and level["rps"] > 0
+
+
+def test_soak_smoke(tmp_path: Path, data_dir: Path) -> None:
+    # three 4-second "minutes" against a small model; the alias moves at 4 s and 8 s
+    proc = run_script("soak.py", tmp_path / "soak.json", "--data-dir", str(data_dir),
+                      "--minutes", "3", "--minute-seconds", "4", "--reload-interval", "1",
+                      "--set", "windows.lookback=48", "--set", "model.d_model=8",
+                      "--set", "model.n_layers=1", "--set", "model.d_ff=16",
+                      "--set", "train.max_windows_per_epoch=256",
+                      "--set", "eval.linear_max_windows=500", "--set", "split.train=1000",
+                      "--set", "split.val=300", "--set", "split.test=300")
+    result = recorded(proc, tmp_path / "soak.json", "soak")
+    assert [m["minute"] for m in result["minutes"]] == [1, 2, 3]
+    assert result["errors"] == 0 and all(m["requests"] > 0 for m in result["minutes"])
+    # the served version follows the alias: 1, then 2, then 1 again
+    assert [m["version"] for m in result["minutes"]] == ["1", "2", "1"]
+    assert [m["version"] for m in result["alias_moves"]] == ["2", "1"]
+    assert result["rss_end_mb"] > 0
 
 
 def test_defaults_smoke(tmp_path: Path, data_dir: Path) -> None:
