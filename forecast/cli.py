@@ -279,16 +279,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.horizon is not None and args.horizon > forecaster.horizon:
         raise ConfigError(f"--horizon {args.horizon} is beyond the {forecaster.horizon} steps "
                           f"the model forecasts; give --horizon {forecaster.horizon} or less")
-    # given empty, a flag is refused as not a number rather than read as "none"
-    quantiles = parse_levels(args.quantiles, "--quantiles", percent=False) \
-        if args.quantiles is not None else []
-    levels = parse_levels(args.levels, "--levels", percent=True) \
-        if args.levels is not None else []
-    if quantiles or levels:  # checked before the history is read
-        calibration = forecaster.calibration("--quantiles" if quantiles else "--levels")
-        calibration.check_levels(quantiles, "--quantiles")
-        for level in levels:
-            calibration.check_coverage(level, "--levels")
+    quantiles, levels = _bands(args)
+    forecaster.check_bands(quantiles, levels)  # before the history is read
     history = read_table(args.history, "--history")
     forecast = forecaster.predict_frame(history, args.horizon, quantiles, levels)
     out = Path(args.out)
@@ -362,13 +354,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bands(args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """--quantiles and --levels as shares; given empty, a flag is refused as not a number
+    rather than read as "none"."""
+    quantiles = parse_levels(args.quantiles, "--quantiles", percent=False) \
+        if args.quantiles is not None else []
+    levels = parse_levels(args.levels, "--levels", percent=True) \
+        if args.levels is not None else []
+    return quantiles, levels
+
+
 def cmd_batch_forecast(args: argparse.Namespace) -> int:
+    quantiles, levels = _bands(args)
     options = BatchOptions(
         model=args.model, input=args.input, output=args.output, layout=args.layout,
         chunk_size=args.chunk_size, horizon=args.horizon, tracking_uri=args.tracking_uri,
         timestamp_column=args.timestamp_column, id_column=args.id_column,
         on_bad_series=args.on_bad_series, read_rows=args.read_rows, engine=args.engine,
-        spark_master=args.spark_master, spark_conf=tuple(args.spark_conf))
+        spark_master=args.spark_master, spark_conf=tuple(args.spark_conf),
+        quantiles=tuple(quantiles), levels=tuple(levels))
     if args.engine == "spark":  # PySpark is an optional extra: imported only when asked for
         from pipelines.batch_spark import spark_batch_forecast
         s = spark_batch_forecast(options)
@@ -500,6 +504,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def band_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantiles", metavar="Q,...", help="quantile levels in (0, 1), e.g. "
+                   "0.1,0.5,0.9: a column <channel>-q-<percent> each")
+    p.add_argument("--levels", metavar="PCT,...", help="central interval levels in percent, "
+                   "e.g. 80,95: columns <channel>-lo-<level> and <channel>-hi-<level> each")
+
+
 def batch_forecast_flags(p: argparse.ArgumentParser) -> None:
     """The flags of `forecast pipeline batch-forecast`; they map one to one to BatchOptions."""
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION "
@@ -526,6 +537,7 @@ def batch_forecast_flags(p: argparse.ArgumentParser) -> None:
                    help="series id column (long layout)")
     p.add_argument("--on-bad-series", choices=["skip", "fail"], default="skip",
                    help="skip (default): forecast the others and list the bad ones; fail: stop")
+    band_flags(p)
     p.add_argument("--engine", choices=["local", "spark"], default="local",
                    help="local (default): this process, streaming the file; spark: "
                    "groupBy().applyInPandas on a Spark session (Parquet in, a Parquet folder "
@@ -629,10 +641,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--history", required=True, help="history rows; see forecast/predictor.py")
     p.add_argument("--out", required=True, help="output .csv or .parquet")
     p.add_argument("--horizon", type=positive_int, help="steps to forecast (default: the model's)")
-    p.add_argument("--quantiles", metavar="Q,...", help="quantile levels in (0, 1), e.g. "
-                   "0.1,0.5,0.9: a column <channel>-q-<percent> each")
-    p.add_argument("--levels", metavar="PCT,...", help="central interval levels in percent, "
-                   "e.g. 80,95: columns <channel>-lo-<level> and <channel>-hi-<level> each")
+    band_flags(p)
     p.set_defaults(func=cmd_predict)
 
     models = sub.add_parser("models", help="registered model versions").add_subparsers(

@@ -100,6 +100,17 @@ class Forecaster:
         bands = point[..., None] + width[:, None, :, None] * scores[:, :h].transpose(1, 2, 0)
         return point, bands.astype(np.float32)
 
+    def check_bands(self, quantiles: Sequence[float], levels: Sequence[float],
+                    fields: tuple[str, str] = ("--quantiles", "--levels")) -> None:
+        """A ConfigError naming the field when the calibration cannot give a quantile or an
+        interval (or the model has none), before any data is read."""
+        if not (quantiles or levels):
+            return
+        calibration = self.calibration(fields[0] if quantiles else fields[1])
+        calibration.check_levels(quantiles, fields[0])
+        for level in levels:
+            calibration.check_coverage(level, fields[1])
+
     def calibration(self, field: str = "quantiles") -> Calibration:
         if self.bundle.calibration is None:
             raise DataError(f"{field}: this model was saved without interval calibration; "
@@ -251,19 +262,24 @@ class Forecaster:
         return out
 
 
+def quantile_column_names(channels: list[str], quantiles: Sequence[float],
+                          levels: Sequence[float]) -> list[str]:
+    """Nixtla's names, in `quantile_columns`' order: `<channel>-q-<percent>` per quantile,
+    `<channel>-lo-<level>` and `-hi-<level>` per central interval."""
+    return [name for channel in channels for name in (
+        *[f"{channel}-q-{percent_name(q)}" for q in quantiles],
+        *[f"{channel}-{side}-{percent_name(v)}" for v in levels for side in ("lo", "hi")])]
+
+
 def quantile_columns(bands: np.ndarray, channels: list[str], wanted: list[float],
                      quantiles: Sequence[float], levels: Sequence[float]
                      ) -> dict[str, np.ndarray]:
-    """Columns of a forecast frame from bands [N x h x C x Q] at levels `wanted`: Nixtla's
-    names, `<channel>-q-<percent>` per quantile, `<channel>-lo-<level>` and `-hi-<level>` per
-    central interval."""
+    """Columns of a forecast frame from bands [N x h x C x Q] at levels `wanted`, named by
+    `quantile_column_names`."""
     at = {round(q, 10): i for i, q in enumerate(wanted)}
-    columns: dict[str, np.ndarray] = {}
-    for c, name in enumerate(channels):
-        for q in quantiles:
-            columns[f"{name}-q-{percent_name(q)}"] = bands[:, :, c, at[round(q, 10)]].reshape(-1)
-        for level in levels:
-            lo, hi = at[round((1 - level) / 2, 10)], at[round((1 + level) / 2, 10)]
-            columns[f"{name}-lo-{percent_name(level)}"] = bands[:, :, c, lo].reshape(-1)
-            columns[f"{name}-hi-{percent_name(level)}"] = bands[:, :, c, hi].reshape(-1)
-    return columns
+    picks = [[at[round(q, 10)] for q in quantiles]
+             + [at[round(b, 10)] for v in levels for b in ((1 - v) / 2, (1 + v) / 2)]
+             for _ in channels]
+    names = iter(quantile_column_names(channels, quantiles, levels))
+    return {next(names): bands[:, :, c, j].reshape(-1)
+            for c, js in enumerate(picks) for j in js}

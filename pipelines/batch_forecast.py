@@ -16,7 +16,9 @@ Input layouts:
     wide  the timestamp column plus one column per series; single-channel models only.
 
 Output columns: series_id, forecast_origin (the series' last observed timestamp), step (1..h),
-timestamp (forecast time), one column per channel, model_name, model_version.
+timestamp (forecast time), one column per channel, with `--quantiles` / `--levels` the
+quantile and interval columns (`<channel>-q-10`, `<channel>-lo-80`, `<channel>-hi-80`), then
+model_name, model_version.
 
 Bad series (too short; a missing value, gap or duplicate timestamp in the last `lookback`
 rows; an unparsable timestamp or value anywhere) are skipped and listed with the reason in
@@ -30,7 +32,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -45,8 +47,9 @@ from forecast.data import (
     has_utc_offset,
 )
 from forecast.errors import ConfigError, DataError, ForecastError
+from forecast.intervals import interval_quantiles
 from forecast.paths import writable_file
-from forecast.predictor import Forecaster
+from forecast.predictor import Forecaster, quantile_columns
 from forecast.registry import ModelSource, ResolvedModel, load_model
 from forecast.tracking import PREFLIGHT_SECONDS, default_uri, preflight
 from pipelines.batch_input import (
@@ -83,6 +86,8 @@ class BatchOptions:
     id_column: str = "series_id"
     on_bad_series: Literal["skip", "fail"] = "skip"
     read_rows: int = 200_000  # rows per read chunk: bounds memory, does not change results
+    quantiles: tuple[float, ...] = ()  # quantile levels in (0, 1): a column per channel each
+    levels: tuple[float, ...] = ()  # central interval coverages (0.8): lo and hi columns each
     engine: Literal["local", "spark"] = "local"
     spark_master: str | None = None  # None: the session's own (local[*] when none is set)
     spark_conf: tuple[str, ...] = ()  # KEY=VALUE Spark settings
@@ -107,12 +112,16 @@ class BatchSummary:
 
 
 def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_name: str,
-              model_version: str, wide: bool) -> tuple[pd.DataFrame | None,
-                                                     list[tuple[str, str]]]:
+              model_version: str, wide: bool, quantiles: Sequence[float] = (),
+              levels: Sequence[float] = ()) -> tuple[pd.DataFrame | None,
+                                                   list[tuple[str, str]]]:
     """Forecast a batch in one forward pass. If a series in it is bad, validate them one by
-    one (no forward pass) and forecast the good ones together: the fast path stays batched."""
+    one (no forward pass) and forecast the good ones together: the fast path stays batched.
+    With `quantiles` or `levels`, their columns follow the channels'."""
     channel = forecaster.channels[0] if wide else None
+    wanted = sorted(set(quantiles) | set(interval_quantiles(levels)))
     bad: list[tuple[str, str]] = []
+    bands = None
     try:
         # clean tails (the usual case) are checked in whole-array steps; the rest the slow way
         regular = forecaster.regular_histories(tails)
@@ -122,7 +131,10 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
             last = pd.DatetimeIndex([s[-1] for s in stamps])
         else:
             ids, values, last = regular
-        forecast = forecaster.predict_arrays(values, horizon, ids)
+        if wanted:
+            forecast, bands = forecaster.predict_quantiles(values, wanted, horizon, ids)
+        else:
+            forecast = forecaster.predict_arrays(values, horizon, ids)
     except DataError:
         ids, values, lasts = [], [], []
         sid_column = tails[SERIES_ID].to_numpy()
@@ -150,7 +162,13 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
             return None, bad
         forecast = forecast[keep]
         ids, last = [ids[i] for i in keep], pd.DatetimeIndex([lasts[i] for i in keep])
+        if wanted:  # a second pass over the good ones, on this rare path only
+            forecast, bands = forecaster.predict_quantiles([values[i] for i in keep], wanted,
+                                                           horizon, ids)
     out = forecaster.to_frame(forecast, ids, last)
+    if bands is not None:
+        out = out.join(pd.DataFrame(quantile_columns(bands, forecaster.channels, wanted,
+                                                     quantiles, levels)))
     out.insert(1, ORIGIN, last.repeat(horizon))
     out = out.rename(columns={forecaster.meta.timestamp_column: TIMESTAMP})
     out[MODEL_NAME] = model_name
@@ -158,16 +176,17 @@ def _forecast(forecaster: Forecaster, tails: pd.DataFrame, horizon: int, model_n
     return out, bad
 
 
-def forecast_stream(forecaster: Forecaster, read: Iterable[Batch], chunk_size: int,
-                    horizon: int, model_name: str, model_version: str, wide: bool
+def forecast_stream(forecaster: Forecaster, read: Iterable[Batch], options: BatchOptions,
+                    horizon: int, model_name: str, model_version: str
                     ) -> Iterator[tuple[pd.DataFrame | None, list[tuple[str, str]]]]:
-    """Read batches → (forecast frame or None, bad series) per `chunk_size` series."""
-    for batch in rebatch(read, chunk_size):
+    """Read batches → (forecast frame or None, bad series) per `options.chunk_size` series."""
+    for batch in rebatch(read, options.chunk_size):
         bad = list(batch.bad)
         frame = None
         if batch.tails is not None:
             frame, more = _forecast(forecaster, batch.tails, horizon, model_name,
-                                    model_version, wide)
+                                    model_version, options.layout == "wide", options.quantiles,
+                                    options.levels)
             bad += more
         yield frame, bad
 
@@ -262,6 +281,7 @@ def open_model(options: BatchOptions) -> tuple[ResolvedModel, int, str]:
     if clash:
         raise ForecastError(f"model channel(s) {sorted(clash)} clash with output columns "
                             f"{list(OUTPUT_COLUMNS)}; rename the channels and retrain")
+    forecaster.check_bands(options.quantiles, options.levels)
     horizon = forecaster.horizon if options.horizon is None else options.horizon
     if not 1 <= horizon <= forecaster.horizon:
         raise ConfigError(f"--horizon {horizon}: model {model.name} (version {model.version}) "
@@ -303,8 +323,8 @@ def batch_forecast(options: BatchOptions) -> BatchSummary:
     skipped: list[tuple[str, str]] = []
     done = chunks = 0
     try:
-        for frame, bad in forecast_stream(forecaster, read, options.chunk_size, horizon,
-                                          model.name, model.version, options.layout == "wide"):
+        for frame, bad in forecast_stream(forecaster, read, options, horizon, model.name,
+                                          model.version):
             if frame is not None:
                 if utc:
                     frame[[ORIGIN, TIMESTAMP]] = frame[[ORIGIN, TIMESTAMP]].apply(

@@ -34,7 +34,7 @@ import pandas as pd
 
 from forecast.bundle import load_bundle, save_bundle
 from forecast.errors import ConfigError, DataError, ForecastError, first_line
-from forecast.predictor import Forecaster
+from forecast.predictor import Forecaster, quantile_column_names
 from forecast.registry import ResolvedModel
 from pipelines.batch_forecast import (
     MODEL_NAME,
@@ -85,8 +85,7 @@ class _Job:
     ts_column: str
     source: str
     horizon: int
-    chunk_size: int
-    wide: bool
+    options: BatchOptions  # chunk size, layout, quantiles and levels
     columns: tuple[str, ...]  # the output schema's columns, REASON last
 
 
@@ -114,8 +113,8 @@ def forecast_group(frame: pd.DataFrame, job: _Job) -> pd.DataFrame:
     tails = LongTails(forecaster, job.id_column, job.ts_column, job.source, row_numbers=False)
     read = [tails.feed(frame), tails.finish()]
     parts, bad = [], []
-    for out, more in forecast_stream(forecaster, read, job.chunk_size, job.horizon,
-                                     job.model_name, job.model_version, job.wide):
+    for out, more in forecast_stream(forecaster, read, job.options, job.horizon,
+                                     job.model_name, job.model_version):
         if out is not None:
             parts.append(out)
         bad += more
@@ -132,7 +131,7 @@ def forecast_group(frame: pd.DataFrame, job: _Job) -> pd.DataFrame:
     # a bad series' row leaves the other columns empty: keep their types (NaN is a float)
     for c in (ORIGIN, TIMESTAMP):
         out[c] = pd.to_datetime(out[c])
-    return out.astype({STEP: "Int64", **{c: "float32" for c in forecaster.channels}})
+    return out.astype({STEP: "Int64", **{c: "float32" for c in job.columns[4:-3]}})
 
 
 def _session(options: BatchOptions) -> Any:
@@ -231,16 +230,17 @@ def _read(spark: Any, options: BatchOptions, model: ResolvedModel, ts_column: st
     return df.select(*[F.col(f"`{c}`") for c in columns]), id_column, utc
 
 
-def _schema(forecaster: Forecaster, utc: bool) -> Any:
+def _schema(forecaster: Forecaster, options: BatchOptions, utc: bool) -> Any:
     from pyspark.sql import types as T
 
     time = T.TimestampType() if utc else T.TimestampNTZType()
+    bands = quantile_column_names(forecaster.channels, options.quantiles, options.levels)
     return T.StructType([
         T.StructField(SERIES_ID, T.StringType()),
         T.StructField(ORIGIN, time),
         T.StructField(STEP, T.LongType()),
         T.StructField(TIMESTAMP, time),
-        *[T.StructField(c, T.FloatType()) for c in forecaster.channels],
+        *[T.StructField(c, T.FloatType()) for c in [*forecaster.channels, *bands]],
         T.StructField(MODEL_NAME, T.StringType()),
         T.StructField(MODEL_VERSION, T.StringType()),
         T.StructField(REASON, T.StringType()),
@@ -282,15 +282,14 @@ def spark_batch_forecast(options: BatchOptions, spark: Any | None = None) -> Bat
     sc = spark.sparkContext
     groups = max(sc.defaultParallelism, math.ceil(rows / options.read_rows))
     files = _bundle_files(forecaster)
-    schema = _schema(forecaster, utc)
+    schema = _schema(forecaster, options, utc)
     job = _Job(
         digest=hashlib.sha256(b"".join(files.values())).hexdigest(),
         files=sc.broadcast(files), loads=sc.accumulator(0),
         worker_rss=sc.accumulator(0.0, _Max()),
         model_name=model.name, model_version=model.version,
         id_column=id_column, ts_column=ts_column, source=str(options.input),
-        horizon=horizon, chunk_size=options.chunk_size, wide=options.layout == "wide",
-        columns=tuple(schema.fieldNames()))
+        horizon=horizon, options=options, columns=tuple(schema.fieldNames()))
     log.info("model %s (version %s): lookback %d, horizon %d, channels %s; %d rows from %s "
              "(%s layout) in %d groups on %s", model.name, model.version, forecaster.lookback,
              horizon, forecaster.channels, rows, options.input, options.layout, groups,

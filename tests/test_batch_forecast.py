@@ -22,7 +22,7 @@ from forecast.errors import ConfigError, DataError, ForecastError, TrackingError
 from forecast.predictor import Forecaster
 from forecast.registry import ModelSource, load_version_forecaster
 from pipelines.batch_forecast import BatchOptions, BatchSummary, batch_forecast
-from tests.batch_files import H, bad_frame, long_frame, write
+from tests.batch_files import LENGTHS, H, bad_frame, long_frame, write
 from tests.conftest import make_frame
 from tests.tracked import NAME
 
@@ -494,3 +494,29 @@ def test_reading_parquet_holds_no_more_memory_as_the_file_goes_on(tmp_path):
         held.append(pa.total_allocated_bytes())
     # pyarrow's default pre-buffering kept column chunks read so far: 4.5 MB more by the end
     assert len(held) == 67 and held[-1] - held[2] < 1_000_000, (held[2], held[-1])
+
+
+BANDS = ["a-q-10", "a-q-90", "a-lo-80", "a-hi-80", "b-q-10", "b-q-90", "b-lo-80", "b-hi-80"]
+
+
+@pytest.mark.parametrize("spoil", [False, True], ids=["clean", "with bad series"])
+def test_quantile_and_interval_columns_equal_predict_frame(model_dir, forecaster, tmp_path,
+                                                            spoil):
+    frame, _ = bad_frame() if spoil else (long_frame(), {})
+    summary, got = run(model_dir, write(frame, tmp_path / "in.csv"), tmp_path / "out.parquet",
+                       quantiles=(0.1, 0.9), levels=(0.8,), chunk_size=3)
+    assert list(got.columns) == OUTPUT_COLUMNS[:6] + BANDS + OUTPUT_COLUMNS[6:]
+    good = long_frame([30] * 7 if spoil else LENGTHS)
+    good = good[good["series_id"].isin(got["series_id"].unique())]
+    want = forecaster.predict_frame(good, quantiles=[0.1, 0.9], levels=[0.8])
+    assert len(got) == len(want) == summary.series_forecast * H
+    np.testing.assert_allclose(got[BANDS].to_numpy(), want[BANDS].to_numpy(), rtol=1e-5,
+                               atol=1e-5)
+    for c in ("a", "b"):
+        assert (got[f"{c}-lo-80"] <= got[c]).all() and (got[c] <= got[f"{c}-hi-80"]).all()
+
+
+def test_an_interval_the_calibration_cannot_give_is_refused_before_reading(model_dir,
+                                                                           tmp_path):
+    with pytest.raises(ConfigError, match=r"--levels 99.99: .* outside"):
+        run(model_dir, tmp_path / "never-read.csv", tmp_path / "out.parquet", levels=(0.9999,))
