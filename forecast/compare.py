@@ -12,7 +12,9 @@ from forecast.registry import champion_version
 KEY_PARAMS = ("windows.lookback", "windows.horizon", "model.d_model", "model.n_layers",
               "model.patch_len", "train.lr", "train.epochs")
 KEY_METRICS = ("test_mse", "test_mae", "test_mase", "test_smape", "skill_naive",
-               "skill_seasonal_naive", "skill_linear", "val_skill_linear", "train_seconds")
+               "skill_seasonal_naive", "skill_linear", "val_skill_linear",
+               # how often the test block fell inside the 80% and 95% intervals
+               "test_coverage_80", "test_coverage_95", "train_seconds")
 
 
 def compare_runs(uri: str, experiment: str, last: int) -> pd.DataFrame:

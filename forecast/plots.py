@@ -15,21 +15,31 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from forecast.evaluate import Evaluation  # noqa: E402
+from forecast.intervals import Calibration, interval_quantiles, spread  # noqa: E402
 from forecast.model import PatchTransformer  # noqa: E402
 from forecast.train import EpochStats  # noqa: E402
 from forecast.windows import Prepared  # noqa: E402
 
 
 def forecast_vs_actual(model: PatchTransformer, prepared: Prepared, path: Path,
-                       n_windows: int = 3, max_channels: int = 3) -> Path:
-    """A grid: rows are test windows spread over the block, columns are channels."""
+                       n_windows: int = 3, max_channels: int = 3,
+                       calibration: Calibration | None = None, coverage: float = 0.8) -> Path:
+    """A grid: rows are test windows spread over the block, columns are channels; with a
+    calibration, the central `coverage` interval as a band around the forecast."""
     test = prepared.windows("test")
     k = torch.linspace(0, len(test) - 1, n_windows).long()
     x, y = test.gather(k)
     with torch.inference_mode():
         pred = model.eval()(x)
+    band = None
+    if calibration is not None and calibration.gives(coverage):
+        scores = calibration.score_quantiles(interval_quantiles([coverage]))  # [2 x H x C]
+        width = spread(x).numpy()[:, None, :]  # [B x 1 x C], scaled units
+        band = [pred.numpy() + width * s[None] for s in scores]
     mean, scale = prepared.scaler.mean, prepared.scaler.scale
     x, y, pred = (t.numpy() * scale + mean for t in (x, y, pred))
+    if band is not None:
+        band = [b * scale + mean for b in band]
     C = min(prepared.n_channels, max_channels)
     L, H = prepared.lookback, prepared.horizon
     fig, axes = plt.subplots(n_windows, C, figsize=(4 * C, 2.4 * n_windows), squeeze=False)
@@ -39,6 +49,10 @@ def forecast_vs_actual(model: PatchTransformer, prepared: Prepared, path: Path,
             ax.plot(np.arange(L), x[i, :, c], color="0.5", lw=0.8, label="history")
             ax.plot(np.arange(L, L + H), y[i, :, c], color="k", lw=1.0, label="actual")
             ax.plot(np.arange(L, L + H), pred[i, :, c], color="tab:red", lw=1.0, label="forecast")
+            if band is not None:
+                ax.fill_between(np.arange(L, L + H), band[0][i, :, c], band[1][i, :, c],
+                                color="tab:red", alpha=0.2, lw=0,
+                                label=f"{coverage:.0%} interval")
             ax.set_title(f"{prepared.series.channels[c]}, test window {int(k[i])}", fontsize=8)
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)

@@ -18,7 +18,7 @@ from forecast.data import SeriesSet, frame_to_series, load_series, season_for
 from forecast.distributed import Dist, Stop, await_start
 from forecast.errors import DataError, TrainingError, first_line
 from forecast.evaluate import Evaluation, evaluate, fit_linear_baseline
-from forecast.intervals import calibrate, interval_scores
+from forecast.intervals import Calibration, calibrate, interval_scores
 from forecast.model import PatchTransformer, build_model
 from forecast.paths import writable_dir
 from forecast.skip_fit import SkipSolutions
@@ -45,6 +45,7 @@ class TrainOutcome:
     output_dir: Path
     model_dir: Path
     intervals: dict[str, float]  # the test block's interval coverage and width
+    calibration: Calibration | None = None  # the intervals' calibration, saved in the bundle
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -216,7 +217,7 @@ def train_and_evaluate(
     scaler = prepared.scaler
     staging = outputs.stage(out)
     outcome = TrainOutcome(cfg, series, prepared, model, result, evaluation, validation,
-                           staging, staging / outputs.MODEL, intervals)
+                           staging, staging / outputs.MODEL, intervals, calibration)
     try:
         save_bundle(outcome.model_dir,
                     Bundle(model, scaler.mean, scaler.scale, meta, calibration))

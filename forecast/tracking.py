@@ -218,7 +218,8 @@ def artifact_store() -> Iterator[None]:
 def _log_artifacts(outcome: TrainOutcome, folder: Path) -> None:
     cfg = outcome.config
     (folder / "config.yaml").write_text(dump_config(cfg))
-    forecast_vs_actual(outcome.model, outcome.prepared, folder / "forecast_vs_actual.png")
+    forecast_vs_actual(outcome.model, outcome.prepared, folder / "forecast_vs_actual.png",
+                       calibration=outcome.calibration)
     horizon_errors(outcome.evaluation, folder / "error_per_step.csv",
                    folder / "error_per_step.png")
     training_curve(outcome.fit.history, folder / "training_curve.png", cfg.train.loss,

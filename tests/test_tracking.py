@@ -190,6 +190,11 @@ def test_runs_compare_shows_comparable_rows_with_champion_marker(
     marked = table.loc[table["champion"] == "*", "run"].tolist()
     assert history.client.get_run(champ_run).info.run_name in marked
     assert {"test_mse", "skill_naive", "d_model", "lookback"} <= set(table.columns)
+    # interval coverage beside the point scores, as logged by each run
+    champ = table.loc[table["champion"] == "*"].iloc[0]
+    logged = history.client.get_run(champ_run).data.metrics
+    assert champ["test_coverage_80"] == round(logged["test_coverage_80"], 4)
+    assert 0 < champ["test_coverage_80"] <= 1
     assert main(["runs", "compare", "--experiment", EXPERIMENT, "--last", "3",
                  "--tracking-uri", history.uri]) == 0
     out = capsys.readouterr().out
