@@ -451,6 +451,7 @@ def pages() -> dict[Path, str]:
         GENERATED / "windows.md": windows_page(load(RESULTS / "windows.json")),
         GENERATED / "batch_forecast.md": batch_forecast_page(load(RESULTS / "batch_forecast.json")),
         GENERATED / "serving.md": serving_page(load(RESULTS / "serving.json")),
+        GENERATED / "soak.md": soak_page(load(RESULTS / "soak.json")),
         GENERATED / "defaults.md": defaults_page(load(RESULTS / "defaults.json")),
         GENERATED / "tracking_server.md":
             tracking_server_page(load(RESULTS / "tracking_server.json")),
