@@ -516,7 +516,9 @@ def test_quantile_and_interval_columns_equal_predict_frame(model_dir, forecaster
         assert (got[f"{c}-lo-80"] <= got[c]).all() and (got[c] <= got[f"{c}-hi-80"]).all()
 
 
-def test_an_interval_the_calibration_cannot_give_is_refused_before_reading(model_dir,
-                                                                           tmp_path):
+def test_an_interval_the_calibration_cannot_give_is_refused_before_any_forecast(model_dir,
+                                                                                tmp_path):
+    inp = write(long_frame(), tmp_path / "in.csv")
     with pytest.raises(ConfigError, match=r"--levels 99.99: .* outside"):
-        run(model_dir, tmp_path / "never-read.csv", tmp_path / "out.parquet", levels=(0.9999,))
+        run(model_dir, inp, tmp_path / "out.parquet", levels=(0.9999,))
+    assert not (tmp_path / "out.parquet").exists()

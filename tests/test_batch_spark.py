@@ -71,8 +71,8 @@ def test_forecasts_and_bad_series_equal_the_local_engine(spark, model_dir, tmp_p
     inp = write(as_text(frame, ["a", "b", "date"]), tmp_path / "in.parquet")
     # 60 rows a group: 4 groups over 2 cores, so a model load per group would show
     local, want, remote, got = both(model_dir, inp, tmp_path, spark, chunk_size=3, read_rows=60,
-                                    quantiles=(0.1, 0.5), levels=(0.8, 0.95))
-    assert "a-q-50" in got.columns and "b-hi-95" in got.columns
+                                    quantiles=(0.1, 0.5), levels=(0.8, 0.9))
+    assert "a-q-50" in got.columns and "b-hi-90" in got.columns
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert sorted(got["series_id"].unique()) == ["s0", "s6"]
     assert (remote.series_forecast, remote.series_skipped, remote.rows) == \
