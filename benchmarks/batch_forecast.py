@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import record  # noqa: E402
+from benchmarks.proc import descendants, status_mb  # noqa: E402
 
 NAME = "batch-bench"
 CHANNEL = "load_0"  # the channel name of the model trained on the synthetic frame
@@ -105,17 +106,6 @@ class TreeSampler:
         self._stop.set()
         self._thread.join()
 
-    def _children(self) -> dict[int, list[int]]:
-        kids: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                kids.setdefault(ppid, []).append(int(entry))
-        return kids
-
     def _role(self, pid: int) -> str:
         if pid == self.pid:
             return "driver"
@@ -128,23 +118,14 @@ class TreeSampler:
         return "python_workers" if "pyspark" in cmd else "other"
 
     def _sample(self) -> None:
-        kids, tree, todo = self._children(), [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            tree.append(pid)
-            todo += kids.get(pid, [])
         total = 0.0
-        for pid in tree:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if "VmHWM" not in fields:
+        for pid in descendants(self.pid):
+            hwm = status_mb(pid, "VmHWM")
+            if hwm is None:
                 continue
             total += self._pss_mb(pid)
             # the role is read each time: spark-submit's shell execs the JVM in place
-            self.hwm[pid] = (self._role(pid), int(fields["VmHWM"].split()[0]) / 1024)
+            self.hwm[pid] = (self._role(pid), hwm)
         self.total_mb = max(self.total_mb, total)
 
     @staticmethod

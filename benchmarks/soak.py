@@ -36,30 +36,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import record  # noqa: E402
+from benchmarks.proc import descendants, status_mb  # noqa: E402
 from benchmarks.serving import NAME, bodies, drive, free_port, register_model, start  # noqa: E402
 
 
 def tree_rss_mb(pid: int) -> float:
     """RSS of a process and its descendants (uvicorn may run the worker as a child)."""
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(entry))
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += kids.get(p, [])
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return round(total, 1)
+    return round(sum(status_mb(p, "VmRSS") or 0.0 for p in descendants(pid)), 1)
 
 
 def served_version(port: int, body: bytes) -> str:
