@@ -3,8 +3,9 @@
 Registers an ETTh1-shaped model (L=336, 7 channels, briefly trained) in a temporary SQLite
 store, starts both servers on 127.0.0.1, and drives each with the same bounded load from an
 asyncio HTTP/1.1 load generator (keep-alive connections): single-series requests at
-concurrency 1, 16 and 64, and a 256-series batch request. Every level is bounded in request
-count and in time. Both servers get the same histories; MLflow's as `dataframe_split` rows.
+concurrency 1, 16 and 64, the same at concurrency 1 with 3 quantiles asked for (ours only),
+and a 256-series batch request. Every level is bounded in request count and in time. Both
+servers get the same histories; MLflow's as `dataframe_split` rows.
 
     python benchmarks/serving.py [--data-dir ../shared/data] [--requests 400] [--workers 1,2]
     python benchmarks/serving.py --data-dir DIR --requests 20 --batch-requests 2 \
@@ -13,7 +14,7 @@ count and in time. Both servers get the same histories; MLflow's as `dataframe_s
 Our service runs once per `--workers` count (default 1 and 2), `mlflow models serve` with the
 first count. Prints a table, then one JSON line, saved to benchmarks/results/serving.json
 (--results): {"ours_1w": {"c1": {"p50_ms", "p95_ms", "p99_ms", "rps", "errors"}, "c16",
-"c64", "batch256"}, "ours_2w": {same keys}, "mlflow_1w": {same keys}}   ("mlflow_1w" left
+"c64", "c1q3", "batch256"}, "ours_2w": {same keys}, "mlflow_1w": {same keys}}   ("mlflow_1w" left
 out with --skip-mlflow)
 """
 
@@ -144,17 +145,18 @@ def bodies(frame: pd.DataFrame, channels: list[str], lookback: int) -> dict[str,
     starts = np.linspace(0, len(values) - lookback, 256).astype(int)
     batch = [values[s:s + lookback] for s in starts]
 
-    def ours(histories: list[np.ndarray]) -> bytes:
+    def ours(histories: list[np.ndarray], **extra: Any) -> bytes:
         series = [{"id": f"s{i}", "history": {c: h[:, k].tolist() for k, c in enumerate(channels)}}
                   for i, h in enumerate(histories)]
-        return json.dumps({"series": series}).encode()
+        return json.dumps({"series": series, **extra}).encode()
 
     def mlflow(histories: list[np.ndarray]) -> bytes:
         rows = [[f"s{i}", *r] for i, h in enumerate(histories) for r in h.tolist()]
         return json.dumps({"dataframe_split": {"columns": ["series_id", *channels],
                                                "data": rows}}).encode()
 
-    return {"ours": {"single": ours([single]), "batch": ours(batch)},
+    return {"ours": {"single": ours([single]), "batch": ours(batch),
+                     "quantiles": ours([single], quantiles=[0.1, 0.5, 0.9])},
             "mlflow": {"single": mlflow([single]), "batch": mlflow(batch)}}
 
 
@@ -196,6 +198,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
                     port, path, payloads[kind]["single"], level,
                     args.requests * max(1, level // 8), args.seconds))
                 print(f"{name} c{level}: {results[name][f'c{level}']}", flush=True)
+            if kind == "ours":  # the calibrated quantiles, asked for in the request
+                results[name]["c1q3"] = asyncio.run(drive(
+                    port, path, payloads[kind]["quantiles"], 1, args.requests, args.seconds))
+                print(f"{name} c1q3: {results[name]['c1q3']}", flush=True)
             results[name]["batch256"] = asyncio.run(drive(
                 port, path, payloads[kind]["batch"], 1, args.batch_requests, args.seconds * 2))
             print(f"{name} batch256: {results[name]['batch256']}", flush=True)

@@ -255,7 +255,9 @@ def crossover(r: dict[str, Any]) -> str:
 
 
 LOADS = {"c1": "1 series, concurrency 1", "c16": "1 series, concurrency 16",
-         "c64": "1 series, concurrency 64", "batch256": "256 series, concurrency 1"}
+         "c64": "1 series, concurrency 64",
+         "c1q3": "1 series with 3 quantiles, concurrency 1",
+         "batch256": "256 series, concurrency 1"}
 SERVERS = {"ours": "ours (`forecast serve`)", "mlflow": "`mlflow models serve`"}
 
 

@@ -137,6 +137,7 @@ def test_serving_smoke(tmp_path: Path, data_dir: Path) -> None:
                       "--set", "split.val=300", "--set", "split.test=300")
     result = recorded(proc, tmp_path / "s.json", "serving")
     assert set(result) == {"ours_1w", "ours_2w"}
+    assert set(result["ours_1w"]) == {"c1", "c16", "c64", "c1q3", "batch256"}
     for level in (v for server in result.values() for v in server.values()):
         assert set(level) == {"p50_ms", "p95_ms", "p99_ms", "rps", "errors"}
         assert level["errors"] == 0 and level["rps"] > 0
