@@ -13,8 +13,8 @@ KEY_PARAMS = ("windows.lookback", "windows.horizon", "model.d_model", "model.n_l
               "model.patch_len", "train.lr", "train.epochs")
 KEY_METRICS = ("test_mse", "test_mae", "test_mase", "test_smape", "skill_naive",
                "skill_seasonal_naive", "skill_linear", "val_skill_linear",
-               # how often the test block fell inside the 80% and 95% intervals
-               "test_coverage_80", "test_coverage_95", "train_seconds")
+               # how often the test block fell inside the 80% and 95% intervals; quantile loss
+               "test_coverage_80", "test_coverage_95", "test_wql", "train_seconds")
 
 
 def compare_runs(uri: str, experiment: str, last: int) -> pd.DataFrame:

@@ -170,21 +170,37 @@ def interval_quantiles(levels: Sequence[float]) -> list[float]:
     return sorted({round(q, 10) for c in levels for q in ((1 - c) / 2, (1 + c) / 2)})
 
 
+WQL_LEVELS = tuple(np.round(np.arange(1, 10) / 10, 1))  # 0.1 ... 0.9
+
+
 @torch.inference_mode()
 def interval_scores(model: torch.nn.Module, calibration: Calibration, windows: WindowSet,
-                    coverages: Sequence[float] = (0.8, 0.95), batch_size: int = 512
-                    ) -> dict[str, float]:
-    """Empirical coverage and mean width (scaled units) of the central intervals on every
-    window of `windows`: coverage_80, interval_width_80, ...; a coverage the calibration cannot
-    give (too few validation windows) is left out."""
+                    coverages: Sequence[float] = (0.8, 0.95), batch_size: int = 512,
+                    season: int = 1, mean: np.ndarray | None = None,
+                    scale: np.ndarray | None = None) -> dict[str, float]:
+    """Probabilistic scores on every window of `windows`, each left out where the calibration
+    cannot give its levels (too few validation windows):
+
+    - coverage_80, interval_width_80, ...: the share of actuals inside each central interval,
+      and its mean width (scaled units);
+    - wql: the mean over q = 0.1 ... 0.9 of the weighted quantile loss 2 Σ pinball_q / Σ |y|,
+      in the data's own units (`mean` and `scale` undo the scaling; an approximation of CRPS);
+    - msis_95: the mean scaled interval score of the 95% interval, each window's score divided
+      by its lookback's mean absolute seasonal difference (lag `season`, 1 where the lookback
+      is not longer than a season)."""
     model.eval()
     device = next(model.parameters()).device
     coverages = [c for c in coverages if calibration.gives(c)]
     bounds = {c: torch.from_numpy(calibration.score_quantiles(
         [(1 - c) / 2, (1 + c) / 2], "coverages")).float() for c in coverages}  # [2 x H x C]
+    wql_scores = torch.from_numpy(calibration.score_quantiles(WQL_LEVELS)).float() \
+        if all(calibration.levels[0] <= q <= calibration.levels[-1] for q in WQL_LEVELS) \
+        else None  # [Q x H x C]
+    mu = torch.zeros(1) if mean is None else torch.from_numpy(np.asarray(mean)).float()
+    sd = torch.ones(1) if scale is None else torch.from_numpy(np.asarray(scale)).float()
     inside = dict.fromkeys(coverages, 0.0)
     width = dict.fromkeys(coverages, 0.0)
-    count = 0
+    count, pinball, magnitude, interval_score, series = 0, 0.0, 0.0, 0.0, 0
     for x, y in windows.batches(batch_size):
         pred = model(x.to(device)).float().cpu()
         s = spread(x)[:, None, :]
@@ -192,11 +208,30 @@ def interval_scores(model: torch.nn.Module, calibration: Calibration, windows: W
             lower, upper = pred + s * low, pred + s * high
             inside[c] += float(((y >= lower) & (y <= upper)).sum())
             width[c] += float((upper - lower).sum())
+            if math.isclose(c, 0.95):
+                lag = season if x.shape[1] > season else 1
+                naive = (x[:, lag:] - x[:, :-lag]).abs().mean(dim=1).clamp_min(MIN_SPREAD)
+                alpha = 1 - c
+                score = (upper - lower) + 2 / alpha * ((lower - y).clamp_min(0)
+                                                       + (y - upper).clamp_min(0))
+                interval_score += float((score.mean(dim=1) / naive).sum())  # [B x C] summed
+                series += naive.numel()
+        if wql_scores is not None:
+            actual = y * sd + mu
+            for q, offset in zip(WQL_LEVELS, wql_scores, strict=True):
+                quantile = (pred + s * offset) * sd + mu
+                miss = actual - quantile
+                pinball += float(torch.maximum(q * miss, (q - 1) * miss).sum())
+            magnitude += float(actual.abs().sum())
         count += y.numel()
     out = {}
     for c in coverages:
         out[f"coverage_{percent_name(c)}"] = inside[c] / count
         out[f"interval_width_{percent_name(c)}"] = width[c] / count
+    if wql_scores is not None and magnitude > 0:
+        out["wql"] = 2 * pinball / magnitude / len(WQL_LEVELS)
+    if series:
+        out["msis_95"] = interval_score / series
     return out
 
 

@@ -201,7 +201,8 @@ def train_and_evaluate(
     evaluation = evaluate(model, prepared, cfg.eval, season, "test", device, linear)
     # the intervals are calibrated on validation, once, and scored on test
     calibration = calibrate(model, prepared.windows("val"))
-    intervals = interval_scores(model, calibration, prepared.windows("test"))
+    intervals = interval_scores(model, calibration, prepared.windows("test"), season=season,
+                                mean=prepared.scaler.mean, scale=prepared.scaler.scale)
     log.info("intervals calibrated on %d validation windows; test coverage: %s",
              calibration.windows, ", ".join(f"{v:.3f} ({k.split('_')[1]}%)"
                                             for k, v in intervals.items()

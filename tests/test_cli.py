@@ -659,6 +659,7 @@ def test_predict_writes_quantile_and_interval_columns_that_never_cross(
         assert np.allclose(result[f"{c}-hi-80"], result[f"{c}-q-90"])
     metrics = json.loads((trained.run_dir / "metrics.json").read_text())
     assert 0 < metrics["test_coverage_80"] <= 1 and metrics["test_interval_width_80"] > 0
+    assert metrics["test_wql"] > 0  # the quantile loss, logged with every run
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -13,6 +13,7 @@ from forecast.errors import ConfigError, DataError, ForecastError
 from forecast.intervals import (
     CALIBRATION,
     GRID,
+    MIN_SPREAD,
     Calibration,
     calibrate,
     conformal_ranks,
@@ -52,8 +53,9 @@ def test_intervals_cover_the_windows_they_were_calibrated_on(
     n = len(val)
     # each step and channel holds at least its conformal share of the windows
     assert 0.8 - 1e-9 <= scores["coverage_80"] <= 0.8 + 3 / n + 0.01, (scores, n)
-    # 35 windows cannot give 95% (ranks 0 and 36 of 35): left out, not an error
-    assert n < 39 and set(scores) == {"coverage_80", "interval_width_80"}
+    # 35 windows cannot give 95% (ranks 0 and 36 of 35): left out, not an error, and MSIS,
+    # which scores the 95% interval, with it; 0.1 ... 0.9 they give, and with them WQL
+    assert n < 39 and set(scores) == {"coverage_80", "interval_width_80", "wql"}
     wider = interval_scores(model, calibration, val, coverages=(0.5, 0.8))
     assert 0 < wider["interval_width_50"] < wider["interval_width_80"]
 
@@ -141,3 +143,43 @@ def test_a_damaged_calibration_file_names_the_fix(
     save_bundle(tmp_path, bundle_for(model, tiny_prepared, tiny_config, crossing))
     with pytest.raises(ForecastError, match="nondecreasing scores"):
         load_bundle(tmp_path)
+
+
+def test_wql_and_msis_follow_their_definitions(model: torch.nn.Module,
+                                               tiny_prepared: Prepared) -> None:
+    # a calibration with levels every percent, so that 0.1 ... 0.9 and 95% can all be given
+    levels = np.round(np.arange(1, 100) / 100, 2)
+    H, C = tiny_prepared.horizon, tiny_prepared.n_channels
+    rng = np.random.default_rng(0)
+    scores = np.sort(rng.normal(size=(99, H, C)), axis=0).astype(np.float32)
+    cal = Calibration(levels, scores, 500)
+    test = tiny_prepared.windows("test")
+    mean, scale = np.array([3.0, -1.0, 0.5])[:C], np.array([2.0, 0.5, 4.0])[:C]
+    got = interval_scores(model, cal, test, season=4, mean=mean, scale=scale)
+
+    x, y = (t.numpy() for t in test.gather(torch.arange(len(test))))
+    with torch.inference_mode():
+        pred = model.eval()(torch.from_numpy(x)).numpy()
+    s = np.maximum(x.std(axis=1), MIN_SPREAD)[:, None, :]
+    actual = y * scale + mean
+    losses = []
+    for q in np.round(np.arange(1, 10) / 10, 1):
+        quantile = (pred + s * cal.score_quantiles([q])[0]) * scale + mean
+        miss = actual - quantile
+        losses.append(2 * np.maximum(q * miss, (q - 1) * miss).sum() / np.abs(actual).sum())
+    assert got["wql"] == pytest.approx(np.mean(losses), rel=1e-4)
+    low, high = cal.score_quantiles([0.025, 0.975])
+    lower, upper = pred + s * low, pred + s * high
+    score = (upper - lower) + 40 * (np.maximum(lower - y, 0) + np.maximum(y - upper, 0))
+    naive = np.maximum(np.abs(x[:, 4:] - x[:, :-4]).mean(axis=1), MIN_SPREAD)
+    assert got["msis_95"] == pytest.approx((score.mean(axis=1) / naive).mean(), rel=1e-4)
+
+
+def test_wql_and_msis_are_left_out_when_the_calibration_cannot_give_them(
+        model: torch.nn.Module, tiny_prepared: Prepared) -> None:
+    levels = np.array([0.3, 0.5, 0.7])  # too few validation windows for 0.1 or 95%
+    H, C = tiny_prepared.horizon, tiny_prepared.n_channels
+    cal = Calibration(levels, np.stack([np.full((H, C), v, np.float32) for v in (-1, 0, 1)]),
+                      5)
+    got = interval_scores(model, cal, tiny_prepared.windows("test"))
+    assert "wql" not in got and "msis_95" not in got
