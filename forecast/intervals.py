@@ -16,7 +16,7 @@ refused, naming the field. Quantiles never cross: the grid is sorted and the spr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,14 +95,28 @@ def spread(history: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Te
     return std.clamp_min(MIN_SPREAD)
 
 
-@torch.inference_mode()
-def calibrate(model: torch.nn.Module, windows: WindowSet, batch_size: int = 512) -> Calibration:
-    """Score every window of `windows` (the validation block) and keep the scores' quantiles."""
-    model.eval()
+Forecast = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
+
+
+def _forecast_fn(forecast: Forecast) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Windows [B x L x C] → point forecasts [B x H x C] on the CPU, scaled units: a model
+    (moved to its device and back) or a baseline's function as it is."""
+    if not isinstance(forecast, torch.nn.Module):
+        return forecast
+    model = forecast.eval()
     device = next(model.parameters()).device
+    return lambda x: model(x.to(device)).float().cpu()
+
+
+@torch.inference_mode()
+def calibrate(forecast: Forecast, windows: WindowSet, batch_size: int = 512) -> Calibration:
+    """Score every window of `windows` (the validation block) and keep the scores' quantiles;
+    `forecast`: the model, or a baseline's forecast function, which then gets intervals of its
+    own."""
+    predict = _forecast_fn(forecast)
     scores = []
     for x, y in windows.batches(batch_size):
-        pred = model(x.to(device)).float().cpu()
+        pred = predict(x)
         scores.append(((y - pred) / spread(x)[:, None, :]).numpy())
     if not scores:
         raise ForecastError("no validation windows to calibrate the intervals on")
@@ -174,7 +188,7 @@ WQL_LEVELS = tuple(np.round(np.arange(1, 10) / 10, 1))  # 0.1 ... 0.9
 
 
 @torch.inference_mode()
-def interval_scores(model: torch.nn.Module, calibration: Calibration, windows: WindowSet,
+def interval_scores(forecast: Forecast, calibration: Calibration, windows: WindowSet,
                     coverages: Sequence[float] = (0.8, 0.95), batch_size: int = 512,
                     season: int = 1, mean: np.ndarray | None = None,
                     scale: np.ndarray | None = None) -> dict[str, float]:
@@ -187,9 +201,10 @@ def interval_scores(model: torch.nn.Module, calibration: Calibration, windows: W
       in the data's own units (`mean` and `scale` undo the scaling; an approximation of CRPS);
     - msis_95: the mean scaled interval score of the 95% interval, each window's score divided
       by its lookback's mean absolute seasonal difference (lag `season`, 1 where the lookback
-      is not longer than a season)."""
-    model.eval()
-    device = next(model.parameters()).device
+      is not longer than a season).
+
+    `forecast`: the model, or a baseline's function with its own calibration."""
+    predict = _forecast_fn(forecast)
     coverages = [c for c in coverages if calibration.gives(c)]
     bounds = {c: torch.from_numpy(calibration.score_quantiles(
         [(1 - c) / 2, (1 + c) / 2], "coverages")).float() for c in coverages}  # [2 x H x C]
@@ -202,7 +217,7 @@ def interval_scores(model: torch.nn.Module, calibration: Calibration, windows: W
     width = dict.fromkeys(coverages, 0.0)
     count, pinball, magnitude, interval_score, series = 0, 0.0, 0.0, 0.0, 0
     for x, y in windows.batches(batch_size):
-        pred = model(x.to(device)).float().cpu()
+        pred = predict(x)
         s = spread(x)[:, None, :]
         for c, (low, high) in bounds.items():
             lower, upper = pred + s * low, pred + s * high

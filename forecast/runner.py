@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from forecast import outputs
+from forecast.baselines import LinearBaseline, seasonal_naive
 from forecast.bundle import Bundle, BundleMeta, save_bundle
 from forecast.config import Config, dump_config
 from forecast.data import SeriesSet, frame_to_series, load_series, season_for
@@ -178,6 +179,24 @@ def follow(cfg: Config, dist: Dist) -> None:
     train_model(cfg, series)
 
 
+def baseline_intervals(prepared: Prepared, linear: LinearBaseline, season: int
+                       ) -> dict[str, float]:
+    """The linear and seasonal-naive baselines with split-conformal intervals of their own,
+    calibrated on validation as the model's are and scored on the same test windows:
+    linear_wql, seasonal_naive_coverage_80, ..."""
+    H = prepared.horizon
+    forecasts = {"linear": linear}
+    if season <= prepared.lookback:  # as evaluate: a season longer than the lookback has none
+        forecasts["seasonal_naive"] = lambda x: seasonal_naive(x, H, season)
+    out = {}
+    for name, forecast in forecasts.items():
+        calibration = calibrate(forecast, prepared.windows("val"))
+        scores = interval_scores(forecast, calibration, prepared.windows("test"), season=season,
+                                 mean=prepared.scaler.mean, scale=prepared.scaler.scale)
+        out |= {f"{name}_{k}": v for k, v in scores.items()}
+    return out
+
+
 def train_and_evaluate(
     cfg: Config, series: SeriesSet | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None, staged: bool = False,
@@ -203,6 +222,11 @@ def train_and_evaluate(
     calibration = calibrate(model, prepared.windows("val"))
     intervals = interval_scores(model, calibration, prepared.windows("test"), season=season,
                                 mean=prepared.scaler.mean, scale=prepared.scaler.scale)
+    intervals |= baseline_intervals(prepared, linear, season)
+    if "wql" in intervals:
+        log.info("test weighted quantile loss: model %.4f, %s", intervals["wql"], ", ".join(
+            f"{name.replace('_', ' ')} {intervals[f'{name}_wql']:.4f}"
+            for name in ("linear", "seasonal_naive") if f"{name}_wql" in intervals))
     log.info("intervals calibrated on %d validation windows; test coverage: %s",
              calibration.windows, ", ".join(f"{v:.3f} ({k.split('_')[1]}%)"
                                             for k, v in intervals.items()

@@ -660,6 +660,9 @@ def test_predict_writes_quantile_and_interval_columns_that_never_cross(
     metrics = json.loads((trained.run_dir / "metrics.json").read_text())
     assert 0 < metrics["test_coverage_80"] <= 1 and metrics["test_interval_width_80"] > 0
     assert metrics["test_wql"] > 0  # the quantile loss, logged with every run
+    # and the baselines', each with conformal intervals of its own on the same windows
+    assert metrics["test_linear_wql"] > 0 and metrics["test_seasonal_naive_wql"] > 0
+    assert 0 < metrics["test_linear_coverage_80"] <= 1
 
 
 @pytest.mark.parametrize(("flags", "message"), [

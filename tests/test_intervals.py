@@ -183,3 +183,17 @@ def test_wql_and_msis_are_left_out_when_the_calibration_cannot_give_them(
                       5)
     got = interval_scores(model, cal, tiny_prepared.windows("test"))
     assert "wql" not in got and "msis_95" not in got
+
+
+def test_a_baseline_gets_intervals_of_its_own(tiny_prepared: Prepared) -> None:
+    from forecast.baselines import seasonal_naive
+
+    H = tiny_prepared.horizon
+    def repeat(x: torch.Tensor) -> torch.Tensor:
+        return seasonal_naive(x, H, 4)
+
+    val = tiny_prepared.windows("val")
+    calibration = calibrate(repeat, val)
+    scores = interval_scores(repeat, calibration, val, season=4)
+    # calibrated on these very windows: at least the nominal share falls inside
+    assert scores["coverage_80"] >= 0.8 - 1e-9 and scores["wql"] > 0
