@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,6 +61,22 @@ def register_model(data_dir: Path, uri: str, out: Path, overrides: list[str]) ->
         *overrides,
     ])
     train_tracked(cfg, uri)
+
+
+def wait_for_workers(base: str, workers: int, timeout: float = 180) -> None:
+    """Until every worker has loaded its model: /readyz answers from whichever worker takes
+    the connection, but each worker sets its own `forecast_model_version_info` series (a `pid`
+    label per worker) once its model is in."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        pids = set(re.findall(r'^forecast_model_version_info\{[^}]*pid="(\d+)"[^}]*\} 1\.0$',
+                              text, flags=re.M))
+        if len(pids) >= workers:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"{workers} workers did not all load the model in {timeout:.0f} s")
 
 
 def start(cmd: list[str], env: dict[str, str], base: str, ready_path: str) -> subprocess.Popen:
@@ -190,6 +207,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
         base = f"http://127.0.0.1:{port}"
         proc = start([*cmd, "--host", "127.0.0.1", "--port", str(port)], env, base, ready)
         try:
+            workers = int(name.rsplit("_", 1)[1].removesuffix("w"))
+            if kind == "ours" and workers > 1:
+                wait_for_workers(base, workers)
             warm_up = min(30, args.requests)
             asyncio.run(drive(port, path, payloads[kind]["single"], 1, warm_up, 30))
             results[name] = {}
