@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from forecast.bundle import load_bundle, save_bundle
+from forecast.data import has_utc_offset
 from forecast.errors import ConfigError, DataError, ForecastError, first_line
 from forecast.predictor import Forecaster, quantile_column_names
 from forecast.registry import ResolvedModel
@@ -87,6 +88,7 @@ class _Job:
     horizon: int
     options: BatchOptions  # chunk size, layout, quantiles and levels
     columns: tuple[str, ...]  # the output schema's columns, REASON last
+    values: tuple[str, ...]  # the float columns among them: channels, quantiles, intervals
 
 
 _CACHE: dict[str, Forecaster] = {}
@@ -131,7 +133,7 @@ def forecast_group(frame: pd.DataFrame, job: _Job) -> pd.DataFrame:
     # a bad series' row leaves the other columns empty: keep their types (NaN is a float)
     for c in (ORIGIN, TIMESTAMP):
         out[c] = pd.to_datetime(out[c])
-    return out.astype({STEP: "Int64", **{c: "float32" for c in job.columns[4:-3]}})
+    return out.astype({STEP: "Int64", **dict.fromkeys(job.values, "float32")})
 
 
 def _session(options: BatchOptions) -> Any:
@@ -223,7 +225,6 @@ def _read(spark: Any, options: BatchOptions, model: ResolvedModel, ts_column: st
                         "needs a series id (fill it or drop the row)")
     utc = isinstance(kind, T.TimestampType)
     if isinstance(kind, T.StringType):  # offsets decide, from the first rows as locally
-        from forecast.data import has_utc_offset
         first = df.select(ts_column).limit(1000).toPandas()[ts_column]
         utc = has_utc_offset(first)
     columns = list(dict.fromkeys([id_column, ts_column, *forecaster.channels]))
@@ -289,7 +290,9 @@ def spark_batch_forecast(options: BatchOptions, spark: Any | None = None) -> Bat
         worker_rss=sc.accumulator(0.0, _Max()),
         model_name=model.name, model_version=model.version,
         id_column=id_column, ts_column=ts_column, source=str(options.input),
-        horizon=horizon, options=options, columns=tuple(schema.fieldNames()))
+        horizon=horizon, options=options, columns=tuple(schema.fieldNames()),
+        values=(*forecaster.channels, *quantile_column_names(
+            forecaster.channels, options.quantiles, options.levels)))
     log.info("model %s (version %s): lookback %d, horizon %d, channels %s; %d rows from %s "
              "(%s layout) in %d groups on %s", model.name, model.version, forecaster.lookback,
              horizon, forecaster.channels, rows, options.input, options.layout, groups,

@@ -456,6 +456,14 @@ def test_cli_exit_codes(model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--on-bad-series is 'fail'" in err and "use a .parquet" in err
     no_output(tmp_path, "o.parquet")
+    # bands: not a number, out of range, empty, or beyond the calibration: exit 2, named
+    for flag, value, says in (("--quantiles", "nan", "--quantiles: nan is not between"),
+                              ("--levels", "150", "--levels: 150 is not between"),
+                              ("--levels", "", "--levels: '' is not a number"),
+                              ("--levels", "99.99", "--levels 99.99: ")):
+        assert main([*base, "--output", str(tmp_path / "o.parquet"), flag, value]) == 2
+        assert says in capsys.readouterr().err, (flag, value)
+    no_output(tmp_path, "o.parquet")
 
 
 def test_day_first_input_timestamps_are_read_as_training_reads_them():
