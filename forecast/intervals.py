@@ -187,13 +187,92 @@ def interval_quantiles(levels: Sequence[float]) -> list[float]:
 WQL_LEVELS = tuple(np.round(np.arange(1, 10) / 10, 1))  # 0.1 ... 0.9
 
 
+@dataclass
+class Bands:
+    """A calibration's score offsets for the scores: each central interval's pair of bounds
+    and the quantiles 0.1 ... 0.9 of the weighted quantile loss (None where out of reach)."""
+
+    bounds: dict[float, torch.Tensor]  # coverage → [2 x H x C]
+    wql: torch.Tensor | None  # [Q x H x C]
+
+    @classmethod
+    def of(cls, calibration: Calibration, coverages: Sequence[float] = (0.8, 0.95)) -> Bands:
+        """The intervals of `coverages` the calibration can give, each left out otherwise."""
+        bounds = {c: torch.from_numpy(calibration.score_quantiles(
+            [(1 - c) / 2, (1 + c) / 2], "coverages")).float()
+            for c in coverages if calibration.gives(c)}
+        reach = all(calibration.levels[0] <= q <= calibration.levels[-1] for q in WQL_LEVELS)
+        return cls(bounds, torch.from_numpy(calibration.score_quantiles(WQL_LEVELS)).float()
+                   if reach else None)
+
+
+def error_terms(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor, bands: Bands,
+                season: int = 1, mean: np.ndarray | None = None,
+                scale: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """Per window, step and channel ([B x H x C]), the terms whose sums give every score
+    (`summarise`): se and ae (scaled units), inside_80 and width_80 per interval, msis_95
+    (the interval score over the lookback's mean absolute seasonal difference), pinball
+    (summed over the WQL levels) and magnitude (|actual|), both in the data's own units."""
+    s = spread(x)[:, None, :]
+    err = y - pred
+    out = {"se": err**2, "ae": err.abs()}
+    for c, (low, high) in bands.bounds.items():
+        lower, upper = pred + s * low, pred + s * high
+        name = percent_name(c)
+        out[f"inside_{name}"] = ((y >= lower) & (y <= upper)).to(y.dtype)
+        out[f"width_{name}"] = upper - lower
+        if math.isclose(c, 0.95):
+            lag = season if x.shape[1] > season else 1
+            naive = (x[:, lag:] - x[:, :-lag]).abs().mean(dim=1).clamp_min(MIN_SPREAD)
+            alpha = 1 - c
+            score = (upper - lower) + 2 / alpha * ((lower - y).clamp_min(0)
+                                                   + (y - upper).clamp_min(0))
+            out["msis_95"] = score / naive[:, None, :]
+    if bands.wql is not None:
+        mu = torch.zeros(1) if mean is None else torch.from_numpy(np.asarray(mean)).float()
+        sd = torch.ones(1) if scale is None else torch.from_numpy(np.asarray(scale)).float()
+        actual = y * sd + mu
+        pinball = torch.zeros_like(y)
+        for q, offset in zip(WQL_LEVELS, bands.wql, strict=True):
+            miss = actual - (pred + s * offset) * sd - mu
+            pinball += torch.maximum(q * miss, (q - 1) * miss)
+        out["pinball"], out["magnitude"] = pinball, actual.abs()
+    return out
+
+
+def summarise(sums: dict[str, np.ndarray], count: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores from summed `error_terms` over `count` elements (arrays of any one shape: a
+    whole block, per horizon step, per backtest cutoff): mse, mae, coverage_80,
+    interval_width_80, ..., msis_95, and wql (NaN where the actuals sum to 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {"mse": sums["se"] / count, "mae": sums["ae"] / count}
+        for key, value in sums.items():
+            if key.startswith("inside_"):
+                name = key.removeprefix("inside_")
+                out[f"coverage_{name}"] = value / count
+                out[f"interval_width_{name}"] = sums[f"width_{name}"] / count
+        if "pinball" in sums:
+            magnitude = sums["magnitude"]
+            out["wql"] = np.where(magnitude > 0, 2 * sums["pinball"] / magnitude, np.nan) \
+                / len(WQL_LEVELS)
+        if "msis_95" in sums:
+            out["msis_95"] = sums["msis_95"] / count
+    return out
+
+
+@dataclass
+class IntervalScores:
+    overall: dict[str, float]  # coverage_80, interval_width_80, ..., wql, msis_95
+    per_step: dict[str, np.ndarray]  # the same names, [H] each (horizon step 1 first)
+
+
 @torch.inference_mode()
 def interval_scores(forecast: Forecast, calibration: Calibration, windows: WindowSet,
                     coverages: Sequence[float] = (0.8, 0.95), batch_size: int = 512,
                     season: int = 1, mean: np.ndarray | None = None,
-                    scale: np.ndarray | None = None) -> dict[str, float]:
-    """Probabilistic scores on every window of `windows`, each left out where the calibration
-    cannot give its levels (too few validation windows):
+                    scale: np.ndarray | None = None) -> IntervalScores:
+    """Probabilistic scores on every window of `windows`, overall and per horizon step, each
+    left out where the calibration cannot give its levels (too few validation windows):
 
     - coverage_80, interval_width_80, ...: the share of actuals inside each central interval,
       and its mean width (scaled units);
@@ -205,49 +284,21 @@ def interval_scores(forecast: Forecast, calibration: Calibration, windows: Windo
 
     `forecast`: the model, or a baseline's function with its own calibration."""
     predict = _forecast_fn(forecast)
-    coverages = [c for c in coverages if calibration.gives(c)]
-    bounds = {c: torch.from_numpy(calibration.score_quantiles(
-        [(1 - c) / 2, (1 + c) / 2], "coverages")).float() for c in coverages}  # [2 x H x C]
-    wql_scores = torch.from_numpy(calibration.score_quantiles(WQL_LEVELS)).float() \
-        if all(calibration.levels[0] <= q <= calibration.levels[-1] for q in WQL_LEVELS) \
-        else None  # [Q x H x C]
-    mu = torch.zeros(1) if mean is None else torch.from_numpy(np.asarray(mean)).float()
-    sd = torch.ones(1) if scale is None else torch.from_numpy(np.asarray(scale)).float()
-    inside = dict.fromkeys(coverages, 0.0)
-    width = dict.fromkeys(coverages, 0.0)
-    count, pinball, magnitude, interval_score, series = 0, 0.0, 0.0, 0.0, 0
+    bands = Bands.of(calibration, coverages)
+    sums: dict[str, np.ndarray] = {}
+    count = 0
     for x, y in windows.batches(batch_size):
-        pred = predict(x)
-        s = spread(x)[:, None, :]
-        for c, (low, high) in bounds.items():
-            lower, upper = pred + s * low, pred + s * high
-            inside[c] += float(((y >= lower) & (y <= upper)).sum())
-            width[c] += float((upper - lower).sum())
-            if math.isclose(c, 0.95):
-                lag = season if x.shape[1] > season else 1
-                naive = (x[:, lag:] - x[:, :-lag]).abs().mean(dim=1).clamp_min(MIN_SPREAD)
-                alpha = 1 - c
-                score = (upper - lower) + 2 / alpha * ((lower - y).clamp_min(0)
-                                                       + (y - upper).clamp_min(0))
-                interval_score += float((score.mean(dim=1) / naive).sum())  # [B x C] summed
-                series += naive.numel()
-        if wql_scores is not None:
-            actual = y * sd + mu
-            for q, offset in zip(WQL_LEVELS, wql_scores, strict=True):
-                quantile = (pred + s * offset) * sd + mu
-                miss = actual - quantile
-                pinball += float(torch.maximum(q * miss, (q - 1) * miss).sum())
-            magnitude += float(actual.abs().sum())
-        count += y.numel()
-    out = {}
-    for c in coverages:
-        out[f"coverage_{percent_name(c)}"] = inside[c] / count
-        out[f"interval_width_{percent_name(c)}"] = width[c] / count
-    if wql_scores is not None and magnitude > 0:
-        out["wql"] = 2 * pinball / magnitude / len(WQL_LEVELS)
-    if series:
-        out["msis_95"] = interval_score / series
-    return out
+        terms = error_terms(predict(x), x, y, bands, season, mean, scale)
+        for key, value in terms.items():
+            step = value.sum(dim=(0, 2), dtype=torch.float64).numpy()  # [H]
+            sums[key] = step if key not in sums else sums[key] + step
+        count += y.shape[0] * y.shape[2]
+    per_step = {k: v for k, v in summarise(sums, np.full(windows.horizon, count)).items()
+                if k not in ("mse", "mae")}  # `evaluate` reports the point errors
+    total = summarise({k: np.array(v.sum()) for k, v in sums.items()},
+                      np.array(count * windows.horizon))
+    overall = {k: float(total[k]) for k in per_step if np.isfinite(total[k])}
+    return IntervalScores(overall, per_step)
 
 
 def percent_name(share: float) -> str:

@@ -62,12 +62,15 @@ def forecast_vs_actual(model: PatchTransformer, prepared: Prepared, path: Path,
     return path
 
 
-def horizon_errors(evaluation: Evaluation, csv_path: Path, png_path: Path) -> tuple[Path, Path]:
-    """MSE and MAE per horizon step for the model and each baseline."""
+def horizon_errors(evaluation: Evaluation, csv_path: Path, png_path: Path,
+                   intervals: dict[str, np.ndarray] | None = None) -> tuple[Path, Path]:
+    """MSE and MAE per horizon step for the model and each baseline, and the model's interval
+    scores per step (`intervals`: coverage_80 → [H], ...) as transformer_coverage_80, ..."""
     rows = {"step": np.arange(1, len(evaluation.model.mse_per_step) + 1)}
     for name, s in [("transformer", evaluation.model), *evaluation.baselines.items()]:
         rows[f"{name}_mse"] = s.mse_per_step
         rows[f"{name}_mae"] = s.mae_per_step
+    rows |= {f"transformer_{k}": v for k, v in (intervals or {}).items()}
     table = pd.DataFrame(rows)
     table.to_csv(csv_path, index=False)
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,8 @@ class TrainOutcome:
     model_dir: Path
     intervals: dict[str, float]  # the test block's interval coverage and width
     calibration: Calibration | None = None  # the intervals' calibration, saved in the bundle
+    # the test block's interval scores per horizon step: coverage_80 → [H], ...
+    intervals_per_step: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -193,7 +195,7 @@ def baseline_intervals(prepared: Prepared, linear: LinearBaseline, season: int
         calibration = calibrate(forecast, prepared.windows("val"))
         scores = interval_scores(forecast, calibration, prepared.windows("test"), season=season,
                                  mean=prepared.scaler.mean, scale=prepared.scaler.scale)
-        out |= {f"{name}_{k}": v for k, v in scores.items()}
+        out |= {f"{name}_{k}": v for k, v in scores.overall.items()}
     return out
 
 
@@ -220,9 +222,9 @@ def train_and_evaluate(
     evaluation = evaluate(model, prepared, cfg.eval, season, "test", device, linear)
     # the intervals are calibrated on validation, once, and scored on test
     calibration = calibrate(model, prepared.windows("val"))
-    intervals = interval_scores(model, calibration, prepared.windows("test"), season=season,
-                                mean=prepared.scaler.mean, scale=prepared.scaler.scale)
-    intervals |= baseline_intervals(prepared, linear, season)
+    scored = interval_scores(model, calibration, prepared.windows("test"), season=season,
+                             mean=prepared.scaler.mean, scale=prepared.scaler.scale)
+    intervals = scored.overall | baseline_intervals(prepared, linear, season)
     if "wql" in intervals:
         log.info("test weighted quantile loss: model %.4f, %s", intervals["wql"], ", ".join(
             f"{name.replace('_', ' ')} {intervals[f'{name}_wql']:.4f}"
@@ -242,7 +244,8 @@ def train_and_evaluate(
     scaler = prepared.scaler
     staging = outputs.stage(out)
     outcome = TrainOutcome(cfg, series, prepared, model, result, evaluation, validation,
-                           staging, staging / outputs.MODEL, intervals, calibration)
+                           staging, staging / outputs.MODEL, intervals, calibration,
+                           scored.per_step)
     try:
         save_bundle(outcome.model_dir,
                     Bundle(model, scaler.mean, scaler.scale, meta, calibration))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -25,7 +26,7 @@ from urllib.request import url2pathname
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Experiment
+from mlflow.entities import Experiment, Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -221,7 +222,7 @@ def _log_artifacts(outcome: TrainOutcome, folder: Path) -> None:
     forecast_vs_actual(outcome.model, outcome.prepared, folder / "forecast_vs_actual.png",
                        calibration=outcome.calibration)
     horizon_errors(outcome.evaluation, folder / "error_per_step.csv",
-                   folder / "error_per_step.png")
+                   folder / "error_per_step.png", outcome.intervals_per_step)
     training_curve(outcome.fit.history, folder / "training_curve.png", cfg.train.loss,
                    cfg.train.val_metric)
     with artifact_store():
@@ -262,6 +263,29 @@ def _log_step0_metrics(outcome: TrainOutcome, model_id: str | None) -> None:
         # val_loss curve starts there, so that it shows the weights that were kept
         metrics["val_loss"] = outcome.fit.linear_val_loss
     mlflow.log_metrics(metrics, step=0, model_id=model_id)
+
+
+def log_metric_series(series: dict[str, Sequence[float]], first_step: int = 1) -> None:
+    """Metrics whose MLflow step is a position, not an epoch: `series[name][i]` is logged as
+    `name` at step first_step + i (a horizon step, a backtest cutoff), in batches of MLflow's
+    1,000-metric limit; NaN values are left out."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(v), now, first_step + i)
+               for name, values in series.items() for i, v in enumerate(values)
+               if math.isfinite(v)]
+    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
+    for lo in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[lo:lo + 1000], synchronous=True)
+
+
+# interval scores logged per horizon step, as test_coverage_80_by_step at steps 1..H
+PER_STEP_SCORES = ("coverage_80", "coverage_95", "interval_width_80", "interval_width_95",
+                   "wql")
+
+
+def _log_per_step(outcome: TrainOutcome) -> None:
+    log_metric_series({f"test_{k}_by_step": v for k, v in outcome.intervals_per_step.items()
+                       if k in PER_STEP_SCORES})
 
 
 def encoder_tags(outcome: TrainOutcome) -> dict[str, str]:
@@ -334,6 +358,7 @@ def train_tracked(cfg: Config, uri: str, tags: dict[str, str] | None = None,
         with artifact_store():
             info = log_pyfunc(outcome.model_dir, example)
         _log_step0_metrics(outcome, info.model_id)
+        _log_per_step(outcome)
         scored = True
         version = decision = None
         if tracking.auto_register:

@@ -49,14 +49,14 @@ def test_intervals_cover_the_windows_they_were_calibrated_on(
         model: torch.nn.Module, calibration: Calibration, tiny_prepared: Prepared) -> None:
     val = tiny_prepared.windows("val")
     assert calibration.windows == len(val)
-    scores = interval_scores(model, calibration, val)
+    scores = interval_scores(model, calibration, val).overall
     n = len(val)
     # each step and channel holds at least its conformal share of the windows
     assert 0.8 - 1e-9 <= scores["coverage_80"] <= 0.8 + 3 / n + 0.01, (scores, n)
     # 35 windows cannot give 95% (ranks 0 and 36 of 35): left out, not an error, and MSIS,
     # which scores the 95% interval, with it; 0.1 ... 0.9 they give, and with them WQL
     assert n < 39 and set(scores) == {"coverage_80", "interval_width_80", "wql"}
-    wider = interval_scores(model, calibration, val, coverages=(0.5, 0.8))
+    wider = interval_scores(model, calibration, val, coverages=(0.5, 0.8)).overall
     assert 0 < wider["interval_width_50"] < wider["interval_width_80"]
 
 
@@ -155,7 +155,8 @@ def test_wql_and_msis_follow_their_definitions(model: torch.nn.Module,
     cal = Calibration(levels, scores, 500)
     test = tiny_prepared.windows("test")
     mean, scale = np.array([3.0, -1.0, 0.5])[:C], np.array([2.0, 0.5, 4.0])[:C]
-    got = interval_scores(model, cal, test, season=4, mean=mean, scale=scale)
+    scored = interval_scores(model, cal, test, season=4, mean=mean, scale=scale)
+    got = scored.overall
 
     x, y = (t.numpy() for t in test.gather(torch.arange(len(test))))
     with torch.inference_mode():
@@ -173,6 +174,17 @@ def test_wql_and_msis_follow_their_definitions(model: torch.nn.Module,
     score = (upper - lower) + 40 * (np.maximum(lower - y, 0) + np.maximum(y - upper, 0))
     naive = np.maximum(np.abs(x[:, 4:] - x[:, :-4]).mean(axis=1), MIN_SPREAD)
     assert got["msis_95"] == pytest.approx((score.mean(axis=1) / naive).mean(), rel=1e-4)
+    # per horizon step: the share inside the 95% interval and WQL over windows and channels
+    inside = ((y >= lower) & (y <= upper)).mean(axis=(0, 2))
+    np.testing.assert_allclose(scored.per_step["coverage_95"], inside, rtol=1e-6)
+    assert len(set(inside.round(6))) > 1  # the steps differ, so a mixed-up axis would show
+    step_wql = [np.mean([2 * np.maximum(q * m, (q - 1) * m)[:, h].sum()
+                         / np.abs(actual[:, h]).sum() for q, m in zip(
+                             np.round(np.arange(1, 10) / 10, 1),
+                             [actual - (pred + s * cal.score_quantiles([q])[0]) * scale - mean
+                              for q in np.round(np.arange(1, 10) / 10, 1)], strict=True)])
+                for h in range(H)]
+    np.testing.assert_allclose(scored.per_step["wql"], step_wql, rtol=1e-4)
 
 
 def test_wql_and_msis_are_left_out_when_the_calibration_cannot_give_them(
@@ -181,7 +193,7 @@ def test_wql_and_msis_are_left_out_when_the_calibration_cannot_give_them(
     H, C = tiny_prepared.horizon, tiny_prepared.n_channels
     cal = Calibration(levels, np.stack([np.full((H, C), v, np.float32) for v in (-1, 0, 1)]),
                       5)
-    got = interval_scores(model, cal, tiny_prepared.windows("test"))
+    got = interval_scores(model, cal, tiny_prepared.windows("test")).overall
     assert "wql" not in got and "msis_95" not in got
 
 
@@ -194,6 +206,6 @@ def test_a_baseline_gets_intervals_of_its_own(tiny_prepared: Prepared) -> None:
 
     val = tiny_prepared.windows("val")
     calibration = calibrate(repeat, val)
-    scores = interval_scores(repeat, calibration, val, season=4)
+    scores = interval_scores(repeat, calibration, val, season=4).overall
     # calibrated on these very windows: at least the nominal share falls inside
     assert scores["coverage_80"] >= 0.8 - 1e-9 and scores["wql"] > 0

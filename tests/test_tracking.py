@@ -96,6 +96,15 @@ def test_run_records_params_epoch_metrics_tags_dataset_and_artifacts(history: Hi
     per_step = pd.read_csv(local)
     assert len(per_step) == 12
     assert per_step["transformer_mse"].mean() == pytest.approx(metrics["test_mse"], rel=1e-6)
+    # interval coverage per horizon step: a CSV column and a metric whose steps are 1..H
+    assert per_step["transformer_coverage_80"].mean() == pytest.approx(
+        metrics["test_coverage_80"], rel=1e-5)
+    by_step = sorted(history.client.get_metric_history(tracked.run_id,
+                                                       "test_coverage_80_by_step"),
+                     key=lambda m: m.step)
+    assert [m.step for m in by_step] == list(range(1, 13))
+    np.testing.assert_allclose([m.value for m in by_step],
+                               per_step["transformer_coverage_80"], rtol=1e-6)
 
 
 def test_gate_promotes_only_a_better_challenger_and_tags_both_scores(history: History) -> None:
