@@ -60,7 +60,8 @@ from forecast.tracking import (
 from forecast.train import resolve_device
 from forecast.windows import prepare
 from pipelines import train as train_pipeline
-from pipelines.batch_forecast import BatchOptions, batch_forecast
+from pipelines.backtest import BacktestOptions, run_backtest
+from pipelines.batch_forecast import BatchOptions, batch_forecast, peak_rss_mb
 
 log = logging.getLogger("forecast")
 
@@ -297,17 +298,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_flag(text: str, flag: str) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(text)
+        if pd.isna(stamp):  # '' and 'NaT' parse as NaT, which every comparison passes
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a time; use ISO 8601, e.g. "
+                          "2026-11-21T06:00:00Z") from None
+    return stamp
+
+
 def _as_of(text: str | None) -> pd.Timestamp | None:
     if text is None:
         return None
-    try:
-        stamp = pd.Timestamp(text)
-        if pd.isna(stamp):  # '' and 'NaT' parse as NaT, which every age comparison passes
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"--as-of {text!r} is not a time; use ISO 8601, e.g. "
-                          "2026-11-21T06:00:00Z") from None
+    stamp = _time_flag(text, "--as-of")
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    # the data's timestamps are held naive (aware ones in UTC): --until likewise
+    until = None if args.until is None else _time_flag(args.until, "--until")
+    if until is not None and until.tzinfo is not None:
+        until = until.tz_convert("UTC").tz_localize(None)
+    options = BacktestOptions(
+        model=args.model, cutoffs=args.cutoffs, out=Path(args.out), step=args.step, until=until,
+        config=args.config, data=args.data, overrides=tuple(args.set or []), refit=args.refit,
+        tracking_uri=default_uri(args.tracking_uri), experiment=args.experiment)
+    outcome = run_backtest(options)
+    if args.log_format != "json":
+        print(outcome.result.table())
+        print(f"wrote {outcome.csv} (per cutoff) and {outcome.step_csv} (per horizon step); "
+              f"MLflow run {outcome.run_id}, {outcome.seconds:.1f}s, peak RSS "
+              f"{peak_rss_mb():.0f} MB")
+    return 0
 
 
 def cmd_pipeline_train(args: argparse.Namespace) -> int:
@@ -693,6 +717,27 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
                    help="write the config with the best trial's settings here, for "
                    "`forecast train --config PATH`")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("backtest", help="rolling-origin evaluation of a trained model against "
+                       "the baselines: scores per cutoff and horizon step, tracked in MLflow")
+    p.add_argument("--model", required=True, help="a model directory, models:/NAME@ALIAS or "
+                   "models:/NAME/VERSION")
+    p.add_argument("--cutoffs", type=positive_int, required=True, metavar="N",
+                   help="how many forecast origins")
+    p.add_argument("--step", type=positive_int, metavar="S",
+                   help="time steps between cutoffs (default: the model's horizon)")
+    p.add_argument("--until", metavar="TIME", help="the last cutoff is at or before this time "
+                   "(default: the latest with a whole horizon after it)")
+    p.add_argument("--out", default="backtest.csv", help="scores per cutoff (CSV); per "
+                   "horizon step beside it as <stem>_by_step.csv (default: backtest.csv)")
+    p.add_argument("--refit", action="store_true", help="train again at every cutoff from the "
+                   "rows up to it, one nested MLflow run per cutoff (slow: N trainings)")
+    p.add_argument("--experiment", default="forecast-backtest", type=not_blank("--experiment"),
+                   help="MLflow experiment of the backtest run (default: forecast-backtest)")
+    config_flags(p, required=False)
+    tracking_flag(p)
+    log_format_flag(p)
+    p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("serve", help="HTTP prediction service for a registered model")
     p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a model "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from forecast import outputs
 from forecast.baselines import LinearBaseline, seasonal_naive
@@ -181,18 +182,25 @@ def follow(cfg: Config, dist: Dist) -> None:
     train_model(cfg, series)
 
 
-def baseline_intervals(prepared: Prepared, linear: LinearBaseline, season: int
-                       ) -> dict[str, float]:
-    """The linear and seasonal-naive baselines with split-conformal intervals of their own,
-    calibrated on validation as the model's are and scored on the same test windows:
-    linear_wql, seasonal_naive_coverage_80, ..."""
+def calibrated_baselines(prepared: Prepared, linear: LinearBaseline, season: int
+                         ) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
+                                              Calibration]]:
+    """The linear and seasonal-naive forecasts, each with split-conformal intervals of its own
+    calibrated on the validation windows as the model's are."""
     H = prepared.horizon
-    forecasts = {"linear": linear}
+    forecasts: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"linear": linear}
     if season <= prepared.lookback:  # as evaluate: a season longer than the lookback has none
         forecasts["seasonal_naive"] = lambda x: seasonal_naive(x, H, season)
+    return {name: (forecast, calibrate(forecast, prepared.windows("val")))
+            for name, forecast in forecasts.items()}
+
+
+def baseline_intervals(prepared: Prepared, linear: LinearBaseline, season: int
+                       ) -> dict[str, float]:
+    """The calibrated baselines scored on the model's test windows: linear_wql,
+    seasonal_naive_coverage_80, ..."""
     out = {}
-    for name, forecast in forecasts.items():
-        calibration = calibrate(forecast, prepared.windows("val"))
+    for name, (forecast, calibration) in calibrated_baselines(prepared, linear, season).items():
         scores = interval_scores(forecast, calibration, prepared.windows("test"), season=season,
                                  mean=prepared.scaler.mean, scale=prepared.scaler.scale)
         out |= {f"{name}_{k}": v for k, v in scores.overall.items()}
