@@ -200,7 +200,8 @@ def method_comparison(outcome, seed: int) -> dict[str, dict[str, float]]:  # noq
     return out
 
 
-def run_cell(dataset: str, horizon: int, data_dir: Path, out_dir: Path, threads: int) -> dict:
+def run_cell(dataset: str, horizon: int, data_dir: Path, out_dir: Path, threads: int,
+             extra: list[str]) -> dict:
     from forecast.config import load_config
     from forecast.runner import train_and_evaluate
 
@@ -214,7 +215,7 @@ def run_cell(dataset: str, horizon: int, data_dir: Path, out_dir: Path, threads:
         overrides.append(f"data.path={data_dir / (dataset + '.csv')}")
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    outcome = train_and_evaluate(load_config(path, overrides))
+    outcome = train_and_evaluate(load_config(path, overrides + extra))
     wall = time.perf_counter() - t0
     iv, steps = outcome.intervals, outcome.intervals_per_step
     test = {
@@ -243,6 +244,8 @@ def spawn(dataset: str, horizon: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--cell", dataset, str(horizon), "--data-dir",
            str(args.data_dir), "--output-dir", str(args.output_dir), "--threads",
            str(max(1, available_cores() // args.jobs))]
+    for item in args.set:
+        cmd += ["--set", item]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         sys.stderr.write(proc.stderr[-5000:])
@@ -292,13 +295,15 @@ def main() -> None:
                    help="cells trained at once, sharing the cores (default 1)")
     p.add_argument("--only", action="append", metavar="DATASET:H",
                    help="run only these cells, e.g. --only demo:24 (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every cell (e.g. train.epochs=1)")
     p.add_argument("--cell", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     record.add_argument(p, "intervals")
     args = p.parse_args()
     if args.cell:
         print(json.dumps(run_cell(args.cell[0], int(args.cell[1]), args.data_dir,
-                                  args.output_dir, args.threads)))
+                                  args.output_dir, args.threads, args.set)))
         return
     cells = [c for c in CELLS if not args.only or f"{c[0]}:{c[1]}" in args.only]
     if not cells:

@@ -271,3 +271,32 @@ def test_config_reference_lists_every_key() -> None:
         for key in getattr(field.annotation, "model_fields", {}):
             assert f"| `{section}.{key}` |" in page
     assert "| `windows.lookback` | int | `336` | > 0, ≤ 2147483647 |" in page
+
+
+def test_intervals_smoke(tmp_path: Path) -> None:
+    proc = run_script("intervals.py", tmp_path / "i.json", "--only", "demo:24",
+                      "--set", "train.epochs=1", "--output-dir", str(tmp_path / "runs"))
+    (cell,) = recorded(proc, tmp_path / "i.json", "intervals")
+    assert (cell["dataset"], cell["horizon"]) == ("demo", 24)
+    test = cell["test"]
+    assert 0 < test["coverage_80"] < test["coverage_95"] <= 1
+    assert 1 <= test["worst_step_80"] <= 24 and test["wql"] > 0 and test["linear_wql"] > 0
+    methods = cell["validation_methods"]
+    assert set(methods) == {"a_split_conformal", "b_quantile_head", "c_conformal_head",
+                            "windows"}
+    assert all(0 < m["coverage_80"] < 1 and m["wql"] > 0
+               for name, m in methods.items() if name != "windows")
+
+
+def test_backtest_smoke(tmp_path: Path, data_dir: Path) -> None:
+    proc = run_script("backtest.py", tmp_path / "bt.json", "--data-dir", str(data_dir),
+                      "--counts", "5,40", "--step", "24", "--work-dir", str(tmp_path / "w"),
+                      "--set", "windows.lookback=96", "--set", "train.epochs=1",
+                      "--set", "train.max_windows_per_epoch=256",
+                      "--set", "eval.linear_max_windows=500")
+    result = recorded(proc, tmp_path / "bt.json", "backtest")
+    assert [r["cutoffs"] for r in result["runs"]] == [5, 40]
+    assert [r["windows"] for r in result["runs"]] == [5, 40]
+    assert all(r["peak_rss_mb"] > 0 for r in result["runs"])
+    assert result["rss_ratio_most_to_fewest"] > 0
+    assert set(result["runs"][0]["mean_by_cutoff"]) == {"model", "linear", "seasonal_naive"}
