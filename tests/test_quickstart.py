@@ -56,4 +56,11 @@ def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
         assert answer["model"]["alias"] == "champion"
         [forecast] = answer["forecasts"]
         assert {len(v) for v in forecast["values"].values()} == {6}
+    # the history request asks for the 80% interval: a bound below and above every value
+    [forecast] = answers[0]["forecasts"]
+    band = forecast["intervals"]["80"]
+    for channel, values in forecast["values"].items():
+        assert all(lo < v < hi for lo, v, hi in zip(band["lower"][channel], values,
+                                                     band["upper"][channel], strict=True))
+    assert (tmp_path / "backtest.csv").is_file() and (tmp_path / "backtest_by_step.csv").is_file()
     print(f"quickstart ran in {seconds:.0f}s")
