@@ -7,7 +7,8 @@ Reads benchmarks/results/*.json (each script's saved result, see benchmarks/reco
 benchmarks/reference.json (the published and all-windows reference figures) and the pydantic
 config models, and writes:
 
-- docs/generated/ett.md, reference.md, windows.md, batch_forecast.md, serving.md, soak.md: the
+- docs/generated/ett.md, reference.md, windows.md, batch_forecast.md, serving.md, soak.md,
+  intervals.md, backtest.md: the
   benchmark tables, each with a line saying which commit, date and machine measured it
   (included into docs/benchmarks.md with `--8<-- "ett.md"` and so on);
 - docs/config-reference.md: every config key, its type, default, constraints and description;
@@ -291,6 +292,58 @@ def soak_page(doc: dict[str, Any]) -> str:
             "requests.\n\n" + provenance(doc))
 
 
+METHODS = {"a_split_conformal": "(a) split conformal", "b_quantile_head": "(b) quantile head",
+           "c_conformal_head": "(c) conformalised head"}
+
+
+def cell_name(r: dict[str, Any]) -> str:
+    return f"{r['dataset']} H={r['horizon']}"
+
+
+def intervals_page(doc: dict[str, Any]) -> str:
+    rows = []
+    for r in doc["results"]:
+        t = r["test"]
+        best_baseline = min(v for v in (t["linear_wql"], t["seasonal_naive_wql"])
+                            if v is not None)
+        naive = "" if t["seasonal_naive_wql"] is None else f"{t['seasonal_naive_wql']:.4f}"
+        rows.append([cell_name(r), r["lookback"], f"{t['mse']:.4f}", f"{t['coverage_80']:.3f}",
+                     f"{t['coverage_95']:.3f}",
+                     f"{t['worst_step_coverage_80']:.3f} (step {t['worst_step_80']})",
+                     f"{t['worst_step_coverage_95']:.3f} (step {t['worst_step_95']})",
+                     f"{t['wql']:.4f}", f"{t['linear_wql']:.4f}", naive,
+                     "yes" if t["wql"] < best_baseline else "**no**"])
+    head = ["cell", "L", "MSE", "coverage 80%", "coverage 95%", "worst step, 80%",
+            "worst step, 95%", "WQL", "linear WQL", "seasonal-naive WQL", "WQL beats both"]
+    methods = [[cell_name(r), METHODS[name], f"{m['coverage_80']:.3f}",
+                f"{m['coverage_95']:.3f}", f"{m['wql']:.4f}"]
+               for r in doc["results"] for name, m in r["validation_methods"].items()
+               if name in METHODS]
+    return (table(head, rows, "lr" + "r" * (len(head) - 2))
+            + "\nThe choice of method, on validation only (calibrated on its first half, "
+            "scored on its second):\n\n"
+            + table(["cell", "method", "coverage 80%", "coverage 95%", "WQL"], methods,
+                    "llrrr") + "\n" + provenance(doc))
+
+
+def backtest_page(doc: dict[str, Any]) -> str:
+    r = doc["results"]
+    rows = []
+    for run in r["runs"]:
+        for name, m in run["mean_by_cutoff"].items():
+            rows.append([f"{run['cutoffs']:,}", f"{run['wall_seconds']:.1f}",
+                         f"{run['peak_rss_mb']:.0f}", name, f"{m['mse']:.4f}",
+                         f"{m['coverage_80']:.3f}", f"{m['coverage_95']:.3f}",
+                         f"{m['wql']:.4f}"])
+    head = ["cutoffs", "wall s", "peak RSS MB", "forecaster", "MSE", "coverage 80%",
+            "coverage 95%", "WQL"]
+    return (table(head, rows, "rrrlrrrr")
+            + f"\n{r['dataset']}, H={r['horizon']}, `{r['config']}`, cutoffs "
+            f"{r['runs'][0]['step']} hours apart; scores are means over cutoffs. Peak RSS at "
+            f"{r['runs'][-1]['cutoffs']:,} cutoffs over {r['runs'][0]['cutoffs']:,}: "
+            f"{r['rss_ratio_most_to_fewest']:.3f}.\n\n" + provenance(doc))
+
+
 DEFAULTS_CANDIDATES = {
     "encoder": "encoder alone (L 96, d_model 64, 2 layers, dropout 0.1, 20 epochs)",
     "skip": "least-squares skip with level (L 336, d_model 16, 3 layers, dropout 0.3)",
@@ -454,6 +507,8 @@ def pages() -> dict[Path, str]:
         GENERATED / "batch_forecast.md": batch_forecast_page(load(RESULTS / "batch_forecast.json")),
         GENERATED / "serving.md": serving_page(load(RESULTS / "serving.json")),
         GENERATED / "soak.md": soak_page(load(RESULTS / "soak.json")),
+        GENERATED / "intervals.md": intervals_page(load(RESULTS / "intervals.json")),
+        GENERATED / "backtest.md": backtest_page(load(RESULTS / "backtest.json")),
         GENERATED / "defaults.md": defaults_page(load(RESULTS / "defaults.json")),
         GENERATED / "tracking_server.md":
             tracking_server_page(load(RESULTS / "tracking_server.json")),
