@@ -121,7 +121,16 @@ def solve(gram: torch.Tensor, cross: torch.Tensor, count: torch.Tensor | float,
     scale = ridge * torch.as_tensor(count, dtype=gram.dtype)[..., None]  # [1] or [C x 1]
     penalty = scale * torch.ones(gram.shape[-1], dtype=gram.dtype)
     penalty[..., -1] = 0.0
-    return torch.linalg.solve(gram + torch.diag_embed(penalty), cross)
+    system = gram + torch.diag_embed(penalty)
+    # A Gram matrix plus a ridge is symmetric positive definite: Cholesky. Batched LU
+    # (torch.linalg.solve) of the per-channel systems returned invalid pivots on 2 threads
+    # (MKL, torch 2.13: the demo with model.skip_per_channel); one system at a time it does not.
+    factor, info = torch.linalg.cholesky_ex(system)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(cross, factor)
+    P, H = cross.shape[-2:]  # not positive definite (a constant feature): LU, one at a time
+    return torch.stack([torch.linalg.solve(a, b) for a, b in zip(
+        system.reshape(-1, P, P), cross.reshape(-1, P, H), strict=True)]).reshape(cross.shape)
 
 
 Solver = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -118,6 +118,29 @@ def test_the_level_input_and_per_channel_maps_are_solved_to_the_optimum(wide_fra
     assert float(model.skip.weight[..., L].abs().max()) > 1e-3
 
 
+def test_per_channel_skip_of_the_demo_solves_on_two_threads() -> None:
+    # the demo's 5 per-channel systems of 170 unknowns made batched LU return invalid pivots
+    # on 2 threads (a RuntimeError from fit_linear_skip); they are solved by Cholesky
+    from forecast.runner import load_data
+
+    config = load_config(Path(__file__).resolve().parent.parent / "pipelines" / "configs" /
+                         "demo.yaml", ["model.skip_per_channel=true"])
+    prepared = prepare(load_data(config), config.split, config.windows)
+    model = build_model(config.model, config.windows.lookback, config.windows.horizon,
+                        prepared.n_channels)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit_linear_skip(model, prepared.windows("train"), pad_augment=0.1)
+    finally:
+        torch.set_num_threads(threads)
+    assert model.skip.weight.shape == (5, 24, 169) and torch.isfinite(model.skip.weight).all()
+    x, y = next(prepared.windows("val").batches(512))
+    with torch.no_grad():
+        mse = float(((model.eval()(x) - y) ** 2).mean())
+    assert mse < float((y ** 2).mean())  # a forecast, not noise: beats predicting the mean
+
+
 @pytest.mark.parametrize("revin", [True, False])
 def test_pad_augmented_fit_minimises_the_error_on_the_padded_windows_it_drew(wide_frame, revin):
     config = lsq_config(revin)
