@@ -68,6 +68,31 @@ def quantile_scores(quantiles: torch.Tensor, y: torch.Tensor, mean: np.ndarray,
     return out
 
 
+SCALINGS = {
+    "mean_abs_diff": lambda x: (x[:, 1:] - x[:, :-1]).abs().mean(dim=1),
+    "last_24_spread": lambda x: x[:, -24:].std(dim=1, unbiased=False),
+    "nothing": lambda x: torch.ones_like(x[:, 0]),
+}
+
+
+@torch.inference_mode()
+def scaled_conformal(model: nn.Module, calib, score, scaling) -> torch.Tensor:  # noqa: ANN001
+    """(a)'s quantiles [B x H x C x Q] on `score` with errors divided by `scaling(x)` [B x C]
+    instead of the lookback's standard deviation."""
+    from forecast.intervals import MIN_SPREAD, conformal_ranks
+
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        return scaling(x).clamp_min(MIN_SPREAD)[:, None, :]
+
+    errors = torch.cat([(y - model(x)) / scaled(x) for x, y in calib.batches(512)])
+    ordered = errors.sort(dim=0).values
+    n = len(ordered)
+    ranks = np.clip(conformal_ranks(n, np.array(LEVELS)), 1, n)
+    offsets = ordered[torch.from_numpy(ranks - 1)].permute(1, 2, 0)  # [H x C x Q]
+    return torch.cat([model(x)[..., None] + scaled(x)[..., None] * offsets
+                      for x, _ in score.batches(512)])
+
+
 class TokenFeatures:
     """The frozen model's last encoder tokens, flattened per channel: [B x C x N*d]."""
 
@@ -181,6 +206,10 @@ def method_comparison(outcome, seed: int) -> dict[str, dict[str, float]]:  # noq
         ys.append(y)
     y_score = torch.cat(ys)
     out = {"a_split_conformal": quantile_scores(torch.cat(qa), y_score, mean, scale)}
+    # (a) with the errors divided by other scales of the lookback than its spread
+    for name, scaling in SCALINGS.items():
+        out[f"a_scaled_by_{name}"] = quantile_scores(
+            scaled_conformal(outcome.model, calib, score, scaling), y_score, mean, scale)
     # (b): the head as trained
     qb, y_b, s_b = head_quantiles(score)
     out["b_quantile_head"] = quantile_scores(qb, y_b, mean, scale)

@@ -293,7 +293,10 @@ def soak_page(doc: dict[str, Any]) -> str:
 
 
 METHODS = {"a_split_conformal": "(a) split conformal", "b_quantile_head": "(b) quantile head",
-           "c_conformal_head": "(c) conformalised head"}
+           "c_conformal_head": "(c) conformalised head",
+           "a_scaled_by_mean_abs_diff": "(a), errors over the mean absolute difference",
+           "a_scaled_by_last_24_spread": "(a), errors over the last 24 steps' spread",
+           "a_scaled_by_nothing": "(a), errors unscaled"}
 
 
 def cell_name(r: dict[str, Any]) -> str:
@@ -339,8 +342,9 @@ def backtest_page(doc: dict[str, Any]) -> str:
             "coverage 95%", "WQL"]
     return (table(head, rows, "rrrlrrrr")
             + f"\n{r['dataset']}, H={r['horizon']}, `{r['config']}`, cutoffs "
-            f"{r['runs'][0]['step']} hours apart; scores are means over cutoffs. Peak RSS at "
-            f"{r['runs'][-1]['cutoffs']:,} cutoffs over {r['runs'][0]['cutoffs']:,}: "
+            f"{r['runs'][0]['step']} hour(s) apart; scores are means over cutoffs. Peak RSS at "
+            f"{r['runs'][-1]['cutoffs']:,} cutoffs over {r['runs'][-2]['cutoffs']:,}: "
+            f"{r['rss_ratio_most_to_second']:.3f}; over {r['runs'][0]['cutoffs']:,}: "
             f"{r['rss_ratio_most_to_fewest']:.3f}.\n\n" + provenance(doc))
 
 

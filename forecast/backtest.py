@@ -150,6 +150,11 @@ def fitted_baselines(series: SeriesSet, data: torch.Tensor, offsets: np.ndarray,
                     "too few windows of %d + %d steps to fit and calibrate them; backtest "
                     "fewer or later cutoffs to score them", first_cutoff, lookback, horizon)
         return {}
+    if len(sets["fit"]) <= lookback:
+        log.warning("the linear baseline is fitted on %d windows for %d inputs (the rows before "
+                    "the first cutoff, %s): expect it to overfit and score badly; backtest "
+                    "fewer or later cutoffs for a fair baseline", len(sets["fit"]), lookback,
+                    first_cutoff)
     linear = LinearBaseline().fit(sets["fit"], max_windows)
     forecasts: dict[str, PointForecast] = {"linear": linear}
     if season <= lookback:

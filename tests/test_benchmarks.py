@@ -283,20 +283,21 @@ def test_intervals_smoke(tmp_path: Path) -> None:
     assert 1 <= test["worst_step_80"] <= 24 and test["wql"] > 0 and test["linear_wql"] > 0
     methods = cell["validation_methods"]
     assert set(methods) == {"a_split_conformal", "b_quantile_head", "c_conformal_head",
-                            "windows"}
+                            "a_scaled_by_mean_abs_diff", "a_scaled_by_last_24_spread",
+                            "a_scaled_by_nothing", "windows"}
     assert all(0 < m["coverage_80"] < 1 and m["wql"] > 0
                for name, m in methods.items() if name != "windows")
 
 
 def test_backtest_smoke(tmp_path: Path, data_dir: Path) -> None:
     proc = run_script("backtest.py", tmp_path / "bt.json", "--data-dir", str(data_dir),
-                      "--counts", "5,40", "--step", "24", "--work-dir", str(tmp_path / "w"),
+                      "--counts", "5,20,40", "--step", "24", "--work-dir", str(tmp_path / "w"),
                       "--set", "windows.lookback=96", "--set", "train.epochs=1",
                       "--set", "train.max_windows_per_epoch=256",
                       "--set", "eval.linear_max_windows=500")
     result = recorded(proc, tmp_path / "bt.json", "backtest")
-    assert [r["cutoffs"] for r in result["runs"]] == [5, 40]
-    assert [r["windows"] for r in result["runs"]] == [5, 40]
+    assert [r["cutoffs"] for r in result["runs"]] == [5, 20, 40]
+    assert [r["windows"] for r in result["runs"]] == [5, 20, 40]
     assert all(r["peak_rss_mb"] > 0 for r in result["runs"])
     assert result["rss_ratio_most_to_fewest"] > 0
     assert set(result["runs"][0]["mean_by_cutoff"]) == {"model", "linear", "seasonal_naive"}
