@@ -83,15 +83,19 @@ def example_request(state: AppState) -> dict[str, Any]:
     loaded = state.store.current
     if loaded is None:
         channels, rows, freq = ["load_0", "load_1", "load_2", "load_3", "load_4"], 48, "h"
+        intervals = True
     else:
         f = loaded.forecaster
         channels, rows, freq = f.channels, f.meta.min_history, f.meta.freq
+        intervals = f.bundle.calibration is not None and f.bundle.calibration.gives(0.8)
     t = np.arange(rows)
     stamps = pd.date_range("2025-01-01", periods=rows, freq=freq)
     history = {c: np.round(10 + 3 * np.sin(2 * np.pi * (t + 3 * k) / 24), 3).tolist()
                for k, c in enumerate(channels)}
+    # the 80% interval, where the model's calibration gives it: intervals show up first here
     return {"series": [{"id": "example-1", "history": history,
-                        "timestamps": [s.isoformat() for s in stamps]}], "horizon": 6}
+                        "timestamps": [s.isoformat() for s in stamps]}], "horizon": 6,
+            **({"levels": [80]} if intervals else {})}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

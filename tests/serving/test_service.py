@@ -110,7 +110,10 @@ def test_docs_example_request_works(client: TestClient) -> None:
         "application/json"]["example"]
     reply = post(client, example)
     assert reply.status_code == 200, reply.text
-    assert len(reply.json()["forecasts"][0]["timestamps"]) == 6
+    [forecast] = reply.json()["forecasts"]
+    assert len(forecast["timestamps"]) == 6
+    # the example asks for the 80% interval, which the served model's calibration gives
+    assert example["levels"] == [80] and set(forecast["intervals"]) == {"80"}
 
 
 def test_empty_api_token_is_refused_not_treated_as_no_auth(monkeypatch: Any) -> None:
