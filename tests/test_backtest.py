@@ -177,3 +177,17 @@ def test_data_with_other_channels_is_refused(trained: Path, tmp_path: Path,
                           "--data", str(other), "--out", str(tmp_path / "bt.csv"),
                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert rc == 3 and "differ from the model's ['a', 'b']" in err, err
+
+
+def test_a_registered_version_is_backtested_with_its_training_runs_config(
+        registry: str, tmp_path: Path) -> None:
+    # no --config: the data path and layout come from the version's run (config.yaml artifact)
+    rc, stdout, err = run_cli(["backtest", "--model", "models:/tiny-model@champion",
+                               "--cutoffs", "3", "--out", str(tmp_path / "bt.csv"),
+                               "--tracking-uri", registry, "--experiment", "bt"])
+    assert rc == 0, err
+    client = MlflowClient(tracking_uri=registry)
+    [run] = client.search_runs([client.get_experiment_by_name("bt").experiment_id])
+    assert run.data.params["model_version"] == "1"
+    assert run.data.tags["model.uri"] == "models:/tiny-model@champion"
+    assert "3 windows at 3 cutoffs" in stdout
