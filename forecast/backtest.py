@@ -56,7 +56,11 @@ def plan_cutoffs(series: SeriesSet, count: int, step: int, lookback: int, horizo
     `horizon` steps after it in some series (at or before `until`, when given); a ConfigError
     names the flag when the earliest leaves no series `lookback` steps of history."""
     freq = pd.tseries.frequencies.to_offset(series.freq)
-    last = max(stamps[-horizon - 1] for stamps in series.timestamps if len(stamps) > horizon)
+    long_enough = [s for s in series.timestamps if len(s) >= lookback + horizon]
+    if not long_enough:
+        raise DataError(f"no series holds the model's lookback and horizon ({lookback} + "
+                        f"{horizon} steps); give a longer data file")
+    last = max(stamps[-horizon - 1] for stamps in long_enough)
     if until is not None:
         if until < min(stamps[0] for stamps in series.timestamps):
             raise ConfigError(f"--until {until}: before the data begins")
@@ -65,8 +69,7 @@ def plan_cutoffs(series: SeriesSet, count: int, step: int, lookback: int, horizo
         last = max(stamps[stamps <= last][-1] for stamps in series.timestamps
                    if (stamps <= last).any())
     cutoffs = pd.DatetimeIndex([last - freq * (step * k) for k in range(count)][::-1])
-    earliest = min(stamps[lookback - 1] for stamps in series.timestamps
-                   if len(stamps) >= lookback)
+    earliest = min(stamps[lookback - 1] for stamps in long_enough)
     if cutoffs[0] < earliest:
         fits = sum(1 for k in range(count) if last - freq * (step * k) >= earliest)
         raise ConfigError(f"--cutoffs {count} with --step {step}: the earliest cutoff "

@@ -15,6 +15,7 @@ steps 1..H), the CSVs as artifacts.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -205,19 +206,31 @@ def _log_result(result: BacktestResult) -> None:
 def _refit(cfg: Config, series: SeriesSet, cutoffs: pd.DatetimeIndex, step: int, season: int,
            sums: BacktestSums) -> None:
     """Train at every cutoff as a nested run, and score that cutoff's windows."""
-    freq = to_offset(series.freq)
     first = split_bounds(series.timestamps[0], cfg.split)
     val_steps = first.val - first.train
     if val_steps < cfg.windows.horizon:
         raise ConfigError(f"the config's validation split holds {val_steps} steps, fewer than "
                           f"the horizon ({cfg.windows.horizon}); --refit trains with it")
+    # checkpoints of the cutoffs' trainings go to a folder of their own, removed at the end
+    checkpoints = Path(tempfile.mkdtemp(prefix="forecast-backtest-"))
+    try:
+        _refit_each(cfg, series, cutoffs, step, season, sums, val_steps, checkpoints)
+    finally:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _refit_each(cfg: Config, series: SeriesSet, cutoffs: pd.DatetimeIndex, step: int,
+                season: int, sums: BacktestSums, val_steps: int, checkpoints: Path) -> None:
+    freq = to_offset(series.freq)
     L, H = cfg.windows.lookback, cfg.windows.horizon
     for i, cutoff in enumerate(cutoffs):
         dates = {"split.by": "dates", "split.train": cutoff + freq * (1 - val_steps),
                  "split.val": cutoff + freq, "split.test": cutoff + freq * (H + 1)}
-        cfg_i = cfg.model_copy(update={"split": cfg.split.model_copy(update={
-            "by": "dates", **{k.split(".")[1]: v.isoformat() for k, v in dates.items()
-                              if k != "split.by"}})})
+        cfg_i = cfg.model_copy(update={
+            "split": cfg.split.model_copy(update={
+                "by": "dates", **{k.split(".")[1]: v.isoformat() for k, v in dates.items()
+                                  if k != "split.by"}}),
+            "train": cfg.train.model_copy(update={"checkpoint_dir": str(checkpoints / str(i))})})
         part = _truncated(series, cutoff + freq * H)
         with mlflow.start_run(run_name=f"cutoff-{i + 1}", nested=True,
                               tags={"backtest.cutoff": str(cutoff)}):
