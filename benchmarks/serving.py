@@ -40,6 +40,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import record  # noqa: E402
+from benchmarks.ett import require_data  # noqa: E402
 
 NAME = "etth1-serving-bench"
 
@@ -249,8 +250,7 @@ def main() -> None:
     record.add_argument(p, "serving")
     args = p.parse_args()
     run = record.start("serving")
-    if not (args.data_dir / "ETTh1.csv").is_file():
-        raise SystemExit(f"{args.data_dir / 'ETTh1.csv'} not found; pass --data-dir")
+    require_data(args.data_dir, ["ETTh1"])
 
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         results = measure(args, Path(tmp))

@@ -36,6 +36,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import record  # noqa: E402
+from benchmarks.ett import require_data  # noqa: E402
 from benchmarks.proc import descendants, status_mb  # noqa: E402
 from benchmarks.serving import NAME, bodies, drive, free_port, register_model, start  # noqa: E402
 
@@ -66,8 +67,7 @@ def main() -> None:
     record.add_argument(p, "soak")
     args = p.parse_args()
     run = record.start("soak")
-    if not (args.data_dir / "ETTh1.csv").is_file():
-        raise SystemExit(f"{args.data_dir / 'ETTh1.csv'} not found; pass --data-dir")
+    require_data(args.data_dir, ["ETTh1"])
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:

@@ -68,14 +68,21 @@ def plan_cutoffs(series: SeriesSet, count: int, step: int, lookback: int, horizo
         # onto the series' own time grid: the latest stamp at or before `until`
         last = max(stamps[stamps <= last][-1] for stamps in series.timestamps
                    if (stamps <= last).any())
-    cutoffs = pd.DatetimeIndex([last - freq * (step * k) for k in range(count)][::-1])
     earliest = min(stamps[lookback - 1] for stamps in long_enough)
-    if cutoffs[0] < earliest:
-        fits = sum(1 for k in range(count) if last - freq * (step * k) >= earliest)
-        raise ConfigError(f"--cutoffs {count} with --step {step}: the earliest cutoff "
-                          f"{cutoffs[0]} leaves fewer than the model's {lookback} steps of "
-                          f"history; at most {fits} cutoffs fit, or lower --step")
-    return cutoffs
+    fitting = []  # counted back from the last, stopping where history runs out
+    for k in range(count):
+        try:  # a step beyond any calendar overflows
+            cutoff = last - freq * (step * k)
+        except (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta):
+            break
+        if cutoff < earliest:
+            break
+        fitting.append(cutoff)
+    if len(fitting) < count:
+        raise ConfigError(f"--cutoffs {count} with --step {step}: the cutoffs would reach "
+                          f"back before the model's {lookback} steps of history; at most "
+                          f"{len(fitting)} cutoffs fit, or lower --step")
+    return pd.DatetimeIndex(fitting[::-1])
 
 
 @dataclass
@@ -100,14 +107,17 @@ def scaled_rows(series: SeriesSet, scaler: Scaler) -> tuple[torch.Tensor, np.nda
 
 
 def cutoff_windows(series: SeriesSet, data: torch.Tensor, offsets: np.ndarray,
-                   cutoffs: pd.DatetimeIndex, step: int, lookback: int,
-                   horizon: int) -> CutoffWindows:
-    """One window per series and cutoff where the series holds its history and target."""
+                   cutoffs: pd.DatetimeIndex, step: int, lookback: int, horizon: int,
+                   only: int | None = None) -> CutoffWindows:
+    """One window per series and cutoff where the series holds its history and target; at
+    cutoff number `only` alone, when given (a refit's)."""
     firsts, counts, owners, first_cutoff = [], [], [], []
     per_cutoff = np.zeros(len(cutoffs), dtype=np.int64)
     for s, stamps in enumerate(series.timestamps):
         pos = stamps.get_indexer(cutoffs)  # -1 where the series lacks the cutoff
         ok = (pos >= lookback - 1) & (pos + horizon < len(stamps))
+        if only is not None:
+            ok &= np.arange(len(cutoffs)) == only
         per_cutoff += ok
         k = np.flatnonzero(ok)
         # runs of consecutive cutoffs: a regular series holds them `step` rows apart
@@ -204,6 +214,13 @@ class BacktestSums:
 
     def count_windows(self, cut: CutoffWindows) -> None:
         self.windows += cut.per_cutoff
+
+    def cutoff_scores(self, i: int) -> dict[str, dict[str, float]]:
+        """Each forecaster's scores at cutoff number i so far, NaN ones left out."""
+        count = self.windows[i] * self.horizon * self.n_channels
+        return {name: {k: float(v) for k, v in summarise(
+                    {key: sums[key][i] for key in sums}, count).items() if np.isfinite(v)}
+                for name, sums in self.by_cutoff.items()}
 
     def result(self) -> BacktestResult:
         C, H = self.n_channels, self.horizon

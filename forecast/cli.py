@@ -24,13 +24,12 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from pandas.tseries.frequencies import to_offset
 from pydantic import ValidationError
 
 from forecast.bundle import load_bundle
 from forecast.compare import compare_runs
 from forecast.config import Config, dump_config, load_config
-from forecast.data import SeriesSet, read_table
+from forecast.data import SeriesSet, check_model_data, read_table
 from forecast.distributed import Leader, process_group
 from forecast.errors import (
     ConfigError,
@@ -43,6 +42,7 @@ from forecast.evaluate import evaluate
 from forecast.intervals import parse_levels
 from forecast.logs import failure_line, json_requested, setup_logging
 from forecast.model import describe
+from forecast.outputs import saved_config
 from forecast.paths import writable_file
 from forecast.predictor import Forecaster
 from forecast.registry import below_baselines, list_versions, promote, version_number
@@ -218,32 +218,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_dir_config(model_dir: Path, config: str | None) -> Path:
-    path = Path(config) if config else model_dir.parent / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no config at {str(path)!r}; pass --config with the file the model "
-                          "was trained with")
-    return path
-
-
-def _channel_mismatch(have: list[str], want: list[str]) -> str:
-    missing = [c for c in want if c not in have]
-    extra = [c for c in have if c not in want]
-    what = "; ".join([*([f"missing {missing}"] if missing else []),
-                      *([f"{extra} not in the model"] if extra else [])]) or "in another order"
-    # accents as they are, but control characters escaped: YAML refuses some raw (DEL)
-    listed = "".join(c if c.isprintable() else json.dumps(c)[1:-1]
-                     for c in json.dumps(want, ensure_ascii=False))
-    fix = "--set " + shlex.quote(f"data.columns={listed}")
-    return (f"data channels {have} differ from the model's {want} ({what}); "
-            + (f"score a file that holds the model's channels, with {fix}" if missing
-               else f"pass {fix}"))
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     bundle = load_bundle(model_dir)
-    args.config = _model_dir_config(model_dir, args.config)
+    args.config = saved_config(model_dir, args.config)
     cfg = _resolve(args)
     meta = bundle.meta
     # the weights fix the windows and the architecture: a model cannot be scored at others
@@ -256,11 +234,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               f"leave it out of --set and use the model's own config (the "
                               "default) or one with the same setting")
     series = load_data(cfg)
-    if series.channels != meta.channels:
-        raise DataError(_channel_mismatch(series.channels, meta.channels))
-    if to_offset(series.freq) != to_offset(bundle.meta.freq):  # scored at the wrong step
-        raise DataError(f"data frequency {series.freq!r} differs from the model's "
-                        f"{bundle.meta.freq!r}; evaluate on data at the model's frequency")
+    check_model_data(series, meta.channels, meta.freq, "evaluate")
     scaler = Scaler(bundle.mean, bundle.scale)
     try:
         prepared = prepare(series, cfg.split, cfg.windows, scaler)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
+import shlex
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -395,3 +397,29 @@ def season_for(freq: str) -> int:
         if name == key or name.startswith(key + "-"):
             return max(steps // n, 1)
     return 1
+
+
+def channel_mismatch(have: list[str], want: list[str]) -> str:
+    """Data channels `have` against a model's `want`, in words, with the `--set` that fixes
+    it (quoted for a shell)."""
+    missing = [c for c in want if c not in have]
+    extra = [c for c in have if c not in want]
+    what = "; ".join([*([f"missing {missing}"] if missing else []),
+                      *([f"{extra} not in the model"] if extra else [])]) or "in another order"
+    # accents as they are, but control characters escaped: YAML refuses some raw (DEL)
+    listed = "".join(c if c.isprintable() else json.dumps(c)[1:-1]
+                     for c in json.dumps(want, ensure_ascii=False))
+    fix = "--set " + shlex.quote(f"data.columns={listed}")
+    return (f"data channels {have} differ from the model's {want} ({what}); "
+            + (f"score a file that holds the model's channels, with {fix}" if missing
+               else f"pass {fix}"))
+
+
+def check_model_data(series: SeriesSet, channels: list[str], freq: str, use: str) -> None:
+    """A DataError unless `series` has a model's channels and frequency; `use` says what the
+    data is for ('evaluate', 'backtest')."""
+    if series.channels != channels:
+        raise DataError(channel_mismatch(series.channels, channels))
+    if pd.tseries.frequencies.to_offset(series.freq) != pd.tseries.frequencies.to_offset(freq):
+        raise DataError(f"data frequency {series.freq!r} differs from the model's {freq!r}; "
+                        f"{use} on data at the model's frequency")

@@ -10,11 +10,22 @@ import socket
 import tempfile
 from pathlib import Path
 
+from forecast.errors import ConfigError
 from forecast.paths import exclusive
 
 MODEL = "model"
 FILES = ("config.yaml", "metrics.json")
 LOCK = ".publish.lock"
+
+
+def saved_config(model_dir: Path, config: str | None = None) -> Path:
+    """The config a model directory was trained with (config.yaml beside it), or `config` when
+    given; a ConfigError naming --config when there is none."""
+    path = Path(config) if config else model_dir.parent / FILES[0]
+    if not path.is_file():
+        raise ConfigError(f"no config at {str(path)!r}; pass --config with the file the model "
+                          "was trained with")
+    return path
 
 
 def stage(folder: Path) -> Path:

@@ -15,14 +15,12 @@ steps 1..H), the CSVs as artifacts.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
@@ -37,10 +35,11 @@ from forecast.backtest import (
     scaled_rows,
 )
 from forecast.config import Config, load_config
-from forecast.data import SeriesSet
-from forecast.errors import ConfigError, DataError
+from forecast.data import SeriesSet, check_model_data
+from forecast.errors import ConfigError
 from forecast.evaluate import fit_linear_baseline
 from forecast.intervals import calibrate
+from forecast.outputs import saved_config
 from forecast.paths import writable_file
 from forecast.registry import ModelSource, load_model
 from forecast.runner import calibrated_baselines, load_data, train_model
@@ -93,11 +92,7 @@ def _config(options: BacktestOptions, run_id: str | None) -> Config:
         return load_config(options.config, overrides)
     source = ModelSource.parse(options.model)
     if source.is_local:
-        path = Path(options.model).resolve().parent / "config.yaml"
-        if not path.is_file():
-            raise ConfigError(f"no config.yaml beside {options.model}; pass --config with the "
-                              "file the model was trained with")
-        return load_config(path, overrides)
+        return load_config(saved_config(Path(options.model).resolve()), overrides)
     if run_id is None:
         raise ConfigError(f"{options.model} has no training run to read its config from; "
                           "pass --config")
@@ -110,14 +105,6 @@ def _config(options: BacktestOptions, run_id: str | None) -> Config:
             raise ConfigError(f"could not read config.yaml of run {run_id} ({err}); pass "
                               "--config") from None
         return load_config(local, overrides)
-
-
-def _check_data(series: SeriesSet, channels: list[str], freq: str) -> None:
-    if series.channels != channels:
-        raise DataError(f"data channels {series.channels} differ from the model's {channels}; "
-                        "backtest on a file with the model's channels")
-    if to_offset(series.freq) != to_offset(freq):
-        raise DataError(f"data frequency {series.freq!r} differs from the model's {freq!r}")
 
 
 def _truncated(series: SeriesSet, end: pd.Timestamp) -> SeriesSet:
@@ -145,7 +132,7 @@ def run_backtest(options: BacktestOptions) -> BacktestOutcome:
     meta = bundle.meta
     cfg = _config(options, model.run_id)
     series = load_data(cfg)
-    _check_data(series, meta.channels, meta.freq)
+    check_model_data(series, meta.channels, meta.freq, "backtest")
     L, H = meta.lookback, meta.horizon
     step = options.step or H
     cutoffs = plan_cutoffs(series, options.cutoffs, step, L, H, options.until)
@@ -211,47 +198,40 @@ def _refit(cfg: Config, series: SeriesSet, cutoffs: pd.DatetimeIndex, step: int,
     if val_steps < cfg.windows.horizon:
         raise ConfigError(f"the config's validation split holds {val_steps} steps, fewer than "
                           f"the horizon ({cfg.windows.horizon}); --refit trains with it")
-    # checkpoints of the cutoffs' trainings go to a folder of their own, removed at the end
-    checkpoints = Path(tempfile.mkdtemp(prefix="forecast-backtest-"))
-    try:
-        _refit_each(cfg, series, cutoffs, step, season, sums, val_steps, checkpoints)
-    finally:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-
-
-def _refit_each(cfg: Config, series: SeriesSet, cutoffs: pd.DatetimeIndex, step: int,
-                season: int, sums: BacktestSums, val_steps: int, checkpoints: Path) -> None:
     freq = to_offset(series.freq)
     L, H = cfg.windows.lookback, cfg.windows.horizon
-    for i, cutoff in enumerate(cutoffs):
-        dates = {"split.by": "dates", "split.train": cutoff + freq * (1 - val_steps),
-                 "split.val": cutoff + freq, "split.test": cutoff + freq * (H + 1)}
-        cfg_i = cfg.model_copy(update={
-            "split": cfg.split.model_copy(update={
-                "by": "dates", **{k.split(".")[1]: v.isoformat() for k, v in dates.items()
-                                  if k != "split.by"}}),
-            "train": cfg.train.model_copy(update={"checkpoint_dir": str(checkpoints / str(i))})})
-        part = _truncated(series, cutoff + freq * H)
-        with mlflow.start_run(run_name=f"cutoff-{i + 1}", nested=True,
-                              tags={"backtest.cutoff": str(cutoff)}):
-            mlflow.log_params({"cutoff": str(cutoff), "train_end": str(dates["split.train"])})
-            trained = train_model(cfg_i, part, log_epoch)
-            prepared = trained.prepared
-            model = trained.model.cpu().eval()
-            linear = fit_linear_baseline(prepared, cfg.eval)
-            forecasters = {"model": Scored(model, calibrate(model, prepared.windows("val"))),
-                           **{name: Scored(f, c) for name, (f, c) in
-                              calibrated_baselines(prepared, linear, season).items()}}
-            cut = cutoff_windows(prepared.series, prepared.data, prepared.offsets,
-                                 cutoffs[i:i + 1], step, L, H)
-            cut.cutoff_of_run += i
-            cut.per_cutoff = np.pad(cut.per_cutoff, (i, len(cutoffs) - i - 1))
-            sums.count_windows(cut)
-            mean, scale = prepared.scaler.mean, prepared.scaler.scale
-            for name, scored in forecasters.items():
-                sums.add(name, scored, cut, season, mean, scale)
-            mlflow.log_metrics({f"{name}_{k}": float(v[i]) for name, scores
-                                in sums.result().by_cutoff.items() for k, v in scores.items()
-                                if k in SCORES and np.isfinite(v[i])}, step=0)
-        log.info("cutoff %d/%d (%s) trained and scored", i + 1, len(cutoffs), cutoff)
-
+    # the cutoffs' checkpoints go to a folder of their own, not the model's output_dir
+    with tempfile.TemporaryDirectory(prefix="forecast-backtest-") as checkpoints:
+        for i, cutoff in enumerate(cutoffs):
+            ends = {"train": cutoff + freq * (1 - val_steps), "val": cutoff + freq,
+                    "test": cutoff + freq * (H + 1)}
+            cfg_i = cfg.model_copy(update={
+                "split": cfg.split.model_copy(update={
+                    "by": "dates", **{k: v.isoformat() for k, v in ends.items()}}),
+                "train": cfg.train.model_copy(update={
+                    "checkpoint_dir": str(Path(checkpoints) / str(i))})})
+            with mlflow.start_run(run_name=f"cutoff-{i + 1}", nested=True,
+                                  tags={"backtest.cutoff": str(cutoff)}):
+                mlflow.log_params({"cutoff": str(cutoff), "train_end": str(ends["train"])})
+                try:
+                    trained = train_model(cfg_i, _truncated(series, cutoff + freq * H),
+                                          log_epoch)
+                except ConfigError as err:  # its fix (a longer split.train) is no fix here
+                    raise ConfigError(f"--refit at cutoff {cutoff}: {str(err).split('; ')[0]} "
+                                      "before it; backtest fewer or later cutoffs") from None
+                prepared = trained.prepared
+                model = trained.model.cpu().eval()
+                linear = fit_linear_baseline(prepared, cfg.eval)
+                forecasters = {"model": Scored(model, calibrate(model, prepared.windows("val"))),
+                               **{name: Scored(f, c) for name, (f, c) in
+                                  calibrated_baselines(prepared, linear, season).items()}}
+                cut = cutoff_windows(prepared.series, prepared.data, prepared.offsets, cutoffs,
+                                     step, L, H, only=i)
+                sums.count_windows(cut)
+                mean, scale = prepared.scaler.mean, prepared.scaler.scale
+                for name, scored in forecasters.items():
+                    sums.add(name, scored, cut, season, mean, scale)
+                mlflow.log_metrics({f"{name}_{k}": v for name, scores
+                                    in sums.cutoff_scores(i).items() for k, v in scores.items()
+                                    if k in SCORES}, step=0)
+            log.info("cutoff %d/%d (%s) trained and scored", i + 1, len(cutoffs), cutoff)

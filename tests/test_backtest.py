@@ -158,6 +158,9 @@ def test_refit_trains_at_every_cutoff_as_nested_runs(trained: Path, tmp_path: Pa
     (["--cutoffs", "500"], "--cutoffs 500 with --step 6:"),
     (["--until", "soon"], "--until 'soon' is not a time"),
     (["--until", "1999-01-01"], "--until 1999-01-01 00:00:00: before the data begins"),
+    # huge values are refused at once, without a list of a billion cutoffs or an overflow
+    (["--cutoffs", "1000000000"], "at most 62 cutoffs fit"),
+    (["--step", "1000000000000000"], "--step 1000000000000000: the cutoffs would reach back"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(trained: Path, tmp_path: Path, extra: list[str],
                                           message: str) -> None:
@@ -191,3 +194,18 @@ def test_a_registered_version_is_backtested_with_its_training_runs_config(
     assert run.data.params["model_version"] == "1"
     assert run.data.tags["model.uri"] == "models:/tiny-model@champion"
     assert "3 windows at 3 cutoffs" in stdout
+
+
+def test_refit_from_a_cutoff_too_early_to_train_fails_the_run_and_writes_nothing(
+        trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "refit.csv"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the earliest of 60 cutoffs 6 h apart leaves no training rows before its validation
+    rc, _, err = run_cli(["backtest", "--model", str(trained / "model"), "--cutoffs", "60",
+                          "--step", "6", "--refit", "--out", str(out), "--tracking-uri", uri])
+    assert rc == 2 and "--refit at cutoff 2024-01-02 15:00:00" in err, err
+    assert "backtest fewer or later cutoffs" in err and not out.exists()
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("forecast-backtest")
+                               .experiment_id])
+    assert {r.info.status for r in runs} == {"FAILED"} and len(runs) == 2

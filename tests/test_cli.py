@@ -369,11 +369,11 @@ def test_evaluate_on_other_channels_says_which_and_how_to_select_them(
 def test_the_channel_fix_survives_a_shell_with_quotes_and_accents() -> None:
     import shlex
 
-    from forecast.cli import _channel_mismatch
     from forecast.config import load_config
+    from forecast.data import channel_mismatch
 
     for want in (["it's", "température"], ["a\x7fb", "c\x85d", "tab\there"]):
-        message = _channel_mismatch(["x"], want)
+        message = channel_mismatch(["x"], want)
         fix = message.split("with ", 1)[1]
         # the quote in it's ended the shell word; the accent came out as \u00e9; raw DEL
         # was refused by YAML and a raw NEL read as a space
