@@ -9,9 +9,12 @@ test block is never read.
     python benchmarks/linear_checks.py --dataset ETTh2 --horizon 720 --check band
     python benchmarks/linear_checks.py --dataset ETTh1 --horizon 336 --check per-channel \\
         --train-rows 5760                       # fold 2: validate on rows 5760-8640
+    python benchmarks/linear_checks.py --dataset ETTm2 --horizon 720 --check robust --level \
+        --lookbacks 336 720 --deltas 0.5 0.1 0.05
 
 Checks (each row against "shipped", the fit as the model does it: ridge 1e-3, one map shared
-by all channels, rows weighted by their own scale, full-rank lookback):
+by all channels, rows weighted by their own scale, full-rank lookback; with --level the skip
+also sees the window's level, as model.skip_level gives it):
   ridge         the ridge strength (--ridges)
   band          the lookback projected onto its K lowest Fourier frequencies (--bands)
   per-channel   a separate map per channel (--ridges)
@@ -49,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import record  # noqa: E402
-from benchmarks.ett import DATASETS, HORIZONS, config_for, require_data  # noqa: E402
+from benchmarks.ett import DATASETS, HORIZONS, SPLITS, config_for, require_data  # noqa: E402
 from forecast.config import load_config  # noqa: E402
 from forecast.errors import ForecastError  # noqa: E402
 from forecast.model import RevIN  # noqa: E402
@@ -72,7 +75,7 @@ Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 def prepared(dataset: str, horizon: int, lookback: int, train_rows: int,
              data_dir: Path) -> Prepared:
     """The shipped config's data and split, with the lookback and training rows given (the
-    validation block is the 2880 rows after the training rows)."""
+    validation block is the config's validation rows after the training rows)."""
     cfg = load_config(config_for(dataset, horizon), [
         f"data.path={data_dir / (dataset + '.csv')}", f"windows.horizon={horizon}",
         f"windows.lookback={lookback}", f"split.train={train_rows}"])
@@ -94,18 +97,21 @@ def batches(windows: WindowSet, lookback: int, channel: int | None = None) -> Ba
     return each
 
 
-def batch_rows(x: torch.Tensor, y: torch.Tensor, equal_weight: bool = False
+def batch_rows(x: torch.Tensor, y: torch.Tensor, equal_weight: bool = False, level: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Least-squares rows of one batch, with the mean and std that turn them back into values."""
+    """Least-squares rows of one batch, with the mean and std that turn them back into values;
+    `level`: the window's mean as a feature too (model.skip_level)."""
     mean, std = statistics(x)
     if equal_weight:  # [(x - mean) / std, 1] -> (y - mean) / std
-        return *window_rows(x / std, y / std, mean / std, torch.ones_like(std)), mean, std
-    return *window_rows(x, y, mean, std), mean, std
+        return *window_rows(x / std, y / std, mean / std, torch.ones_like(std),
+                            level=level), mean, std
+    return *window_rows(x, y, mean, std, level=level), mean, std
 
 
-def rows(data: Batches, equal_weight: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def rows(data: Batches, equal_weight: bool = False, level: bool = False
+         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for x, y in data():
-        yield batch_rows(x, y, equal_weight)[:2]
+        yield batch_rows(x, y, equal_weight, level)[:2]
 
 
 def recency_weights(n_rows: int, start: int, channels: int, n_windows: int,
@@ -116,7 +122,8 @@ def recency_weights(n_rows: int, start: int, channels: int, n_windows: int,
     return 0.5 ** ((n_windows - 1 - index) / half_life)
 
 
-def recency_fit(data: Batches, n_windows: int, channels: int, half_life: float) -> torch.Tensor:
+def recency_fit(data: Batches, n_windows: int, channels: int, half_life: float,
+                level: bool = False) -> torch.Tensor:
     seen = 0  # windows already weighted: the rows come in time order
 
     def recent(features: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
@@ -124,14 +131,15 @@ def recency_fit(data: Batches, n_windows: int, channels: int, half_life: float) 
         w = recency_weights(len(features), seen, channels, n_windows, half_life)
         seen += len(features) // channels
         return w
-    return solve(*normal_equations(rows(data), recent))
+    return solve(*normal_equations(rows(data, level=level), recent))
 
 
-def forecasts(data: Batches, solution: torch.Tensor, equal_weight: bool = False) -> torch.Tensor:
+def forecasts(data: Batches, solution: torch.Tensor, equal_weight: bool = False,
+              level: bool = False) -> torch.Tensor:
     """Forecasts [N x H x C] of the solved map on every window of `data`."""
     out = []
     for x, y in data():
-        features, _, mean, std = batch_rows(x, y, equal_weight)
+        features, _, mean, std = batch_rows(x, y, equal_weight, level)
         pred = (features @ solution).reshape(len(x), x.shape[2], -1).transpose(1, 2)
         out.append(pred * std + mean if equal_weight else pred + mean)
     return torch.cat(out)
@@ -213,6 +221,9 @@ def period_solve(gram: torch.Tensor, cross: torch.Tensor, count: float, period: 
 
 def run_check(check: str, args: argparse.Namespace) -> list[dict]:
     results = []
+    # every fit and forecast below with the level input or without it, as --level says
+    level_rows = functools.partial(rows, level=args.level)
+    level_forecasts = functools.partial(forecasts, level=args.level)
 
     def record(lookback: int, variant: str, value: float) -> None:
         results.append({"check": check, "lookback": lookback, "variant": variant,
@@ -222,7 +233,8 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
         longest = max(args.lookbacks)
         data = prepared(args.dataset, args.horizon, longest, args.train_rows, args.data_dir)
         train, val = data.windows("train"), data.windows("val")
-        preds = {L: forecasts(batches(val, L), solve(*normal_equations(rows(batches(train, L)))))
+        preds = {L: level_forecasts(batches(val, L),
+                                    solve(*normal_equations(level_rows(batches(train, L)))))
                  for L in args.lookbacks}
         target = targets(batches(val, longest))
         for r in range(1, len(args.lookbacks) + 1):
@@ -235,61 +247,62 @@ def run_check(check: str, args: argparse.Namespace) -> list[dict]:
         train = batches(data.windows("train"), lookback)
         val = batches(data.windows("val"), lookback)
         target = targets(val)
-        gram, cross, count = normal_equations(rows(train))
+        gram, cross, count = normal_equations(level_rows(train))
         plain = solve(gram, cross, count)
-        record(lookback, "shipped", mse(forecasts(val, plain), target))
+        record(lookback, "shipped", mse(level_forecasts(val, plain), target))
         robust = None  # --delta (rank and period checks only): their full-rank robust base
         if args.delta is not None:
-            robust = huber_solve(functools.partial(rows, train), args.delta, plain=plain)
+            robust = huber_solve(functools.partial(level_rows, train), args.delta, plain=plain)
             record(lookback, f"Huber rows, delta {args.delta:g}",
-                   mse(forecasts(val, robust), target))
+                   mse(level_forecasts(val, robust), target))
         if check == "ridge":
             for ridge in (r for r in args.ridges if r != RIDGE):  # RIDGE is "shipped"
                 record(lookback, f"ridge {ridge:g}",
-                       mse(forecasts(val, solve(gram, cross, count, ridge)), target))
+                       mse(level_forecasts(val, solve(gram, cross, count, ridge)), target))
         elif check == "band":
             for k in args.bands:
                 solution = band_limited(gram, cross, count, k)
-                record(lookback, f"K={k}", mse(forecasts(val, solution), target))
+                record(lookback, f"K={k}", mse(level_forecasts(val, solution), target))
         elif check == "equal-weight":
-            equal = normal_equations(rows(train, equal_weight=True))
+            equal = normal_equations(level_rows(train, equal_weight=True))
             for ridge in args.ridges:
                 record(lookback, f"equal weight, ridge {ridge:g}",
-                       mse(forecasts(val, solve(*equal, ridge), equal_weight=True), target))
+                       mse(level_forecasts(val, solve(*equal, ridge), equal_weight=True), target))
         elif check == "per-channel":
             channels = range(data.n_channels)
-            systems = [normal_equations(rows(batches(data.windows("train"), lookback, c)))
+            systems = [normal_equations(level_rows(batches(data.windows("train"), lookback, c)))
                        for c in channels]
             for ridge in args.ridges:
-                per = [forecasts(batches(data.windows("val"), lookback, c),
+                per = [level_forecasts(batches(data.windows("val"), lookback, c),
                                  solve(*systems[c], ridge)) for c in channels]
                 record(lookback, f"per channel, ridge {ridge:g}", mse(torch.cat(per, 2), target))
         elif check == "robust":
             for delta in args.deltas:
-                solution = huber_solve(functools.partial(rows, train), delta, plain=plain)
+                solution = huber_solve(functools.partial(level_rows, train), delta, plain=plain)
                 record(lookback, f"Huber rows, delta {delta:g}",
-                       mse(forecasts(val, solution), target))
+                       mse(level_forecasts(val, solution), target))
         elif check == "rank":
             base = plain if robust is None else robust
             for rank in (r for r in args.ranks if r < args.horizon):
                 record(lookback, f"rank {rank}",
-                       mse(forecasts(val, reduce_rank(base, gram, rank)), target))
+                       mse(level_forecasts(val, reduce_rank(base, gram, rank)), target))
         elif check == "period":
             fitted = "plain" if args.delta is None else f"Huber rows, delta {args.delta:g}"
             for offset in args.offsets:
                 fit = functools.partial(period_solve, period=args.period, offset=offset)
                 solution = fit(gram, cross, count)
                 if args.delta is not None:
-                    solution = huber_solve(functools.partial(rows, train), args.delta,
+                    solution = huber_solve(functools.partial(level_rows, train), args.delta,
                                            plain=solution, solver=fit)
                 record(lookback, f"period {args.period}, offset {offset}, {fitted}",
-                       mse(forecasts(val, solution), target))
+                       mse(level_forecasts(val, solution), target))
         elif check == "recency":
             n_windows = len(data.windows("train"))
             for half_life in args.half_lives:
-                solution = recency_fit(train, n_windows, data.n_channels, half_life)
+                solution = recency_fit(train, n_windows, data.n_channels, half_life,
+                                       args.level)
                 record(lookback, f"half-life {half_life:g} rows",
-                       mse(forecasts(val, solution), target))
+                       mse(level_forecasts(val, solution), target))
     return results
 
 
@@ -303,7 +316,7 @@ def main() -> None:
                         default=[RIDGE, 1e-2, 1e-1, 1.0, 10.0, 30.0])
     parser.add_argument("--bands", type=int, nargs="+", default=[20, 60, 120],
                         help="K: frequencies kept (band check)")
-    parser.add_argument("--deltas", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+    parser.add_argument("--deltas", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0],
                         help="Huber thresholds on a row's RMS residual (robust check)")
     parser.add_argument("--half-lives", type=float, nargs="+", default=[1440, 2880, 5760],
                         help="rows after which a training window's weight halves (recency check)")
@@ -317,16 +330,29 @@ def main() -> None:
     parser.add_argument("--offsets", type=int, nargs="+", default=[0, 1, 2, 4, 12],
                         help="lags kept within this many steps of a multiple of the period "
                              "(period check; period // 2 keeps every lag)")
-    parser.add_argument("--train-rows", type=int, default=8640,
-                        help="training rows; validation is the 2880 after them (5760: fold 2)")
+    parser.add_argument("--train-rows", type=int, default=None,
+                        help="training rows; validation is the protocol's validation rows "
+                             "after them (default: the protocol's training rows; ETTh 5760: "
+                             "fold 2)")
+    parser.add_argument("--level", action="store_true",
+                        help="the skip sees the window's level (model.skip_level, the default "
+                             "model's skip)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     record.add_argument(parser, "linear_checks")
     args = parser.parse_args()
     run = record.start("linear_checks")
     if any(L <= 0 or L > 720 for L in args.lookbacks):
         parser.error("--lookbacks: each must be between 1 and 720 (the protocol's limit)")
-    if args.train_rows not in (5760, 8640):
-        parser.error("--train-rows: 8640 (the benchmark's validation block) or 5760 (fold 2)")
+    train_rows, val_rows, _ = SPLITS[args.dataset]
+    folds = (train_rows, train_rows - val_rows)
+    if args.train_rows is None:
+        args.train_rows = train_rows
+    if args.train_rows not in folds:
+        parser.error(f"--train-rows: {folds[0]} (the benchmark's validation block) or "
+                     f"{folds[1]} (fold 2) for {args.dataset}")
+    if args.level and args.check in ("band", "period"):
+        parser.error(f"--level: the {args.check} check maps the lookback alone; run it without "
+                     "--level")
     if args.check == "band" and any(k < 1 or 2 * k - 1 > min(args.lookbacks) for k in args.bands):
         parser.error("--bands: each K must be at least 1 and leave 2K-1 <= the lookback")
     if any(not math.isfinite(r) or r < 0 for r in args.ridges):
@@ -358,13 +384,14 @@ def main() -> None:
     except ForecastError as exc:  # a malformed data file: its message names it and the fix
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
-    val_rows = f"{args.train_rows}-{args.train_rows + 2880}"
-    print(f"{args.dataset} H={args.horizon}, validation rows {val_rows}, check {args.check}")
+    val_rows = f"{args.train_rows}-{args.train_rows + SPLITS[args.dataset][1]}"
+    level = ", skip with level" if args.level else ""
+    print(f"{args.dataset} H={args.horizon}, validation rows {val_rows}, check {args.check}{level}")
     print(f"{'L':>5}  {'variant':<32} {'val MSE':>8}")
     for r in results:
         print(f"{r['lookback']:>5}  {r['variant']:<32} {r['val_mse']:>8.4f}")
     record.finish(run, [{"dataset": args.dataset, "horizon": args.horizon, "val_rows": val_rows,
-                         **r} for r in results], args.results)
+                         "level": args.level, **r} for r in results], args.results)
 
 
 if __name__ == "__main__":

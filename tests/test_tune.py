@@ -237,7 +237,7 @@ def test_the_data_space_searches_the_skip_width_rate_and_dropout_and_says_why() 
                             f"{rows} training rows)")
     # each skip choice makes a valid config, and the robust one is robust
     robust = tuned_config(cfg, {"model.skip": "robust"})
-    assert robust.model.skip_huber_delta == 0.5 and robust.model.linear_skip
+    assert robust.model.skip_huber_delta == 0.1 and robust.model.linear_skip
     assert not tuned_config(cfg, {"model.skip": "off"}).model.linear_skip
 
 

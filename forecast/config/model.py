@@ -69,7 +69,7 @@ class ModelConfig(Section):
         "misses and validation can keep the linear forecast alone. Needs linear_skip.",
     )
     skip_huber_delta: float | None = Field(
-        0.5,
+        0.1,
         gt=0,
         allow_inf_nan=False,  # infinity would be the plain fit at four times its cost
         description="With skip_fit least_squares: fit the skip robustly, a row (one window of "

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from forecast.config.fields import Section, error_lines
+from forecast.config.model import ModelConfig
 
 
 class Range(Section):
@@ -41,7 +42,8 @@ SKIP_CHOICES: dict[str, dict[str, Any]] = {
     "least_squares": {"model.linear_skip": True, "model.skip_fit": "least_squares",
                       "model.skip_level": True, "model.skip_huber_delta": None},
     "robust": {"model.linear_skip": True, "model.skip_fit": "least_squares",
-               "model.skip_level": True, "model.skip_huber_delta": 0.5},
+               "model.skip_level": True,
+               "model.skip_huber_delta": ModelConfig.model_fields["skip_huber_delta"].default},
 }
 
 
