@@ -33,7 +33,7 @@ from forecast.evaluate import evaluate  # noqa: E402
 from forecast.runner import load_data, train_model  # noqa: E402
 
 # Each candidate spelled out in full over the model and training keys that differ among them,
-# so that it means the same whatever the defaults are. "skip-robust" is the default recipe.
+# so that it means the same whatever the defaults are. "skip-robust-0.1" is the default recipe.
 SKIP = ["windows.lookback=336", "model.d_model=16", "model.n_layers=3", "model.d_ff=128",
         "model.dropout=0.3", "model.linear_skip=true", "model.skip_fit=least_squares",
         "model.skip_level=true", "model.skip_huber_delta=null", "train.epochs=12",
@@ -44,6 +44,7 @@ CANDIDATES: dict[str, list[str]] = {
                 "train.epochs=20", "train.patience=5", "train.lr=0.001"],
     "skip": SKIP,
     "skip-robust": [*SKIP, "model.skip_huber_delta=0.5"],
+    "skip-robust-0.1": [*SKIP, "model.skip_huber_delta=0.1"],
     "skip-L96": [*SKIP, "windows.lookback=96"],
     "skip-lr1e-4": [*SKIP, "train.lr=0.0001"],
 }

@@ -351,7 +351,8 @@ def backtest_page(doc: dict[str, Any]) -> str:
 DEFAULTS_CANDIDATES = {
     "encoder": "encoder alone (L 96, d_model 64, 2 layers, dropout 0.1, 20 epochs)",
     "skip": "least-squares skip with level (L 336, d_model 16, 3 layers, dropout 0.3)",
-    "skip-robust": "the same, skip fitted robustly (Huber delta 0.5): **the defaults**",
+    "skip-robust": "the same, skip fitted robustly (Huber delta 0.5)",
+    "skip-robust-0.1": "the same, Huber delta 0.1: **the defaults**",
     "skip-L96": "least-squares skip with level at L 96",
     "skip-lr1e-4": "least-squares skip with level, lr 1e-4",
 }

@@ -72,6 +72,23 @@ def test_shipped_row_is_the_models_least_squares_forecast(data_dir: Path) -> Non
     assert result[(48, "ridge 1")] != result[(48, "shipped")]
 
 
+def test_level_rows_are_the_models_skip_with_the_level_input(data_dir: Path) -> None:
+    result = rows_of(run(data_dir, "--check", "robust", "--level", "--lookbacks", "48",
+                         "--deltas", "0.1"))
+    assert result[(48, "shipped")] == pytest.approx(
+        model_val_mse(data_dir, "model.skip_level=true"), abs=2e-4)
+    robust = model_val_mse(data_dir, "model.skip_level=true", "model.skip_huber_delta=0.1")
+    assert result[(48, "Huber rows, delta 0.1")] == pytest.approx(robust, abs=2e-4)
+    # the level input reaches the fit: without it the plain row differs
+    plain = rows_of(run(data_dir, "--check", "robust", "--lookbacks", "48", "--deltas", "0.1"))
+    assert plain[(48, "shipped")] != result[(48, "shipped")]
+
+
+def test_level_is_refused_where_the_check_maps_the_lookback_alone(data_dir: Path) -> None:
+    proc = run(data_dir, "--check", "band", "--level", "--lookbacks", "48")
+    assert proc.returncode == 2 and "--level: the band check" in proc.stderr
+
+
 def test_rank_rows_are_the_models_reduced_rank_skip(data_dir: Path) -> None:
     result = rows_of(run(data_dir, "--check", "rank", "--lookbacks", "48", "--ranks", "8", "96"))
     # rank 96 = H is full rank: skipped, not scored as a variant
