@@ -286,6 +286,8 @@ def test_period_rows_score_the_structured_fits(data_dir: Path) -> None:
     (["--check", "period", "--offsets", "-1"], "--offsets"),
     (["--check", "rank", "--ranks", "96", "1000000"], "--ranks: none is below the horizon (96)"),
     (["--check", "recency", "--half-lives", "-5"], "--half-lives"),
+    (["--check", "period", "--level"], "--level: the period check maps the lookback alone"),
+    (["--check", "ridge", "--train-rows", "99999999999"], "--train-rows: 8640"),
 ])
 def test_bad_arguments_are_refused_by_name(data_dir: Path, args: list[str], named: str) -> None:
     proc = run(data_dir, *args)
