@@ -315,6 +315,11 @@ def test_bad_tune_and_pipeline_settings_name_the_key(override: str, message: str
      "'learned' (got '" + "x" * 61 + "...')"),  # a long value is cut, inside its quotes
     ("windows.lookback=1.5", "windows.lookback: Input should be a valid integer, got a number "
      "with a fractional part"),  # not "... (got 1.5)" twice over
+    # the keys ettm2.yaml's encoder recipe sets
+    ("train.max_windows_per_epoch=0", "train.max_windows_per_epoch: Input should be greater "
+     "than 0 (got 0)"),
+    ("train.huber_delta=.nan", "train.huber_delta: Input should be a finite number (got nan)"),
+    ("train.huber_delta=0", "train.huber_delta: Input should be greater than 0 (got 0)"),
 ])
 def test_type_errors_show_the_value_they_got(override: str, message: str) -> None:
     from forecast.tune import check_space
